@@ -1,0 +1,114 @@
+"""`LoRAAdapter`: the record that carries a LoRA adapter from a learner to rollout workers.
+
+It holds exactly what a PEFT adapter folder holds (the adapter's tensors under PEFT's saved names
+and its `adapter_config.json`) plus the policy version, so it can be loaded into vLLM from memory
+or written to disk as a folder that `PeftModel.from_pretrained` and `vllm serve --lora-modules`
+take as they are.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+@dataclass
+class LoRAAdapter:
+    """A LoRA adapter at one policy version.
+
+    tensors: PEFT names -> `lora_A.weight` [r, in_features] and `lora_B.weight` [out_features, r],
+        on CPU, in the dtype the rollout engine computes in (bf16 on GPU).
+    peft_config: PEFT's `LoraConfig.to_dict()`, JSON-safe.
+    version: the policy version; 0 is the base model (no update yet).
+    """
+
+    version: int
+    tensors: dict[str, "torch.Tensor"]
+    peft_config: dict[str, Any]
+    base_model: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"rlactors-v{self.version}"
+
+    @property
+    def rank(self) -> int:
+        return int(self.peft_config.get("r", 0))
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+    def check(self, max_lora_rank: int | None = None) -> None:
+        """Raises ValueError when the adapter is not one vLLM can serve."""
+        if not self.tensors:
+            raise ValueError("LoRAAdapter has no tensors: was get_peft_model applied to the model?")
+        bad = [k for k in self.tensors if not (k.endswith("lora_A.weight") or k.endswith("lora_B.weight"))]
+        if bad:
+            raise ValueError(
+                f"LoRAAdapter holds non-LoRA tensors {bad[:3]}: vLLM serves only lora_A/lora_B "
+                "weights; set modules_to_save=None and use_dora=False in the LoRA config."
+            )
+        if self.peft_config.get("use_dora"):
+            raise ValueError("use_dora=True: vLLM cannot serve DoRA adapters; set use_dora=False.")
+        if max_lora_rank is not None and self.rank > max_lora_rank:
+            raise ValueError(
+                f"LoRA r={self.rank} exceeds max_lora_rank={max_lora_rank}; raise max_lora_rank "
+                f"in from_pretrained or lower r."
+            )
+
+    def save(self, path: str) -> str:
+        """Writes a standard PEFT adapter folder (safetensors + JSON, nothing pickled)."""
+        from safetensors.torch import save_file
+
+        os.makedirs(path, exist_ok=True)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.tensors.items()}
+        save_file(tensors, os.path.join(path, ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        with open(os.path.join(path, ADAPTER_CONFIG), "w") as f:
+            json.dump(self.peft_config, f, indent=2, sort_keys=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str, version: int = 0) -> "LoRAAdapter":
+        """Reads a PEFT adapter folder written by `save` or by PEFT's `save_pretrained`."""
+        from safetensors.torch import load_file
+
+        with open(os.path.join(path, ADAPTER_CONFIG)) as f:
+            config = json.load(f)
+        return cls(version=version, tensors=load_file(os.path.join(path, ADAPTER_WEIGHTS)), peft_config=config)
+
+
+def peft_config_dict(peft_model: Any, adapter_name: str = "default") -> dict[str, Any]:
+    """The adapter's `LoraConfig` as a JSON-safe dict (sets become sorted lists, enums strings)."""
+    config = peft_model.peft_config[adapter_name].to_dict()
+    return json.loads(json.dumps(config, default=_jsonable))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if hasattr(value, "value"):
+        return value.value
+    return str(value)
+
+
+def export_adapter(peft_model: Any, version: int, dtype: "torch.dtype | None" = None) -> LoRAAdapter:
+    """Copies the live adapter of `peft_model` to CPU tensors in `dtype` (default: as trained)."""
+    import torch
+    from peft import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(peft_model)
+    with torch.no_grad():
+        tensors = {
+            k: v.detach().to(device="cpu", dtype=dtype or v.dtype, copy=True).contiguous()
+            for k, v in state.items()
+        }
+    base = getattr(peft_model.peft_config["default"], "base_model_name_or_path", "") or ""
+    return LoRAAdapter(version=version, tensors=tensors, peft_config=peft_config_dict(peft_model), base_model=base)
