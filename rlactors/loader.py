@@ -125,19 +125,12 @@ class FastLanguageModel:
                 "fast_inference=False builds no engine; remove them or pass fast_inference=True."
             )
         path = resolve_model_path(model_name, token=token)
-        tokenizer = _load_tokenizer(path)
+        tokenizer = load_tokenizer(path)
         engine = None
         if fast_inference:
-            from rlactors import engine as vllm_engine
-
-            spec = vllm_engine.EngineSpec(
-                model_path=path, max_seq_length=max_seq_length,
-                gpu_memory_utilization=float(gpu_memory_utilization), max_lora_rank=max_lora_rank,
-                disable_log_stats=disable_log_stats, dtype=_vllm_dtype(torch_dtype),
-                load_in_4bit=load_in_4bit and quantization is not None,
-                seed=int(engine_kwargs.pop("seed", 0)),
-            )
-            engine = vllm_engine.create_engine(spec, **engine_kwargs)
+            engine = load_engine(path, max_seq_length, torch_dtype, gpu_memory_utilization, max_lora_rank,
+                                 load_in_4bit=load_in_4bit, disable_log_stats=disable_log_stats,
+                                 **engine_kwargs)
         model = _load_model(path, torch_dtype, quantization, model_kwargs)
         model.max_seq_length = max_seq_length
         attach(model, FastState(engine=engine, tokenizer=tokenizer, max_lora_rank=max_lora_rank,
@@ -214,7 +207,21 @@ def _config(model: Any) -> Any:
     return model.get_base_model().config if hasattr(model, "get_base_model") else model.config
 
 
-def _load_tokenizer(path: str) -> Any:
+def load_engine(path: str, max_seq_length: int, dtype: Any, gpu_memory_utilization: float,
+                max_lora_rank: int, load_in_4bit: bool = False, disable_log_stats: bool = True,
+                **engine_kwargs: Any) -> Any:
+    """The vLLM engine of `from_pretrained(fast_inference=True)`, alone (rollout workers use it)."""
+    from rlactors import engine as vllm_engine
+
+    spec = vllm_engine.EngineSpec(
+        model_path=path, max_seq_length=max_seq_length, gpu_memory_utilization=float(gpu_memory_utilization),
+        max_lora_rank=max_lora_rank, disable_log_stats=disable_log_stats, dtype=_vllm_dtype(dtype),
+        load_in_4bit=load_in_4bit, seed=int(engine_kwargs.pop("seed", 0)),
+    )
+    return vllm_engine.create_engine(spec, **engine_kwargs)
+
+
+def load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)

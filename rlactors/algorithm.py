@@ -1,0 +1,160 @@
+"""GRPO and its variants as pure functions of tensors (torch only, no model, no Ray).
+
+Shapes: B samples (prompts x num_generations, grouped contiguously: the G samples of prompt i are
+rows i*G .. i*G+G-1), T completion tokens (right-padded, `mask` 1 on real tokens).
+Formulas follow TRL's `GRPOTrainer` (`_compute_loss`, `_generate_and_score_completions`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
+SCALE_REWARDS = ("group", "batch", "none")
+IS_LEVELS = ("token", "sequence")
+STD_EPS = 1e-4  # TRL's epsilon in (r - mean) / (std + eps)
+
+
+def _nanstd(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Unbiased std ignoring NaN (as TRL's `nanstd`); 0 where fewer than 2 values are finite."""
+    valid = ~torch.isnan(x)
+    count = valid.sum(dim) if dim is not None else valid.sum()
+    mean = torch.nanmean(x, dim=dim, keepdim=dim is not None)
+    sq = torch.where(valid, (x - mean) ** 2, torch.zeros_like(x))
+    var = sq.sum(dim) / (count - 1).clamp(min=1)
+    return torch.where(count > 1, var.sqrt(), torch.zeros_like(var))
+
+
+@dataclass(frozen=True)
+class Advantages:
+    advantages: torch.Tensor  # [B], 0 for samples without a reward
+    rewards: torch.Tensor  # [B], weighted sum over functions, NaN where every function gave None
+    group_std: torch.Tensor  # [B], the std used to scale (or that would be, under scale_rewards="none")
+    zero_std: torch.Tensor  # [B] bool, the sample's group has identical rewards
+
+
+def combine_rewards(per_function: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """[B, F] rewards (NaN = missing) and [F] weights -> [B]; NaN where every function is missing."""
+    total = (per_function * weights.unsqueeze(0)).nansum(dim=1)
+    missing = torch.isnan(per_function).all(dim=1)
+    return torch.where(missing, torch.full_like(total, float("nan")), total)
+
+
+def group_advantages(rewards: torch.Tensor, num_generations: int, scale_rewards: str = "group") -> Advantages:
+    """Group-relative advantages: (r - mean of the prompt's group) / (std + 1e-4).
+
+    rewards: [B] with NaN for missing samples, which are left out of their group's mean and std
+    and get advantage 0. scale_rewards: "group" (std within the group), "batch" (std over all),
+    "none" (no division: Dr. GRPO).
+    """
+    if scale_rewards not in SCALE_REWARDS:
+        raise ValueError(f"scale_rewards={scale_rewards!r}: use one of {SCALE_REWARDS}.")
+    if rewards.numel() % num_generations:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {num_generations}.")
+    grouped = rewards.view(-1, num_generations)
+    all_missing = torch.isnan(grouped).all(dim=1, keepdim=True)
+    mean = torch.nanmean(torch.where(all_missing, torch.zeros_like(grouped), grouped), dim=1)
+    mean = mean.repeat_interleave(num_generations)
+    if scale_rewards == "batch":
+        std = _nanstd(rewards).expand_as(rewards)
+    else:
+        std = _nanstd(grouped, dim=1).repeat_interleave(num_generations)
+    advantages = rewards - mean
+    if scale_rewards != "none":
+        advantages = advantages / (std + STD_EPS)
+    advantages = torch.nan_to_num(advantages, nan=0.0)
+    group_zero = torch.isclose(_nanstd(grouped, dim=1), torch.zeros(()))
+    return Advantages(advantages, rewards, std, group_zero.repeat_interleave(num_generations))
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(pi || ref) estimate k3 = exp(ref - logp) - (ref - logp) - 1 (>= 0)."""
+    delta = ref_logp - logp
+    return torch.exp(delta) - delta - 1
+
+
+@dataclass(frozen=True)
+class LossOutput:
+    loss: torch.Tensor  # scalar, differentiable
+    per_token_loss: torch.Tensor  # [B, T]
+    ratio: torch.Tensor  # [B, T] or [B, 1]: the importance ratio before clipping
+    clipped_low: torch.Tensor  # [B, T] bool: ratio < 1-eps where the advantage is negative
+    clipped_high: torch.Tensor  # [B, T] bool: ratio > 1+eps_high where the advantage is positive
+    kl: torch.Tensor | None  # [B, T]
+
+
+def policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    loss_type: str = "dapo",
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    importance_sampling_level: str = "token",
+    beta: float = 0.0,
+    ref_logp: torch.Tensor | None = None,
+    max_completion_length: int | None = None,
+    num_items: float | None = None,
+) -> LossOutput:
+    """The clipped-surrogate loss of GRPO / Dr. GRPO / DAPO / BNPO, with an optional KL term.
+
+    logp, old_logp, ref_logp, mask: [B, T]; advantages: [B]. `num_items` is the number of real
+    completion tokens in the whole optimizer batch (DAPO's normaliser; defaults to this batch's)
+    so that micro-batches accumulate to the full-batch loss. `max_completion_length` is Dr. GRPO's
+    constant normaliser (defaults to T).
+    """
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type={loss_type!r}: use one of {LOSS_TYPES}.")
+    if importance_sampling_level not in IS_LEVELS:
+        raise ValueError(f"importance_sampling_level={importance_sampling_level!r}: use one of {IS_LEVELS}.")
+    mask = mask.to(logp.dtype)
+    eps_high = epsilon if epsilon_high is None else epsilon_high
+    log_ratio = logp - old_logp
+    if importance_sampling_level == "sequence":
+        log_ratio = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)
+    ratio = torch.exp(log_ratio)
+    clipped = torch.clamp(ratio, 1 - epsilon, 1 + eps_high)
+    adv = advantages.unsqueeze(1)
+    per_token = -torch.min(ratio * adv, clipped * adv)
+    kl = None
+    if beta != 0.0:
+        if ref_logp is None:
+            raise ValueError("beta != 0 needs ref_logp (the log-probs with the adapter disabled).")
+        kl = k3_kl(logp, ref_logp)
+        per_token = per_token + beta * kl
+    per_token = per_token.expand_as(logp)
+    loss = _reduce(per_token, mask, loss_type, max_completion_length, num_items)
+    ratio_full = ratio.expand_as(logp)
+    return LossOutput(
+        loss=loss,
+        per_token_loss=per_token,
+        ratio=ratio,
+        clipped_low=(ratio_full < 1 - epsilon) & (adv < 0) & mask.bool(),
+        clipped_high=(ratio_full > 1 + eps_high) & (adv > 0) & mask.bool(),
+        kl=kl,
+    )
+
+
+def _reduce(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str,
+            max_completion_length: int | None, num_items: float | None) -> torch.Tensor:
+    masked = per_token * mask
+    if loss_type == "grpo":  # mean over each sequence's tokens, then over sequences
+        return (masked.sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+    if loss_type == "bnpo":  # mean over this batch's tokens
+        return masked.sum() / mask.sum().clamp(min=1.0)
+    if loss_type == "dr_grpo":  # constant normaliser: B * max_completion_length
+        return masked.sum() / (per_token.size(0) * (max_completion_length or per_token.size(1)))
+    total = mask.sum() if num_items is None else torch.tensor(float(num_items))
+    return masked.sum() / total.clamp(min=1.0)  # dapo: mean over the whole optimizer batch's tokens
+
+
+def selective_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log softmax(logits / temperature) at `token_ids`: [B, T, V], [B, T] -> [B, T] (float32)."""
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    picked = torch.gather(logits, -1, token_ids.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)

@@ -1,0 +1,210 @@
+"""`GRPOConfig`: the run's typed, frozen, validated configuration (TRL's field names).
+
+Loaded from YAML with `load_config(path, overrides=["key=value", ...])`; unknown keys and bad
+values are errors that name the field, the value and the fix. Never changed after load.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names each field, its value and the fix."""
+
+
+class GRPOConfig(BaseModel):
+    """Every knob of a GRPO run. Field names follow TRL's `GRPOConfig` where TRL has one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    # model and LoRA
+    model_name: str = Field("models/smollm2", description="local HF folder or hub id")
+    max_seq_length: int = Field(1024, gt=0, description="context limit of vLLM and the learner, tokens")
+    load_in_4bit: bool = Field(False, description="bitsandbytes NF4 base for the learner (CUDA only)")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="auto: bf16 on GPU, fp32 on CPU")
+    gpu_memory_utilization: float = Field(
+        0.5, description="vLLM's share of its GPU (of RAM on CPU); colocated, the learner gets the rest")
+    max_lora_rank: int = Field(64, description="largest LoRA rank vLLM will serve")
+    lora_r: int = Field(16, gt=0, description="LoRA rank")
+    lora_alpha: int = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    lora_target_modules: list[str] = Field(default_factory=lambda: list(ALL_PROJECTIONS))
+    gradient_checkpointing: bool | Literal["unsloth"] = Field(True, description="learner activation checkpointing")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra vLLM engine arguments")
+
+    # data
+    dataset: str | None = Field(None, description="local .json/.jsonl/.parquet file or HF dataset id; "
+                                "the Python API may pass train_dataset instead")
+    dataset_split: str = "train"
+    prompt_column: str = "prompt"
+    shuffle: bool = True
+
+    # rewards
+    reward_funcs: list[str] = Field(default_factory=list, description='"module:function" importable from cwd')
+    reward_weights: list[float] | None = None
+    reward_timeout_s: float = Field(60.0, gt=0, description="a reward call past this is killed; its samples get None")
+    max_reward_error_rate: float = Field(
+        0.5, ge=0.0, le=1.0, description="stop when more than this share of samples lack a reward in a step")
+
+    # sampling
+    num_generations: int = Field(8, description="completions per prompt (the GRPO group)")
+    prompts_per_step: int = Field(8, gt=0)
+    max_prompt_length: int = Field(256, gt=0)
+    max_completion_length: int = Field(256, gt=0)
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+
+    # optimisation
+    learning_rate: float = Field(1e-5, gt=0.0)
+    lr_scheduler_type: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    micro_batch_size: int = Field(16, gt=0, description="samples per learner forward/backward")
+    beta: float = Field(0.0, ge=0.0, description="KL coefficient to the base model (adapter disabled)")
+    epsilon: float = Field(0.2, gt=0.0)
+    epsilon_high: float | None = Field(None, description="upper clip; defaults to epsilon")
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = "dapo"
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    importance_sampling_level: Literal["token", "sequence"] = "token"
+    num_iterations: int = Field(1, ge=1, description="optimizer steps per generated batch")
+    mask_truncated_completions: bool = False
+    max_skipped_steps: int = Field(3, ge=1, description="non-finite steps in a row before the run stops")
+
+    # run
+    max_steps: int = Field(20, gt=0)
+    save_steps: int = Field(10, ge=0, description="checkpoint every N steps; 0: only final/")
+    keep_last: int = Field(3, ge=1)
+    output_dir: str = "runs/grpo"
+    seed: int = 42
+    resume_from_checkpoint: str | None = Field(None, description='None, "auto" or a checkpoint folder')
+    report_to: list[Literal["jsonl", "tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["jsonl", "tensorboard"])
+    progress_bar: bool = True
+
+    # Ray
+    num_rollout_workers: int = Field(1, ge=0, description="0: run in the driver process (tests)")
+    num_learner_workers: int = Field(1, ge=0)
+    placement: Literal["colocate", "disaggregate"] = "colocate"
+    max_logprob_mismatch: float = Field(
+        0.5, gt=0.0, description="stop when mean |logp_vllm - logp_learner| exceeds this")
+    rollout_timeout_s: float = Field(600.0, gt=0, description="watchdog for one generation call")
+    max_restarts: int = Field(3, ge=0, description="restarts allowed per rollout actor")
+    placement_timeout_s: float = Field(60.0, gt=0, description="fail if resources are not granted in time")
+
+    @field_validator("gpu_memory_utilization")
+    @classmethod
+    def _share(cls, value: float) -> float:
+        if not 0.0 < value <= 1.0:
+            raise ValueError("must be in (0, 1]: the fraction of GPU memory vLLM may use; e.g. 0.5")
+        return value
+
+    @field_validator("max_lora_rank")
+    @classmethod
+    def _rank(cls, value: int) -> int:
+        if value not in VLLM_LORA_RANKS:
+            raise ValueError(f"vLLM serves LoRA ranks up to one of {VLLM_LORA_RANKS}; pick one of them")
+        return value
+
+    @field_validator("num_generations")
+    @classmethod
+    def _group(cls, value: int) -> int:
+        if value < 2:
+            raise ValueError("GRPO's group baseline needs at least 2 completions per prompt; use >= 2, e.g. 8")
+        return value
+
+    @field_validator("resume_from_checkpoint")
+    @classmethod
+    def _resume(cls, value: str | None) -> str | None:
+        if value not in (None, "auto") and not os.path.isdir(value):
+            raise ValueError('must be null, "auto" or an existing checkpoint folder')
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "GRPOConfig":
+        if self.lora_r > self.max_lora_rank:
+            raise ValueError(f"lora_r={self.lora_r} exceeds max_lora_rank={self.max_lora_rank}: "
+                             f"raise max_lora_rank to >= {self.lora_r} or lower lora_r")
+        if self.max_prompt_length + self.max_completion_length > self.max_seq_length:
+            raise ValueError(
+                f"max_prompt_length ({self.max_prompt_length}) + max_completion_length "
+                f"({self.max_completion_length}) exceeds max_seq_length ({self.max_seq_length}): "
+                "raise max_seq_length or shorten one of them")
+        if self.placement == "colocate" and self.gpu_memory_utilization >= 1.0:
+            raise ValueError("gpu_memory_utilization=1.0 with placement: colocate leaves the learner no share "
+                             "of the GPU: use < 1 (e.g. 0.5) or placement: disaggregate")
+        if self.reward_weights is not None and self.reward_funcs and len(self.reward_weights) != len(self.reward_funcs):
+            raise ValueError(f"reward_weights has {len(self.reward_weights)} entries but reward_funcs has "
+                             f"{len(self.reward_funcs)}: give one weight per function")
+        if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
+            raise ValueError("epsilon_high must be >= epsilon (or null for the same value)")
+        return self
+
+    @property
+    def samples_per_step(self) -> int:
+        return self.prompts_per_step * self.num_generations
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "GRPOConfig":
+        try:
+            return cls(**values)
+        except ValidationError as err:
+            raise ConfigError(format_errors(err, values, source)) from None
+
+
+def format_errors(err: ValidationError, values: dict[str, Any], source: str) -> str:
+    """One line per problem: `source: field=value: what is wrong and how to fix it`."""
+    lines = []
+    for problem in err.errors():
+        field = ".".join(str(p) for p in problem["loc"]) or "(config)"
+        if problem["type"] == "extra_forbidden":
+            near = _closest(field, GRPOConfig.model_fields)
+            hint = f"; did you mean {near!r}?" if near else "; remove it"
+            lines.append(f"{source}: unknown key {field!r}{hint}")
+            continue
+        if problem["type"] == "missing":
+            lines.append(f"{source}: {field} is required: {GRPOConfig.model_fields[field].description or ''}")
+            continue
+        value = values.get(problem["loc"][0], "(default)") if problem["loc"] else "-"
+        message = problem["msg"].removeprefix("Value error, ")
+        lines.append(f"{source}: {field}={value!r}: {message}")
+    return "\n".join(lines)
+
+
+def _closest(name: str, options: Any) -> str | None:
+    import difflib
+
+    found = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: write KEY=VALUE, e.g. --set max_steps=5")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)
+
+
+def load_config(path: str, overrides: list[str] | None = None) -> GRPOConfig:
+    """Reads a YAML config, applies `KEY=VALUE` overrides, validates."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist: pass the path of a YAML file (see examples/)")
+    with open(path) as f:
+        values = yaml.safe_load(f) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    for text in overrides or []:
+        key, value = parse_override(text)
+        values[key] = value
+    return GRPOConfig.from_dict(values, source=path)

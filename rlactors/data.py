@@ -1,0 +1,139 @@
+"""Prompts: load a dataset, tokenize each prompt once, and serve batches from a resumable position.
+
+A prompt is text (tokenized as is) or a list of chat messages (`apply_chat_template` with
+`add_generation_prompt=True`, exactly once). Prompts longer than `max_prompt_length` tokens are
+dropped at load with a count, so vLLM never meets one mid-run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used; the message says which field and how to fix it."""
+
+
+def load_rows(dataset: Any, split: str, prompt_column: str) -> list[dict[str, Any]]:
+    """Rows as dicts from a local .json/.jsonl/.parquet file, a hub id, an HF Dataset or a list."""
+    if dataset is None:
+        raise DatasetError("dataset is not set: give `dataset:` in the config or train_dataset= in Python")
+    if isinstance(dataset, str):
+        dataset = _load_named(dataset, split)
+    rows = [dict(row) for row in dataset]
+    if not rows:
+        raise DatasetError("the dataset has no rows")
+    if prompt_column not in rows[0]:
+        raise DatasetError(
+            f"prompt_column={prompt_column!r} is not a column of the dataset (columns: {sorted(rows[0])}); "
+            "set prompt_column to the column that holds the prompts")
+    return rows
+
+
+def _load_named(name: str, split: str) -> Any:
+    from datasets import load_dataset
+
+    ext = os.path.splitext(name)[1].lower()
+    if ext in (".json", ".jsonl", ".parquet"):
+        if not os.path.isfile(name):
+            raise DatasetError(f"dataset={name!r}: no such file; fix the path (relative to the working directory)")
+        return load_dataset("parquet" if ext == ".parquet" else "json", data_files=name, split="train")
+    try:
+        return load_dataset(name, split=split)
+    except Exception as err:
+        raise DatasetError(
+            f"dataset={name!r} split={split!r} could not be loaded ({type(err).__name__}: {str(err)[:200]}); "
+            "pass a local .json/.jsonl/.parquet file or a reachable HF dataset id") from err
+
+
+def tokenize_prompt(tokenizer: Any, prompt: Any) -> list[int]:
+    if isinstance(prompt, str):
+        return list(tokenizer(prompt).input_ids)
+    if isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m for m in prompt):
+        if not getattr(tokenizer, "chat_template", None):
+            raise DatasetError("prompts are chat messages but the tokenizer has no chat template; "
+                               "use a chat model or give prompts as plain text")
+        ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+    raise DatasetError(f"prompt {str(prompt)[:80]!r} is neither text nor a list of {{'role', 'content'}} messages")
+
+
+@dataclass
+class PromptTable:
+    """Every usable row with its prompt's token ids."""
+
+    rows: list[dict[str, Any]]
+    token_ids: list[list[int]]
+    filtered_overlong: int
+    fingerprint: str
+
+    @classmethod
+    def build(cls, rows: list[dict[str, Any]], tokenizer: Any, prompt_column: str,
+              max_prompt_length: int) -> "PromptTable":
+        kept_rows, kept_ids, dropped = [], [], 0
+        for row in rows:
+            ids = tokenize_prompt(tokenizer, row[prompt_column])
+            if len(ids) > max_prompt_length:
+                dropped += 1
+                continue
+            kept_rows.append(row)
+            kept_ids.append(ids)
+        if not kept_rows:
+            raise DatasetError(
+                f"all {len(rows)} prompts are longer than max_prompt_length={max_prompt_length} tokens; "
+                "raise max_prompt_length (and max_seq_length) or shorten the prompts")
+        digest = hashlib.sha256(json.dumps(kept_ids).encode()).hexdigest()[:16]
+        return cls(kept_rows, kept_ids, dropped, digest)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+@dataclass
+class PromptSampler:
+    """Endless stream of row indices: a seeded permutation per epoch, batches may span epochs.
+
+    Within an epoch no row repeats; `state()` / `restore()` make the stream resumable exactly.
+    """
+
+    size: int
+    seed: int
+    shuffle: bool = True
+    epoch: int = 0
+    position: int = 0
+    _order: list[int] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        self._order = self._permutation(self.epoch)
+
+    def _permutation(self, epoch: int) -> list[int]:
+        order = list(range(self.size))
+        if self.shuffle:
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        return order
+
+    def next_batch(self, count: int) -> list[int]:
+        out = []
+        while len(out) < count:
+            if self.position == self.size:
+                self.epoch, self.position = self.epoch + 1, 0
+                self._order = self._permutation(self.epoch)
+            take = min(count - len(out), self.size - self.position)
+            out += self._order[self.position:self.position + take]
+            self.position += take
+        return out
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position, "size": self.size, "seed": self.seed}
+
+    def restore(self, state: dict[str, int]) -> None:
+        if state["size"] != self.size:
+            raise DatasetError(
+                f"the checkpoint was taken on a dataset of {state['size']} usable prompts, this one has "
+                f"{self.size}: resume with the same dataset, or start a new output_dir")
+        self.epoch, self.position = state["epoch"], state["position"]
+        self._order = self._permutation(self.epoch)

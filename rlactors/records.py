@@ -1,0 +1,132 @@
+"""The typed records that cross actor boundaries (besides `LoRAAdapter` in `rlactors.adapter`).
+
+`RolloutBatch`: rollout -> driver -> learner. `StepMetrics`: learner -> driver.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+
+@dataclass
+class RolloutBatch:
+    """B = prompts x num_generations samples, grouped: rows g*G .. g*G+G-1 share prompt g.
+
+    P = longest prompt, C = longest completion in the batch.
+    """
+
+    prompt_ids: torch.Tensor  # [B, P] long, left-padded with pad_id
+    prompt_mask: torch.Tensor  # [B, P] long, 1 on real prompt tokens
+    completion_ids: torch.Tensor  # [B, C] long, right-padded with pad_id
+    completion_mask: torch.Tensor  # [B, C] long, 1 on real completion tokens
+    behaviour_logprobs: torch.Tensor  # [B, C] float32, vLLM's log-probs of the sampled tokens
+    prompt_index: torch.Tensor  # [B] long, the prompt's position in this step's prompt list
+    sample_index: torch.Tensor  # [B] long, 0 .. G-1 within the group
+    truncated: torch.Tensor  # [B] bool, stopped by max_completion_length, not EOS
+    completions: list[str]  # [B] decoded completion text
+    adapter_version: int  # the policy version that generated every sample
+    num_generations: int
+    advantages: torch.Tensor | None = None  # [B] float32, set by the driver after scoring
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    @property
+    def size(self) -> int:
+        return self.completion_ids.shape[0]
+
+    def check(self) -> None:
+        """Raises ValueError when shapes disagree."""
+        b = self.completion_ids.shape[0]
+        pairs = {
+            "prompt_ids": (self.prompt_ids.shape, self.prompt_mask.shape),
+            "completion_ids": (self.completion_ids.shape, self.completion_mask.shape),
+            "behaviour_logprobs": (self.completion_ids.shape, self.behaviour_logprobs.shape),
+        }
+        for name, (expected, got) in pairs.items():
+            if tuple(expected) != tuple(got):
+                raise ValueError(f"RolloutBatch.{name}: shapes {tuple(expected)} and {tuple(got)} differ")
+        for name in ("prompt_ids", "prompt_index", "sample_index", "truncated"):
+            if getattr(self, name).shape[0] != b:
+                raise ValueError(f"RolloutBatch.{name} has {getattr(self, name).shape[0]} rows, expected {b}")
+        if len(self.completions) != b:
+            raise ValueError(f"RolloutBatch.completions has {len(self.completions)} entries, expected {b}")
+        if b % self.num_generations:
+            raise ValueError(f"RolloutBatch of {b} samples is not whole groups of {self.num_generations}")
+        if self.advantages is not None and self.advantages.shape != (b,):
+            raise ValueError(f"RolloutBatch.advantages has shape {tuple(self.advantages.shape)}, expected ({b},)")
+
+    def with_advantages(self, advantages: torch.Tensor) -> "RolloutBatch":
+        return replace(self, advantages=advantages.float())
+
+    def rows(self, start: int, stop: int) -> "RolloutBatch":
+        """Samples [start, stop) as a batch (whole groups only), trimmed to their own lengths."""
+        def cut(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[start:stop]
+
+        c_len = int(self.completion_mask[start:stop].sum(-1).max().item()) if stop > start else 0
+        p_len = int(self.prompt_mask[start:stop].sum(-1).max().item()) if stop > start else 0
+        return RolloutBatch(
+            prompt_ids=self.prompt_ids[start:stop, self.prompt_ids.shape[1] - p_len:],
+            prompt_mask=self.prompt_mask[start:stop, self.prompt_mask.shape[1] - p_len:],
+            completion_ids=self.completion_ids[start:stop, :max(c_len, 1)],
+            completion_mask=self.completion_mask[start:stop, :max(c_len, 1)],
+            behaviour_logprobs=self.behaviour_logprobs[start:stop, :max(c_len, 1)],
+            prompt_index=cut(self.prompt_index), sample_index=cut(self.sample_index),
+            truncated=cut(self.truncated), completions=self.completions[start:stop],
+            adapter_version=self.adapter_version, num_generations=1, advantages=cut(self.advantages),
+        )
+
+
+def concat_batches(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
+    """Joins batches from several rollout workers (prompt indices are kept as given)."""
+    if len(batches) == 1:
+        return batches[0]
+    versions = {b.adapter_version for b in batches}
+    if len(versions) != 1:
+        raise ValueError(f"cannot join rollout batches of adapter versions {sorted(versions)}")
+    p = max(b.prompt_ids.shape[1] for b in batches)
+    c = max(b.completion_ids.shape[1] for b in batches)
+
+    def pad(t: torch.Tensor, width: int, value: float, left: bool) -> torch.Tensor:
+        extra = width - t.shape[1]
+        return torch.nn.functional.pad(t, (extra, 0) if left else (0, extra), value=value)
+
+    return RolloutBatch(
+        prompt_ids=torch.cat([pad(b.prompt_ids, p, pad_id, True) for b in batches]),
+        prompt_mask=torch.cat([pad(b.prompt_mask, p, 0, True) for b in batches]),
+        completion_ids=torch.cat([pad(b.completion_ids, c, pad_id, False) for b in batches]),
+        completion_mask=torch.cat([pad(b.completion_mask, c, 0, False) for b in batches]),
+        behaviour_logprobs=torch.cat([pad(b.behaviour_logprobs, c, 0.0, False) for b in batches]),
+        prompt_index=torch.cat([b.prompt_index for b in batches]),
+        sample_index=torch.cat([b.sample_index for b in batches]),
+        truncated=torch.cat([b.truncated for b in batches]),
+        completions=[text for b in batches for text in b.completions],
+        adapter_version=versions.pop(),
+        num_generations=batches[0].num_generations,
+    )
+
+
+@dataclass
+class StepMetrics:
+    """What one learner update reports. Names follow TRL's logged metrics."""
+
+    step: int
+    adapter_version: int  # the version after this update
+    loss: float
+    grad_norm: float
+    learning_rate: float
+    kl: float
+    clip_ratio_low: float
+    clip_ratio_high: float
+    logprob_mismatch: float  # mean |logp_vllm - logp_learner| over completion tokens, before the update
+    skipped: bool  # the update was not applied (non-finite loss or gradient)
+    optimizer_steps: int
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        out.update(self.extra)
+        return out

@@ -1,0 +1,191 @@
+"""Reward functions: TRL's signature `f(prompts, completions, **columns) -> list[float | None]`.
+
+Each function's call for a step runs as its own Ray task (so functions run concurrently and a
+hung one can be killed at `reward_timeout_s`). A call that raises is retried sample by sample;
+an exception, a timeout, None, NaN or inf leave that sample's reward missing (NaN), counted in
+the metrics, never 0. A result of the wrong length is a bug in the function and stops the run.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import math
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+
+class RewardError(RuntimeError):
+    """A reward function that cannot be used (import, pickling, wrong result length)."""
+
+
+@dataclass(frozen=True)
+class RewardFunction:
+    name: str
+    fn: Callable[..., Any]
+
+
+def resolve(spec: str | Callable[..., Any]) -> RewardFunction:
+    """A callable, or "module:function" importable from the working directory."""
+    if callable(spec):
+        return RewardFunction(getattr(spec, "__name__", type(spec).__name__), spec)
+    if not isinstance(spec, str) or ":" not in spec:
+        raise RewardError(f'reward_funcs entry {spec!r}: write "module:function", e.g. "my_rewards:correct"')
+    module_name, attr = spec.split(":", 1)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:
+        raise RewardError(f"reward_funcs entry {spec!r}: cannot import {module_name!r} ({err}); "
+                          "put the module in the working directory or install it") from err
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise RewardError(f"reward_funcs entry {spec!r}: {module_name} has no function {attr!r}")
+    if not module_name.startswith("rlactors."):
+        # Ship the user's module by value: Ray workers need not find it on their own path.
+        import ray.cloudpickle
+
+        ray.cloudpickle.register_pickle_by_value(module)
+    return RewardFunction(attr, fn)
+
+
+def check_picklable(functions: Sequence[RewardFunction]) -> None:
+    """Fails at start-up, not mid-step, when a function cannot be sent to a Ray worker."""
+    import ray.cloudpickle
+
+    for reward in functions:
+        try:
+            ray.cloudpickle.dumps(reward.fn)
+        except Exception as err:
+            raise RewardError(
+                f"reward function {reward.name!r} cannot be pickled for Ray ({type(err).__name__}: {err}); "
+                "it captures something process-bound (a lock, a file, a CUDA tensor): create that inside "
+                "the function, or at module level") from err
+
+
+@dataclass
+class CallResult:
+    """One function's rewards for a step."""
+
+    values: list[float | None]
+    errors: int = 0  # samples whose reward is missing because of an exception or a bad value
+    timed_out: bool = False
+    first_error: str = ""
+    seconds: float = 0.0
+
+
+def _invoke(fn: Callable[..., Any], prompts: list, completions: list, columns: dict[str, list]) -> Any:
+    result = fn(prompts=prompts, completions=completions, **columns)
+    if inspect.isawaitable(result):
+        result = asyncio.run(_await(result))
+    return result
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def _as_float(value: Any) -> float | None:
+    if value is None:
+        return None
+    if hasattr(value, "item"):  # tensors and numpy scalars, on any device
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"reward {value!r} is not a number")
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def run_reward(name: str, fn: Callable[..., Any], prompts: list, completions: list,
+               columns: dict[str, list]) -> CallResult:
+    """Calls `fn` on the whole batch; if it raises, once per sample. Runs inside a Ray task."""
+    start = time.perf_counter()
+    n = len(completions)
+    batch_error = ""
+    try:
+        raw: list[Any] = list(_invoke(fn, prompts, completions, columns))
+    except Exception:
+        batch_error = traceback.format_exc(limit=5)
+        raw = [_call_one(fn, prompts, completions, columns, i) for i in range(n)]
+    if len(raw) != n:
+        raise RewardError(f"reward function {name!r} returned {len(raw)} values for {n} completions")
+    result = CallResult(values=[])
+    for value in raw:
+        converted, problem = _convert(value)
+        if problem:
+            result.errors += 1
+            result.first_error = result.first_error or batch_error or problem
+        result.values.append(converted)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+@dataclass
+class _Failed:
+    message: str
+
+
+def _call_one(fn: Callable[..., Any], prompts: list, completions: list, columns: dict[str, list],
+              i: int) -> Any:
+    try:
+        one = list(_invoke(fn, prompts[i:i + 1], completions[i:i + 1], {k: v[i:i + 1] for k, v in columns.items()}))
+    except Exception:
+        return _Failed(traceback.format_exc(limit=5))
+    return one[0] if len(one) == 1 else _Failed(f"returned {len(one)} values for 1 completion")
+
+
+def _convert(value: Any) -> tuple[float | None, str]:
+    """(reward or None, problem); None given by the function itself is no problem."""
+    if isinstance(value, _Failed):
+        return None, value.message
+    try:
+        converted = _as_float(value)
+    except (TypeError, ValueError) as err:
+        return None, str(err)
+    if converted is None and value is not None:
+        return None, f"non-finite reward {value!r}"
+    return converted, ""
+
+
+@dataclass
+class Scores:
+    """All functions' rewards for a step."""
+
+    per_function: list[list[float | None]]  # [F][B]
+    results: list[CallResult] = field(default_factory=list)
+
+    def tensor(self) -> Any:
+        """[B, F] float32, NaN where a reward is missing."""
+        import torch
+
+        return torch.tensor([[math.nan if v is None else v for v in col] for col in self.per_function],
+                            dtype=torch.float32).T
+
+
+def score(functions: Sequence[RewardFunction], prompts: list, completions: list,
+          columns: dict[str, list], timeout_s: float) -> Scores:
+    """Runs every function as a Ray task at once; kills those still running at `timeout_s`."""
+    import ray
+
+    task = ray.remote(num_cpus=0.1, max_retries=0)(run_reward)
+    refs = [task.remote(f.name, f.fn, prompts, completions, columns) for f in functions]
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    results = []
+    for reward, ref in zip(functions, refs):
+        if ref in ready:
+            try:
+                results.append(ray.get(ref))
+                continue
+            except ray.exceptions.RayTaskError as err:
+                if isinstance(err.cause, RewardError):
+                    raise err.cause from None
+                raise
+        ray.cancel(ref, force=True)
+        results.append(CallResult(values=[None] * len(completions), errors=len(completions), timed_out=True,
+                                  first_error=f"{reward.name} timed out after {timeout_s}s", seconds=timeout_s))
+    return Scores(per_function=[r.values for r in results], results=results)

@@ -1,0 +1,283 @@
+"""`GRPOTrainer`: the driver. Each step reads as its phases:
+prompts -> generate -> score -> advantages -> update -> sync -> record.
+
+    trainer = GRPOTrainer(config, reward_funcs=[my_reward], train_dataset=rows)
+    result = trainer.train()
+
+Runs on whatever `ray.init()` the caller made, or makes a local one (and shuts it down).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+from rlactors import algorithm, checkpoint, rewards
+from rlactors.config import ConfigError, GRPOConfig, load_config
+from rlactors.data import PromptSampler, PromptTable, load_rows
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """The run stopped on purpose: the message says why and what to change."""
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_adapter: str
+    metrics: list[dict[str, Any]]
+
+
+class GRPOTrainer:
+    def __init__(self, config: GRPOConfig | dict | str, reward_funcs: Sequence[str | Callable] | None = None,
+                 train_dataset: Any = None):
+        if isinstance(config, str):
+            config = load_config(config)
+        elif isinstance(config, dict):
+            config = GRPOConfig.from_dict(config)
+        self.config = config
+        specs = list(reward_funcs) if reward_funcs is not None else list(config.reward_funcs)
+        if not specs:
+            raise ConfigError('reward_funcs is empty: give at least one ("module:function" in YAML, '
+                              "a callable in Python)")
+        self.reward_functions = [rewards.resolve(spec) for spec in specs]
+        weights = config.reward_weights or [1.0] * len(specs)
+        if len(weights) != len(specs):
+            raise ConfigError(f"reward_weights has {len(weights)} entries for {len(specs)} reward functions: "
+                              "give one weight per function")
+        self.reward_weights = weights
+        rewards.check_picklable(self.reward_functions)
+        self.train_dataset = train_dataset
+        self.version = 0
+        self.adapter_ref: Any = None
+        self.skipped_in_row = 0
+        self.timings: dict[str, float] = {}
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def train(self) -> TrainResult:
+        owns_ray = self._init_ray()
+        try:
+            start_step = self._start()
+            for step in range(start_step + 1, self.config.max_steps + 1):
+                self._step(step)
+            final = self._save_final()
+            return TrainResult(self.config.max_steps, final, self.recorder.rows)
+        finally:
+            self._stop(owns_ray)
+
+    def _init_ray(self) -> bool:
+        import ray
+
+        if ray.is_initialized():
+            return False
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=True)
+        return True
+
+    def _start(self) -> int:
+        from rlactors.group import LearnerGroup, RolloutGroup
+        from rlactors.loader import load_tokenizer
+        from rlactors.model_files import resolve_model_path
+        from rlactors.placement import cluster_has_gpus, plan, reserve
+        from rlactors.run_folder import RunRecorder
+        from rlactors.workers.learner import LearnerWorker
+        from rlactors.workers.rollout import RolloutWorker
+
+        cfg = self.config
+        self.tokenizer = load_tokenizer(resolve_model_path(cfg.model_name))
+        rows = load_rows(self.train_dataset if self.train_dataset is not None else cfg.dataset,
+                         cfg.dataset_split, cfg.prompt_column)
+        self.prompts = PromptTable.build(rows, self.tokenizer, cfg.prompt_column, cfg.max_prompt_length)
+        if self.prompts.filtered_overlong:
+            print(f"rlactors: dropped {self.prompts.filtered_overlong} prompts longer than "
+                  f"max_prompt_length={cfg.max_prompt_length} tokens", flush=True)
+        self.sampler = PromptSampler(len(self.prompts), cfg.seed, cfg.shuffle)
+        resume_from = self._resume_path()
+        layout = plan(cfg, cluster_has_gpus())
+        self.placement_group = reserve(layout, cfg.placement_timeout_s)
+        self.rollouts = RolloutGroup(RolloutWorker, cfg, layout.rollout, self.placement_group, cfg.max_restarts)
+        self.learners = LearnerGroup(LearnerWorker, cfg, layout.learner, self.placement_group)
+        with self._timed("startup"):
+            self.rollouts.build()
+            self.learners.build()
+        start_step = self._resume(resume_from) if resume_from else 0
+        self.recorder = RunRecorder(cfg, resume_step=start_step)
+        return start_step
+
+    def _stop(self, owns_ray: bool) -> None:
+        from rlactors.placement import release
+
+        recorder = getattr(self, "recorder", None)
+        if recorder is not None:
+            recorder.plot_rewards()
+            recorder.close()
+        for group in (getattr(self, "rollouts", None), getattr(self, "learners", None)):
+            if group is not None:
+                group.shutdown()
+        release(getattr(self, "placement_group", None))
+        if owns_ray:
+            import ray
+
+            ray.shutdown()
+
+    @contextmanager
+    def _timed(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.timings[phase] = time.perf_counter() - start
+
+    # ---- one step ----------------------------------------------------------------------------
+    def _step(self, step: int) -> None:
+        cfg = self.config
+        started = time.perf_counter()
+        indices = self.sampler.next_batch(cfg.prompts_per_step)
+        with self._timed("generate"):
+            batch = self.rollouts.generate([self.prompts.token_ids[i] for i in indices], self.version)
+        with self._timed("score"):
+            scores = self._score(indices, batch)
+        per_function = scores.tensor()
+        combined = algorithm.combine_rewards(per_function, _tensor(self.reward_weights))
+        self._check_reward_errors(combined, scores, step)
+        adv = algorithm.group_advantages(combined, cfg.num_generations, cfg.scale_rewards)
+        with self._timed("update"):
+            metrics = self.learners.update(batch.with_advantages(adv.advantages), step)
+        self._check_skipped(metrics)
+        with self._timed("sync"):
+            self._sync(metrics.adapter_version)
+        row = self._row(step, batch, scores, per_function, adv, metrics, time.perf_counter() - started)
+        self.recorder.log(row)
+        if cfg.save_steps and step % cfg.save_steps == 0 and step < cfg.max_steps:
+            self._save_checkpoint(step)
+
+    def _score(self, indices: list[int], batch: Any) -> rewards.Scores:
+        cfg = self.config
+        rows = [self.prompts.rows[indices[int(p)]] for p in batch.prompt_index]
+        prompts = [row[cfg.prompt_column] for row in rows]
+        chat = isinstance(prompts[0], list)
+        completions = [[{"role": "assistant", "content": text}] if chat else text for text in batch.completions]
+        columns = {key: [row[key] for row in rows] for key in rows[0] if key != cfg.prompt_column}
+        return rewards.score(self.reward_functions, prompts, completions, columns, cfg.reward_timeout_s)
+
+    def _check_reward_errors(self, combined: Any, scores: rewards.Scores, step: int) -> None:
+        import torch
+
+        missing = float(torch.isnan(combined).float().mean())
+        for reward, result in zip(self.reward_functions, scores.results):
+            if result.errors:
+                print(f"rlactors: step {step}: reward {reward.name!r}: {result.errors} sample(s) without a reward; "
+                      f"first: {result.first_error.strip().splitlines()[-1] if result.first_error else '?'}",
+                      flush=True)
+        if missing > self.config.max_reward_error_rate:
+            raise TrainingError(
+                f"step {step}: {missing:.0%} of samples have no reward (max_reward_error_rate="
+                f"{self.config.max_reward_error_rate}); first error: {_first_error(scores)}. Fix the reward "
+                "function(s) or raise max_reward_error_rate")
+
+    def _check_skipped(self, metrics: Any) -> None:
+        self.skipped_in_row = self.skipped_in_row + 1 if metrics.skipped else 0
+        if self.skipped_in_row >= self.config.max_skipped_steps:
+            raise TrainingError(
+                f"{self.skipped_in_row} steps in a row had a non-finite loss or gradient and were skipped "
+                f"(max_skipped_steps={self.config.max_skipped_steps}): lower learning_rate or check the rewards")
+
+    def _sync(self, version: int) -> None:
+        """Publishes the learner's adapter once and has every rollout worker load it from memory."""
+        if version == self.version:
+            return
+        self.adapter_ref = self.learners.export_adapter()
+        held = self.rollouts.load_adapter(self.adapter_ref)
+        if any(v != version for v in held):
+            raise TrainingError(f"rollout workers hold adapter versions {held} after a sync to {version}")
+        self.version = version
+
+    def _row(self, step: int, batch: Any, scores: rewards.Scores, per_function: Any, adv: Any,
+             metrics: Any, seconds: float) -> dict[str, Any]:
+        import torch
+
+        lengths = batch.completion_mask.sum(-1).float()
+        valid = ~torch.isnan(adv.rewards)
+        reward = adv.rewards[valid]
+        row: dict[str, Any] = {
+            "step": step,
+            "reward": float(reward.mean()) if valid.any() else float("nan"),
+            "reward_std": float(adv.group_std.mean()),
+            "frac_reward_zero_std": float(adv.zero_std.float().mean()),
+            "reward/errors": sum(r.errors for r in scores.results),
+            "reward/timeouts": sum(r.timed_out for r in scores.results),
+            "completions/mean_length": float(lengths.mean()),
+            "completions/min_length": float(lengths.min()),
+            "completions/max_length": float(lengths.max()),
+            "completions/clipped_ratio": float(batch.truncated.float().mean()),
+            "num_tokens": int(batch.completion_mask.sum() + batch.prompt_mask.sum()),
+            "loss": metrics.loss, "kl": metrics.kl, "grad_norm": metrics.grad_norm,
+            "learning_rate": metrics.learning_rate,
+            "clip_ratio/low_mean": metrics.clip_ratio_low, "clip_ratio/high_mean": metrics.clip_ratio_high,
+            "sampling/logprob_mismatch": metrics.logprob_mismatch,
+            "train/skipped": int(metrics.skipped),
+            "adapter_version": metrics.adapter_version,
+            "step_time_s": seconds,
+        }
+        for i, reward_fn in enumerate(self.reward_functions):
+            column = per_function[:, i]
+            row[f"rewards/{reward_fn.name}/mean"] = float(torch.nanmean(column)) if (~column.isnan()).any() else 0.0
+        for phase in ("generate", "score", "update", "sync"):
+            row[f"time/{phase}_s"] = self.timings.get(phase, 0.0)
+        return row
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def _resume_path(self) -> str | None:
+        target = self.config.resume_from_checkpoint
+        if target == "auto":
+            return checkpoint.latest_checkpoint(self.config.output_dir)
+        return target
+
+    def _save_checkpoint(self, step: int) -> str:
+        cfg = self.config
+        tmp = checkpoint.temp_dir(cfg.output_dir, step)
+        self.learners.save_state(tmp)
+        checkpoint.write_json(os.path.join(tmp, checkpoint.STATE_DIR, "driver.json"), {
+            "step": step, "sampler": self.sampler.state(), "dataset_fingerprint": self.prompts.fingerprint,
+            "num_generations": cfg.num_generations, "prompts_per_step": cfg.prompts_per_step,
+        })
+        return checkpoint.commit(cfg.output_dir, tmp, step, cfg.keep_last, protect=self._resume_path())
+
+    def _resume(self, path: str) -> int:
+        cfg = self.config
+        driver = checkpoint.read_json(os.path.join(path, checkpoint.STATE_DIR, "driver.json"))
+        for key in ("num_generations", "prompts_per_step"):
+            if driver[key] != getattr(cfg, key):
+                raise ConfigError(f"{key}={getattr(cfg, key)} but the checkpoint {path} was trained with "
+                                  f"{driver[key]}: resume with the same value, or start a new output_dir")
+        if driver["dataset_fingerprint"] != self.prompts.fingerprint:
+            raise ConfigError(f"the dataset differs from the one checkpoint {path} was trained on: resume "
+                              "with the same dataset, or start a new output_dir")
+        self.sampler.restore(driver["sampler"])
+        version = self.learners.load_state(path)
+        self._sync(version)
+        print(f"rlactors: resumed from {path} at step {driver['step']} (adapter version {version})", flush=True)
+        return int(driver["step"])
+
+    def _save_final(self) -> str:
+        import ray
+
+        adapter = self.learners.export_adapter()
+        if isinstance(adapter, ray.ObjectRef):
+            adapter = ray.get(adapter)
+        return adapter.save(os.path.join(self.config.output_dir, "final"))
+
+
+def _tensor(values: list[float]) -> Any:
+    import torch
+
+    return torch.tensor(values, dtype=torch.float32)
+
+
+def _first_error(scores: rewards.Scores) -> str:
+    for result in scores.results:
+        if result.first_error:
+            return result.first_error.strip().splitlines()[-1]
+    return "none recorded"

@@ -1,0 +1,121 @@
+"""`RolloutWorker`: samples GRPO groups with the loader's vLLM engine. A plain class: a group
+makes it a Ray actor at spawn time, or runs it in the driver process.
+
+Stateless but for the adapter: after a restart it holds version 0 and refuses to generate for
+any other version until the current adapter is loaded again (`StaleAdapterError`).
+"""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from rlactors.adapter import LoRAAdapter
+
+if TYPE_CHECKING:
+    from rlactors.config import GRPOConfig
+    from rlactors.records import RolloutBatch
+
+
+class StaleAdapterError(RuntimeError):
+    """The worker does not hold the adapter version the caller asked for."""
+
+    def __init__(self, held: int, wanted: int):
+        super().__init__(f"rollout worker holds adapter version {held}, asked to generate with {wanted}")
+        self.held, self.wanted = held, wanted
+
+
+class RolloutWorker:
+    def __init__(self, config: "GRPOConfig", rank: int = 0):
+        self.config = config
+        self.rank = rank
+        self.adapter_version = 0
+        self._engine: Any = None
+        self._request: Any = None  # LoRARequest of the loaded adapter; None = base model
+        self._pad_id = 0
+
+    def build(self) -> int:
+        """Starts the vLLM engine; returns this process's pid (for fault injection and logs)."""
+        if self._engine is not None:
+            return os.getpid()
+        from rlactors.loader import load_engine, resolve_dtype
+        from rlactors.model_files import resolve_model_path
+        from rlactors.threads import use_all_cores
+
+        use_all_cores()
+        cfg = self.config
+        path = resolve_model_path(cfg.model_name)
+        dtype = resolve_dtype(None if cfg.dtype == "auto" else cfg.dtype)
+        self._engine = load_engine(
+            path, cfg.max_seq_length, dtype, cfg.gpu_memory_utilization, cfg.max_lora_rank,
+            load_in_4bit=cfg.load_in_4bit, seed=cfg.seed + self.rank, **cfg.engine_kwargs,
+        )
+        tokenizer = self._engine.get_tokenizer()
+        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return os.getpid()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def load_adapter(self, adapter: LoRAAdapter) -> int:
+        """Installs `adapter` from memory (no disk); returns the version now held."""
+        from rlactors import engine
+
+        self.build()
+        adapter.check(self.config.max_lora_rank)
+        self._request = engine.load_adapter(self._engine, adapter, lora_id=adapter.version + 1)
+        self.adapter_version = adapter.version
+        return self.adapter_version
+
+    def generate(self, prompt_token_ids: list[list[int]], adapter_version: int) -> "RolloutBatch":
+        """`num_generations` completions for each prompt, under `adapter_version` exactly."""
+        from rlactors import engine
+
+        self.build()
+        if adapter_version != self.adapter_version:
+            raise StaleAdapterError(self.adapter_version, adapter_version)
+        cfg = self.config
+        samples = engine.sample(
+            self._engine, prompt_token_ids, n=cfg.num_generations, max_tokens=cfg.max_completion_length,
+            temperature=cfg.temperature, top_p=cfg.top_p, lora_request=self._request,
+        )
+        return samples_to_batch(samples, cfg.num_generations, self.adapter_version, self._pad_id)
+
+    def prompt_logprobs(self, token_ids: list[int], num_scored: int) -> list[float]:
+        """vLLM's log-probs of the last `num_scored` tokens under the held adapter (a probe)."""
+        from rlactors import engine
+
+        self.build()
+        return engine.prompt_logprobs(self._engine, token_ids, num_scored, self._request)
+
+
+def samples_to_batch(samples: list, num_generations: int, adapter_version: int, pad_id: int) -> "RolloutBatch":
+    """Pads `engine.Sample`s (grouped by prompt) into a `RolloutBatch`."""
+    import torch
+
+    from rlactors.records import RolloutBatch
+
+    p = max(len(s.prompt_token_ids) for s in samples)
+    c = max(1, max(len(s.completion_token_ids) for s in samples))
+    b = len(samples)
+    prompt_ids = torch.full((b, p), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((b, p), dtype=torch.long)
+    completion_ids = torch.full((b, c), pad_id, dtype=torch.long)
+    completion_mask = torch.zeros((b, c), dtype=torch.long)
+    logprobs = torch.zeros((b, c), dtype=torch.float32)
+    for row, s in enumerate(samples):
+        n_p, n_c = len(s.prompt_token_ids), len(s.completion_token_ids)
+        prompt_ids[row, p - n_p:] = torch.tensor(s.prompt_token_ids)
+        prompt_mask[row, p - n_p:] = 1
+        if n_c:
+            completion_ids[row, :n_c] = torch.tensor(s.completion_token_ids)
+            completion_mask[row, :n_c] = 1
+            logprobs[row, :n_c] = torch.tensor(s.logprobs)
+    return RolloutBatch(
+        prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
+        completion_mask=completion_mask, behaviour_logprobs=logprobs,
+        prompt_index=torch.tensor([s.prompt_index for s in samples]),
+        sample_index=torch.arange(b) % num_generations,
+        truncated=torch.tensor([s.finish_reason == "length" for s in samples]),
+        completions=[s.text for s in samples], adapter_version=adapter_version,
+        num_generations=num_generations,
+    )
