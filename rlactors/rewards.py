@@ -32,6 +32,7 @@ class RewardFunction:
 def resolve(spec: str | Callable[..., Any]) -> RewardFunction:
     """A callable, or "module:function" importable from the working directory."""
     if callable(spec):
+        _ship_by_value(getattr(spec, "__module__", None))
         return RewardFunction(getattr(spec, "__name__", type(spec).__name__), spec)
     if not isinstance(spec, str) or ":" not in spec:
         raise RewardError(f'reward_funcs entry {spec!r}: write "module:function", e.g. "my_rewards:correct"')
@@ -46,12 +47,20 @@ def resolve(spec: str | Callable[..., Any]) -> RewardFunction:
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise RewardError(f"reward_funcs entry {spec!r}: {module_name} has no function {attr!r}")
-    if not module_name.startswith("rlactors."):
-        # Ship the user's module by value: Ray workers need not find it on their own path.
-        import ray.cloudpickle
-
-        ray.cloudpickle.register_pickle_by_value(module)
+    _ship_by_value(module_name)
     return RewardFunction(attr, fn)
+
+
+def _ship_by_value(module_name: str | None) -> None:
+    """Pickle the user's reward module by value: Ray workers need not find it on their path."""
+    if not module_name or module_name == "__main__" or module_name.split(".")[0] == "rlactors":
+        return
+    module = sys.modules.get(module_name)
+    if module is None or "site-packages" in (getattr(module, "__file__", "") or ""):
+        return
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(module)
 
 
 def check_picklable(functions: Sequence[RewardFunction]) -> None:

@@ -1,0 +1,52 @@
+"""Shared fixtures. Engines and Ray clusters are expensive (about 30 s each): session-scoped."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from rlactors.testing import make_tiny_model, smollm2_dir
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> str:
+    path = smollm2_dir()
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        from rlactors.model_files import prepare_smollm2
+
+        prepare_smollm2(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(smollm2: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return make_tiny_model(str(tmp_path_factory.mktemp("tiny") / "llama"), "llama", smollm2)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(smollm2: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return make_tiny_model(str(tmp_path_factory.mktemp("tiny") / "qwen2"), "qwen2", smollm2)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray cluster for the whole session (2 CPUs, like CI)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def fast_model(smollm2: str):
+    """SmolLM2 with a vLLM engine (fp32 on CPU) and a LoRA adapter: one engine for every loader test."""
+    from rlactors import FastLanguageModel
+
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        smollm2, max_seq_length=512, load_in_4bit=False, fast_inference=True, gpu_memory_utilization=0.3,
+        max_lora_rank=16, dtype="float32", enforce_eager=True,
+    )
+    return model, tokenizer

@@ -1,0 +1,143 @@
+"""GRPO math: numbers worked out by hand, and TRL's own `_compute_loss` on random inputs."""
+import math
+import types
+from collections import defaultdict
+
+import pytest
+import torch
+
+from rlactors import algorithm
+
+pytestmark = pytest.mark.unit
+
+
+def test_group_advantages_by_hand():
+    # group 1: rewards 1, 0 -> mean 0.5, unbiased std 0.7071 -> +-0.5/(0.7071+1e-4)
+    # group 2: rewards 2, 2 -> std 0 -> advantages 0, flagged zero-std
+    out = algorithm.group_advantages(torch.tensor([1.0, 0.0, 2.0, 2.0]), num_generations=2)
+    a = 0.5 / (math.sqrt(0.5) + 1e-4)
+    assert torch.allclose(out.advantages, torch.tensor([a, -a, 0.0, 0.0]), atol=1e-6)
+    assert out.zero_std.tolist() == [False, False, True, True]
+
+
+def test_scale_rewards_none_and_batch():
+    rewards = torch.tensor([1.0, 0.0, 3.0, 1.0])
+    none = algorithm.group_advantages(rewards, 2, "none").advantages
+    assert none.tolist() == [0.5, -0.5, 1.0, -1.0]
+    batch = algorithm.group_advantages(rewards, 2, "batch").advantages
+    std = torch.tensor([1.0, 0.0, 3.0, 1.0]).std().item()  # 1.2910
+    assert torch.allclose(batch, torch.tensor([0.5, -0.5, 1.0, -1.0]) / (std + 1e-4), atol=1e-6)
+
+
+def test_missing_rewards_leave_the_baseline_and_get_zero_advantage():
+    # group: 1, NaN, 0 -> baseline over {1, 0}; the NaN sample gets advantage 0
+    out = algorithm.group_advantages(torch.tensor([1.0, float("nan"), 0.0]), num_generations=3)
+    a = 0.5 / (math.sqrt(0.5) + 1e-4)
+    assert torch.allclose(out.advantages, torch.tensor([a, 0.0, -a]), atol=1e-6)
+    all_missing = algorithm.group_advantages(torch.full((2,), float("nan")), 2)
+    assert all_missing.advantages.tolist() == [0.0, 0.0]
+
+
+def test_combine_rewards_weights_and_all_missing_row():
+    per_fn = torch.tensor([[1.0, 0.5], [float("nan"), 1.0], [float("nan"), float("nan")]])
+    out = algorithm.combine_rewards(per_fn, torch.tensor([1.0, 2.0]))
+    assert out[0].item() == 2.0 and out[1].item() == 2.0 and math.isnan(out[2].item())
+
+
+def test_k3_kl_by_hand():
+    # logp = log 0.5, ref = log 0.25: delta = log 0.5; exp(delta) - delta - 1 = 0.5 + 0.6931 - 1
+    kl = algorithm.k3_kl(torch.tensor([math.log(0.5)]), torch.tensor([math.log(0.25)]))
+    assert kl.item() == pytest.approx(0.5 + math.log(2) - 1, abs=1e-6)
+
+
+def test_clipped_loss_by_hand():
+    # one sample, two tokens, advantage +1; ratios e^0.5=1.6487 (clipped to 1.2) and 1.0
+    logp = torch.tensor([[0.5, 0.0]])
+    old = torch.zeros(1, 2)
+    out = algorithm.policy_loss(logp, old, torch.tensor([1.0]), torch.ones(1, 2), loss_type="grpo")
+    assert out.loss.item() == pytest.approx(-(1.2 + 1.0) / 2, abs=1e-6)
+    assert out.clipped_high.tolist() == [[True, False]]
+    # negative advantage: min(-1.6487, -1.2) = -1.6487 -> loss 1.6487 (unclipped side)
+    neg = algorithm.policy_loss(logp, old, torch.tensor([-1.0]), torch.ones(1, 2), loss_type="grpo")
+    assert neg.loss.item() == pytest.approx((math.exp(0.5) + 1.0) / 2, abs=1e-6)
+
+
+def test_loss_normalisers_by_hand():
+    # per-token loss = -advantage * 1 when logp == old; two samples of lengths 1 and 3
+    logp = torch.zeros(2, 3)
+    mask = torch.tensor([[1, 0, 0], [1, 1, 1]])
+    adv = torch.tensor([1.0, 2.0])
+    loss = lambda t, **kw: algorithm.policy_loss(logp, logp, adv, mask, loss_type=t, **kw).loss.item()
+    assert loss("grpo") == pytest.approx(-(1 + 2) / 2)  # per-sequence means: -1, -2
+    assert loss("bnpo") == pytest.approx(-(1 + 6) / 4)  # token mean
+    assert loss("dapo") == pytest.approx(-(1 + 6) / 4)
+    assert loss("dapo", num_items=14) == pytest.approx(-(1 + 6) / 14)
+    assert loss("dr_grpo", max_completion_length=5) == pytest.approx(-(1 + 6) / (2 * 5))
+
+
+def test_sequence_level_ratio_is_geometric_mean():
+    logp = torch.tensor([[0.2, 0.4]])
+    out = algorithm.policy_loss(logp, torch.zeros(1, 2), torch.tensor([1.0]), torch.ones(1, 2),
+                                importance_sampling_level="sequence", epsilon=10.0)
+    assert out.ratio.item() == pytest.approx(math.exp(0.3), abs=1e-6)
+
+
+def test_selective_logprobs_with_temperature():
+    logits = torch.tensor([[[2.0, 0.0, 0.0]]])
+    got = algorithm.selective_logprobs(logits, torch.tensor([[0]]), temperature=2.0)
+    assert got.item() == pytest.approx(1.0 - math.log(math.e + 2), abs=1e-6)
+
+
+def test_bad_options_name_the_field():
+    with pytest.raises(ValueError, match="loss_type='ppo'"):
+        algorithm.policy_loss(torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1), torch.ones(1, 1), loss_type="ppo")
+    with pytest.raises(ValueError, match="do not split into groups of 3"):
+        algorithm.group_advantages(torch.zeros(4), 3)
+
+
+# ---- cross-check with TRL's GRPOTrainer._compute_loss on random inputs ------------------------------
+
+
+def _trl_loss(logp, old, ref, adv, mask, loss_type, level, beta, eps_low, eps_high, max_len):
+    from trl.trainer.grpo_trainer import GRPOTrainer
+
+    accelerator = types.SimpleNamespace(gather=lambda x: x, num_processes=1, sync_gradients=True,
+                                        reduce=lambda x, reduction="sum": x)
+    args = types.SimpleNamespace(delta=None, use_bias_correction_kl=False)
+    fake = types.SimpleNamespace(
+        top_entropy_quantile=1.0, off_policy_mask_threshold=None, importance_sampling_level=level,
+        beta=beta, loss_type=loss_type, epsilon_low=eps_low, epsilon_high=eps_high, args=args,
+        use_vllm=False, vllm_importance_sampling_correction=False, max_completion_length=max_len,
+        model=types.SimpleNamespace(training=True), current_gradient_accumulation_steps=1,
+        accelerator=accelerator, _metrics={"train": defaultdict(list)}, aux_loss_enabled=False,
+        _entropy_bonus_enabled=False, use_adaptive_entropy=False,
+    )
+    fake._get_per_token_logps_and_entropies = lambda *a, **k: (logp, torch.zeros_like(logp), None)
+    fake.get_high_entropy_mask = None
+    inputs = {"prompt_ids": torch.zeros(logp.shape[0], 1, dtype=torch.long),
+              "prompt_mask": torch.ones(logp.shape[0], 1, dtype=torch.long),
+              "completion_ids": torch.zeros_like(mask), "completion_mask": mask, "advantages": adv,
+              "old_per_token_logps": old, "ref_per_token_logps": ref,
+              "num_items_in_batch": mask.sum().float()}
+    fake.args.steps_per_generation = 1
+    return GRPOTrainer._compute_loss(fake, None, inputs)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo", "bnpo"])
+@pytest.mark.parametrize("level", ["token", "sequence"])
+@pytest.mark.parametrize("beta", [0.0, 0.04])
+def test_matches_trl_compute_loss(loss_type, level, beta):
+    pytest.importorskip("trl")
+    gen = torch.Generator().manual_seed(hash((loss_type, level, beta)) % 2**31)
+    b, t = 6, 5
+    old = -torch.rand(b, t, generator=gen) * 3
+    logp = old + torch.randn(b, t, generator=gen) * 0.3
+    ref = old + torch.randn(b, t, generator=gen) * 0.2
+    adv = torch.randn(b, generator=gen)
+    lengths = torch.tensor([5, 3, 1, 4, 2, 5])
+    mask = (torch.arange(t)[None, :] < lengths[:, None]).long()
+    theirs = _trl_loss(logp, old, ref, adv, mask, loss_type, level, beta, 0.2, 0.28, t)
+    ours = algorithm.policy_loss(logp, old, adv, mask, loss_type=loss_type, epsilon=0.2, epsilon_high=0.28,
+                                 importance_sampling_level=level, beta=beta, ref_logp=ref,
+                                 max_completion_length=t).loss
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-5, abs=1e-6)

@@ -1,0 +1,81 @@
+"""Prompts, the resumable sampler and RolloutBatch's shape checks."""
+import json
+
+import pytest
+import torch
+
+from rlactors.data import DatasetError, PromptSampler, PromptTable, load_rows, tokenize_prompt
+from rlactors.records import RolloutBatch, concat_batches
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2):
+    from rlactors.loader import load_tokenizer
+
+    return load_tokenizer(smollm2)
+
+
+def test_chat_template_applied_once_and_text_kept(tokenizer):
+    messages = [{"role": "user", "content": "What is 2 + 2?"}]
+    ids = tokenize_prompt(tokenizer, messages)
+    text = tokenizer.decode(ids)
+    assert text.count("<|im_start|>user") == 1 and text.endswith("<|im_start|>assistant\n")
+    assert tokenize_prompt(tokenizer, "plain text") == list(tokenizer("plain text").input_ids)
+
+
+def test_overlong_prompts_are_dropped_and_counted(tokenizer):
+    rows = [{"prompt": "short"}, {"prompt": "word " * 300}]
+    table = PromptTable.build(rows, tokenizer, "prompt", max_prompt_length=50)
+    assert len(table) == 1 and table.filtered_overlong == 1
+    with pytest.raises(DatasetError, match="all 1 prompts are longer than max_prompt_length=5"):
+        PromptTable.build(rows[1:], tokenizer, "prompt", max_prompt_length=5)
+
+
+def test_missing_prompt_column_names_columns(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"question": "hi"}) + "\n")
+    with pytest.raises(DatasetError, match=r"prompt_column='prompt' is not a column .*\['question'\]"):
+        load_rows(str(path), "train", "prompt")
+    with pytest.raises(DatasetError, match="no such file"):
+        load_rows(str(tmp_path / "nope.jsonl"), "train", "prompt")
+
+
+def test_sampler_epochs_no_repeats_and_exact_resume():
+    sampler = PromptSampler(size=5, seed=1)
+    first_epoch = sampler.next_batch(5)
+    assert sorted(first_epoch) == list(range(5))
+    sampler.next_batch(3)
+    saved = sampler.state()
+    expected = sampler.next_batch(4)  # spans the end of epoch 1
+    again = PromptSampler(size=5, seed=1)
+    again.restore(saved)
+    assert again.next_batch(4) == expected
+    with pytest.raises(DatasetError, match="dataset of 5 usable prompts, this one has 6"):
+        PromptSampler(size=6, seed=1).restore(saved)
+
+
+def _batch(b=4, p=3, c=2, g=2, version=0):
+    return RolloutBatch(
+        prompt_ids=torch.ones(b, p, dtype=torch.long), prompt_mask=torch.ones(b, p, dtype=torch.long),
+        completion_ids=torch.ones(b, c, dtype=torch.long), completion_mask=torch.ones(b, c, dtype=torch.long),
+        behaviour_logprobs=torch.zeros(b, c), prompt_index=torch.arange(b) // g, sample_index=torch.arange(b) % g,
+        truncated=torch.zeros(b, dtype=torch.bool), completions=["x"] * b, adapter_version=version,
+        num_generations=g)
+
+
+def test_rollout_batch_checks_shapes():
+    _batch()
+    with pytest.raises(ValueError, match="behaviour_logprobs"):
+        RolloutBatch(**{**_batch().__dict__, "behaviour_logprobs": torch.zeros(4, 3)})
+    with pytest.raises(ValueError, match="not whole groups of 3"):
+        _batch(g=3)
+
+
+def test_concat_refuses_mixed_versions_and_pads():
+    a, b = _batch(c=2), _batch(c=5)
+    joined = concat_batches([a, b], pad_id=0)
+    assert joined.completion_ids.shape == (8, 5) and joined.completion_mask[:4, 2:].sum() == 0
+    with pytest.raises(ValueError, match="adapter versions"):
+        concat_batches([a, _batch(version=1)], pad_id=0)

@@ -1,0 +1,60 @@
+"""from_pretrained / get_peft_model argument errors, raised before anything expensive starts."""
+import pytest
+import torch
+
+from rlactors import FastLanguageModel
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"max_seq_length": 0}, "max_seq_length=0: pass a positive int"),
+    ({"gpu_memory_utilization": 1.2}, r"gpu_memory_utilization=1.2 is outside \(0, 1\]"),
+    ({"gpu_memory_utilization": 0}, r"gpu_memory_utilization=0 is outside \(0, 1\]"),
+    ({"max_lora_rank": -1}, "max_lora_rank=-1"),
+    ({"use_gradient_checkpointing": "fast"}, "use_gradient_checkpointing='fast': pass True, False or 'unsloth'"),
+    ({"dtype": "int8"}, "dtype='int8': pass None, torch.bfloat16"),
+])
+def test_bad_arguments(smollm2, kwargs, message):
+    args = {"load_in_4bit": False, "fast_inference": False, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        FastLanguageModel.from_pretrained(smollm2, **args)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU behaviour")
+def test_4bit_on_cpu_says_what_to_pass(smollm2):
+    with pytest.raises(ValueError, match="load_in_4bit=True needs a CUDA GPU.*Pass load_in_4bit=False"):
+        FastLanguageModel.from_pretrained(smollm2)  # the default is load_in_4bit=True
+
+
+def test_missing_model_and_folder_without_config(tmp_path):
+    with pytest.raises(ValueError, match="neither an existing folder nor a hub id"):
+        FastLanguageModel.from_pretrained("./no/such/model", load_in_4bit=False)
+    with pytest.raises(ValueError, match="folder without config.json"):
+        FastLanguageModel.from_pretrained(str(tmp_path), load_in_4bit=False)
+
+
+def test_hub_id_unreachable_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="could not be fetched from the Hugging Face hub"):
+        FastLanguageModel.from_pretrained("someone/not-a-real-model-xyz", load_in_4bit=False, fast_inference=False)
+
+
+def test_engine_kwargs_without_engine_and_unknown_engine_kwargs(smollm2):
+    with pytest.raises(TypeError, match=r"\['enforce_eager'\], which are vLLM engine arguments"):
+        FastLanguageModel.from_pretrained(smollm2, load_in_4bit=False, fast_inference=False, enforce_eager=True)
+    with pytest.raises(TypeError, match=r"\['not_an_arg'\], which are neither"):
+        FastLanguageModel.from_pretrained(smollm2, load_in_4bit=False, not_an_arg=1, gpu_memory_utilization=0.3)
+
+
+def test_plain_model_has_no_engine(smollm2):
+    model, tokenizer = FastLanguageModel.from_pretrained(smollm2, load_in_4bit=False, fast_inference=False,
+                                                         use_gradient_checkpointing=True)
+    assert not hasattr(model, "vllm_engine") and tokenizer.pad_token is not None
+    assert model.is_gradient_checkpointing
+    with pytest.raises(RuntimeError, match="fast_inference=True"):
+        model.fast_generate(["hi"])
+    peft = FastLanguageModel.get_peft_model(model, r=8, target_modules=["q_proj"])
+    assert not hasattr(peft, "vllm_engine")
+    with pytest.raises(ValueError, match="bias='all'"):
+        FastLanguageModel.get_peft_model(model, r=8, bias="all")
