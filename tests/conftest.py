@@ -47,6 +47,6 @@ def fast_model(smollm2: str):
 
     model, tokenizer = FastLanguageModel.from_pretrained(
         smollm2, max_seq_length=512, load_in_4bit=False, fast_inference=True, gpu_memory_utilization=0.3,
-        max_lora_rank=16, dtype="float32", enforce_eager=True,
+        max_lora_rank=16, dtype="float32", enforce_eager=True, kv_cache_memory_bytes=512 * 2**20,
     )
     return model, tokenizer

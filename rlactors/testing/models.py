@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import os
 
+# head_dim 64: vLLM-CPU's attention kernels support no smaller head size.
 SHAPES = {
-    # hidden, layers, heads, kv heads, intermediate
-    "llama": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                  intermediate_size=128),
-    "qwen2": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                  intermediate_size=128),
+    "llama": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                  intermediate_size=256),
+    "qwen2": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                  intermediate_size=256),
 }
 
 

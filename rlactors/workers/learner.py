@@ -192,7 +192,7 @@ class LearnerWorker:
         stats = {
             "mismatch": float(((raw - mb.behaviour_logprobs.to(self.device)).abs() * real).sum()),
             "loss": float(loss.detach()),
-            "kl": float((out.kl * mask_f).sum()) if out.kl is not None else 0.0,
+            "kl": float((out.kl.detach() * mask_f).sum()) if out.kl is not None else 0.0,
             "clip_low": float(out.clipped_low.sum()),
             "clip_high": float(out.clipped_high.sum()),
         }

