@@ -43,6 +43,7 @@ class GRPOConfig(BaseModel):
     # data
     dataset: str | None = Field(None, description="local .json/.jsonl/.parquet file or HF dataset id; "
                                 "the Python API may pass train_dataset instead")
+    dataset_config: str | None = Field(None, description="the HF dataset's configuration name, e.g. 'main'")
     dataset_split: str = "train"
     prompt_column: str = "prompt"
     shuffle: bool = True
@@ -61,6 +62,8 @@ class GRPOConfig(BaseModel):
     max_completion_length: int = Field(256, gt=0)
     temperature: float = Field(1.0, gt=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    generation_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="extra vLLM SamplingParams fields, e.g. {min_tokens: 256, ignore_eos: true}")
 
     # optimisation
     learning_rate: float = Field(1e-5, gt=0.0)
@@ -98,6 +101,7 @@ class GRPOConfig(BaseModel):
         0.5, gt=0.0, description="stop when mean |logp_vllm - logp_learner| exceeds this")
     rollout_timeout_s: float = Field(600.0, gt=0, description="watchdog for one generation call")
     max_restarts: int = Field(3, ge=0, description="restarts allowed per rollout actor")
+    max_redispatches: int = Field(5, ge=0, description="failed generation attempts redone per step")
     placement_timeout_s: float = Field(60.0, gt=0, description="fail if resources are not granted in time")
 
     @field_validator("gpu_memory_utilization")

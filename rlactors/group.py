@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from rlactors.placement import Share
+from rlactors.workers.rollout import StaleAdapterError
 
 if TYPE_CHECKING:
     from rlactors.adapter import LoRAAdapter
@@ -76,12 +77,31 @@ class WorkerGroup:
         self.actors = []
 
 
+class RolloutFailedError(RuntimeError):
+    """Generation could not finish within the restart and redispatch budgets."""
+
+
 class RolloutGroup(WorkerGroup):
+    """Rollout actors that survive faults: a dead, restarted or hung worker's share of the prompts is
+    generated again (whole: partial output of a dead attempt is never used), after the worker has
+    loaded the current adapter; within `max_redispatches` per step and `max_restarts` per actor."""
+
     role = "rollout"
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.adapter: Any = None  # the current adapter (an ObjectRef from the learner), for restarts
+        self.redispatches = 0
+        self.restarts = 0
 
     def load_adapter(self, adapter: "LoRAAdapter | Any") -> list[int]:
         """Every worker loads the adapter; `adapter` may be an ObjectRef (one `ray.put` for all)."""
+        self.adapter = adapter
         return self._each(lambda w: w.load_adapter, adapter)
+
+    def load_adapter_folder(self, path: str, version: int) -> list[int]:
+        """Every worker loads a PEFT folder from disk (shared storage) as `version`."""
+        return self._each(lambda w: w.load_adapter_folder, path, version)
 
     def generate(self, prompt_token_ids: list[list[int]], adapter_version: int) -> "RolloutBatch":
         """Splits prompts evenly over the workers; joins their batches in prompt order."""
@@ -89,20 +109,64 @@ class RolloutGroup(WorkerGroup):
 
         if self.local is not None:
             return self.local.generate(prompt_token_ids, adapter_version)
+        parts = _split(prompt_token_ids, len(self.actors))
+        offsets = [sum(len(p) for p in parts[:i]) for i in range(len(parts))]
+        pending = {i: part for i, part in enumerate(parts) if part}
+        done: dict[int, Any] = {}
+        budget = self.config.max_redispatches
+        while pending:
+            refs = {i: self.actors[i].generate.remote(part, adapter_version) for i, part in pending.items()}
+            for i, ref in refs.items():
+                error = self._collect(ref)
+                if not isinstance(error, BaseException):
+                    done[i] = error
+                    del pending[i]
+                    continue
+                budget -= 1
+                self.redispatches += 1
+                if budget < 0:
+                    raise RolloutFailedError(
+                        f"rollout worker rlactors/rollout-{i}: generation failed after "
+                        f"{self.config.max_redispatches} redispatches (max_redispatches); last error: {error}")
+                log.warning("rollout worker %d failed (%s); redispatching its %d prompts", i, error, len(pending[i]))
+                self._recover(i, error)
+        batches = []
+        for i in sorted(done):
+            done[i].prompt_index += offsets[i]
+            batches.append(done[i])
+        return concat_batches(batches, pad_id=0)
+
+    def _collect(self, ref: Any) -> Any:
+        """The batch, or the exception that says the attempt must be redone."""
         import ray
 
-        parts = _split(prompt_token_ids, len(self.actors))
-        refs, offset = [], 0
-        for actor, part in zip(self.actors, parts):
-            if part:
-                refs.append((offset, actor.generate.remote(part, adapter_version)))
-            offset += len(part)
-        batches = []
-        for start, ref in refs:
-            batch = ray.get(ref, timeout=self.config.rollout_timeout_s)
-            batch.prompt_index += start
-            batches.append(batch)
-        return concat_batches(batches, pad_id=0)
+        try:
+            return ray.get(ref, timeout=self.config.rollout_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            return TimeoutError(f"no result within rollout_timeout_s={self.config.rollout_timeout_s}")
+        except ray.exceptions.RayActorError as err:
+            return err
+        except ray.exceptions.RayTaskError as err:
+            if isinstance(err.cause, StaleAdapterError):
+                return err.cause
+            raise
+
+    def _recover(self, index: int, error: BaseException) -> None:
+        """Restarts a hung worker, waits for a dead one to come back, and reloads the adapter."""
+        import ray
+
+        actor = self.actors[index]
+        if isinstance(error, TimeoutError):
+            ray.kill(actor, no_restart=False)  # a hung call cannot be cancelled in place: restart the worker
+        try:
+            ray.get(actor.build.remote(), timeout=self.config.rollout_timeout_s)
+            if self.adapter is not None:
+                ray.get(actor.load_adapter.remote(self.adapter), timeout=self.config.rollout_timeout_s)
+        except ray.exceptions.RayActorError as err:
+            raise RolloutFailedError(
+                f"rollout worker rlactors/rollout-{index} is dead and its restart budget "
+                f"(max_restarts={self.config.max_restarts}) is spent; last error: {error}") from err
+        self.restarts += 1  # dead, hung, or restarted while idle (a stale adapter says so)
 
     def prompt_logprobs(self, token_ids: list[int], num_scored: int) -> list[list[float]]:
         return self._each(lambda w: w.prompt_logprobs, token_ids, num_scored)
@@ -119,6 +183,9 @@ class LearnerGroup(WorkerGroup):
         if self.local is not None:
             return self.local.export_adapter()
         return self.actors[0].export_adapter.remote()
+
+    def save_adapter(self, path: str) -> str:
+        return self._each(lambda w: w.save_adapter, path)[0]
 
     def save_state(self, path: str) -> None:
         self._each(lambda w: w.save_state, path)

@@ -102,7 +102,11 @@ class RunRecorder:
         """Writes reward.png: mean reward per step with a moving average."""
         if not self.rows:
             return None
-        import matplotlib
+        try:
+            import matplotlib
+        except ImportError:
+            print("rlactors: matplotlib is not installed; no reward.png (pip install matplotlib)")
+            return None
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt

@@ -75,7 +75,10 @@ class GRPOTrainer:
 
         if ray.is_initialized():
             return False
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=True)
+        if os.environ.get("RAY_ADDRESS"):  # set by `ray job submit`, or by the user for a cluster
+            ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+        else:  # a private local cluster on loopback, no dashboard
+            ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=True)
         return True
 
     def _start(self) -> int:
@@ -90,7 +93,7 @@ class GRPOTrainer:
         cfg = self.config
         self.tokenizer = load_tokenizer(resolve_model_path(cfg.model_name))
         rows = load_rows(self.train_dataset if self.train_dataset is not None else cfg.dataset,
-                         cfg.dataset_split, cfg.prompt_column)
+                         cfg.dataset_split, cfg.prompt_column, cfg.dataset_config)
         self.prompts = PromptTable.build(rows, self.tokenizer, cfg.prompt_column, cfg.max_prompt_length)
         if self.prompts.filtered_overlong:
             print(f"rlactors: dropped {self.prompts.filtered_overlong} prompts longer than "
@@ -102,8 +105,8 @@ class GRPOTrainer:
         self.rollouts = RolloutGroup(RolloutWorker, cfg, layout.rollout, self.placement_group, cfg.max_restarts)
         self.learners = LearnerGroup(LearnerWorker, cfg, layout.learner, self.placement_group)
         with self._timed("startup"):
-            self.rollouts.build()
-            self.learners.build()
+            rollout_pids, learner_pids = self.rollouts.build(), self.learners.build()
+        print(f"rlactors: rollout workers on pids {rollout_pids}, learners on pids {learner_pids}", flush=True)
         start_step = self._resume(resume_from) if resume_from else 0
         self.recorder = RunRecorder(cfg, resume_step=start_step)
         return start_step
@@ -144,13 +147,13 @@ class GRPOTrainer:
         self._check_reward_errors(combined, scores, step)
         adv = algorithm.group_advantages(combined, cfg.num_generations, cfg.scale_rewards)
         with self._timed("update"):
-            metrics = self.learners.update(batch.with_advantages(adv.advantages), step)
+            metrics = self._update(batch.with_advantages(adv.advantages), step)
         self._check_skipped(metrics)
         with self._timed("sync"):
             self._sync(metrics.adapter_version)
         row = self._row(step, batch, scores, per_function, adv, metrics, time.perf_counter() - started)
         self.recorder.log(row)
-        if cfg.save_steps and step % cfg.save_steps == 0 and step < cfg.max_steps:
+        if cfg.save_steps and (step % cfg.save_steps == 0 or step == cfg.max_steps):
             self._save_checkpoint(step)
 
     def _score(self, indices: list[int], batch: Any) -> rewards.Scores:
@@ -161,6 +164,17 @@ class GRPOTrainer:
         completions = [[{"role": "assistant", "content": text}] if chat else text for text in batch.completions]
         columns = {key: [row[key] for row in rows] for key in rows[0] if key != cfg.prompt_column}
         return rewards.score(self.reward_functions, prompts, completions, columns, cfg.reward_timeout_s)
+
+    def _update(self, batch: Any, step: int) -> Any:
+        import ray
+
+        try:
+            return self.learners.update(batch, step)
+        except ray.exceptions.RayActorError as err:
+            raise TrainingError(
+                f"the learner actor rlactors/learner-0 died during step {step}; learner state is never rebuilt "
+                "from fresh weights, so the run stops. Re-run with resume_from_checkpoint: auto to continue "
+                f"from the newest checkpoint in {self.config.output_dir}. Cause: {err}") from err
 
     def _check_reward_errors(self, combined: Any, scores: rewards.Scores, step: int) -> None:
         import torch
@@ -218,6 +232,8 @@ class GRPOTrainer:
             "clip_ratio/low_mean": metrics.clip_ratio_low, "clip_ratio/high_mean": metrics.clip_ratio_high,
             "sampling/logprob_mismatch": metrics.logprob_mismatch,
             "train/skipped": int(metrics.skipped),
+            "rollout/redispatches": self.rollouts.redispatches,
+            "rollout/worker_restarts": self.rollouts.restarts,
             "adapter_version": metrics.adapter_version,
             "step_time_s": seconds,
         }

@@ -76,6 +76,10 @@ class LearnerWorker:
         self.build()
         return export_adapter(self.model, self.version, dtype=state_of(self.model).dtype)
 
+    def save_adapter(self, path: str) -> str:
+        """Writes the current adapter as a PEFT folder."""
+        return self.export_adapter().save(path)
+
     def update(self, batch: RolloutBatch, step: int) -> StepMetrics:
         """One GRPO update on `batch` (advantages set); `num_iterations` optimizer steps."""
         import torch

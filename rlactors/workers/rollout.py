@@ -77,6 +77,16 @@ class RolloutWorker:
         self.adapter_version = adapter.version
         return self.adapter_version
 
+    def load_adapter_folder(self, path: str, version: int) -> int:
+        """Loads a PEFT adapter folder the usual vLLM way (from disk), as policy `version`."""
+        from rlactors import engine
+
+        self.build()
+        self._request = engine.folder_request(f"rlactors-folder-v{version}", version + 1, path)
+        engine.reset_prefix_cache(self._engine)
+        self.adapter_version = version
+        return version
+
     def generate(self, prompt_token_ids: list[list[int]], adapter_version: int) -> "RolloutBatch":
         """`num_generations` completions for each prompt, under `adapter_version` exactly."""
         from rlactors import engine
@@ -87,7 +97,7 @@ class RolloutWorker:
         cfg = self.config
         samples = engine.sample(
             self._engine, prompt_token_ids, n=cfg.num_generations, max_tokens=cfg.max_completion_length,
-            temperature=cfg.temperature, top_p=cfg.top_p, lora_request=self._request,
+            temperature=cfg.temperature, top_p=cfg.top_p, lora_request=self._request, **cfg.generation_kwargs,
         )
         return samples_to_batch(samples, cfg.num_generations, self.adapter_version, self._pad_id)
 

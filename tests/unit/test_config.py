@@ -73,3 +73,18 @@ def test_overrides_and_frozen(tmp_path):
 def test_resolved_yaml_round_trips():
     config = GRPOConfig.from_dict(BASE)
     assert GRPOConfig.from_dict(yaml.safe_load(config.to_yaml())) == config
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "cluster", "*"))))
+def test_cluster_templates_turn_on_token_auth(path):
+    with open(path) as f:
+        text = f.read()
+    assert "RAY_AUTH_MODE" in text and "token" in text
+    assert "0.0.0.0" not in text or "kuberay" in path  # in-cluster pods only; nothing else listens beyond loopback
+
+
+def test_runtime_env_excludes_outputs_and_weights():
+    with open(os.path.join(REPO, "cluster", "runtime_env.yaml")) as f:
+        excludes = yaml.safe_load(f)["excludes"]
+    for needed in (".git", ".venv", "runs", "models", "*.safetensors"):
+        assert needed in excludes

@@ -1,0 +1,89 @@
+"""Baselines for the rollout benchmark: bare vLLM (same engine settings as a rollout worker) and
+HF `generate`, on the same model, prompts, batch and length.
+
+    python benchmarks/bench_bare.py --model DIR [--smoke]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import TARGETS, prompts, save_piece  # noqa: E402
+
+
+def hf_generate(path: str, batch: int, tokens: int) -> float:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).to(device)
+    model.generation_config.eos_token_id = None
+    enc = tokenizer(prompts(batch), return_tensors="pt", padding=True).to(device)
+    start = time.perf_counter()
+    model.generate(**enc, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=True,
+                   pad_token_id=tokenizer.pad_token_id)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    del model
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return batch * tokens / seconds
+
+
+def save_adapter(path: str, out: str, rank: int) -> str:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
+    peft = get_peft_model(model, LoraConfig(r=rank, lora_alpha=rank, target_modules=TARGETS))
+    with torch.no_grad():
+        for name, param in peft.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.01)
+    peft.save_pretrained(out)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, for a CPU check of the script")
+    args = parser.parse_args()
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process, like a rollout worker
+    tokens, batches, group = (8, (16,), 8) if args.smoke else (256, (64, 256), 8)
+    result: dict = {}
+    if not args.smoke:
+        result["hf_generate_bs64_tok_s"] = round(hf_generate(args.model, 64, tokens), 1)
+    rank = 16 if args.smoke else 64
+    adapter = save_adapter(args.model, "/tmp/rlactors-bench-adapter", rank)
+    from vllm import LLM, SamplingParams
+    from vllm.lora.request import LoRARequest
+
+    extra = {"enforce_eager": True, "kv_cache_memory_bytes": 256 * 2**20} if args.smoke else {}
+    start = time.perf_counter()
+    llm = LLM(model=args.model, enable_lora=True, max_lora_rank=rank, max_loras=2, max_model_len=1024,
+              gpu_memory_utilization=0.5 if not args.smoke else 0.3, dtype="bfloat16", **extra)
+    result["vllm_startup_s"] = round(time.perf_counter() - start, 1)
+    params = SamplingParams(n=group, max_tokens=tokens, min_tokens=tokens, ignore_eos=True, temperature=1.0)
+    lora = LoRARequest("bench", 1, adapter)
+    for request in (None, lora):  # warm-up, and the adapter's one load from disk
+        llm.generate(prompts(2), params, lora_request=request, use_tqdm=False)
+    for batch in batches:
+        for name, request in (("base", None), ("lora", lora)):
+            start = time.perf_counter()
+            outs = llm.generate(prompts(batch // group), params, lora_request=request, use_tqdm=False)
+            seconds = time.perf_counter() - start
+            produced = sum(len(c.token_ids) for o in outs for c in o.outputs)
+            result[f"bare_vllm_bs{batch}_{name}_tok_s"] = round(produced / seconds, 1)
+    save_piece("bare", result)
+
+
+if __name__ == "__main__":
+    main()

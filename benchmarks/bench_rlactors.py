@@ -1,0 +1,132 @@
+"""rlactors on one GPU, colocated: rollout throughput through a Ray rollout actor, adapter sync
+(object store from memory vs a PEFT folder on disk), and the GRPO step with its peak memory.
+
+    python benchmarks/bench_rlactors.py --model DIR [--smoke]
+
+The GRPO workload matches the TRL and Unsloth baselines: 16 prompts x 8 generations x 256
+tokens (ignore_eos), LoRA r=64 on all seven projections, gpu_memory_utilization 0.5.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import TARGETS, PeakMemory, median, percentile, prompts, save_piece  # noqa: E402
+
+
+def length_reward(prompts, completions, **_):
+    return [-abs(100 - len(c)) / 100 for c in completions]
+
+
+def config_for(model: str, smoke: bool, steps: int) -> "object":
+    from rlactors import GRPOConfig
+
+    tokens = 8 if smoke else 256
+    return GRPOConfig(
+        model_name=model, max_seq_length=1024, max_prompt_length=64, max_completion_length=tokens,
+        gpu_memory_utilization=0.3 if smoke else 0.5, max_lora_rank=16 if smoke else 64,
+        lora_r=16 if smoke else 64, lora_alpha=16 if smoke else 64, lora_target_modules=TARGETS,
+        num_generations=8, prompts_per_step=2 if smoke else 16, learning_rate=1e-5, beta=0.0,
+        max_steps=steps, save_steps=0, output_dir="/tmp/rlactors-bench-run", progress_bar=False,
+        report_to=["jsonl"], micro_batch_size=16, gradient_checkpointing=False if smoke else True,
+        generation_kwargs={"min_tokens": tokens, "ignore_eos": True}, max_logprob_mismatch=5.0,
+        engine_kwargs={"enforce_eager": True, "kv_cache_memory_bytes": 256 * 2**20} if smoke else {},
+    )
+
+
+def rollout_throughput(trainer, batches: list[int], tag: str, out: dict) -> None:
+    tokenizer = trainer.tokenizer
+    group = trainer.config.num_generations
+    for batch in batches:
+        ids = [tokenizer(p).input_ids for p in prompts(batch // group)]
+        trainer.rollouts.generate(ids[:1], trainer.version)  # warm
+        start = time.perf_counter()
+        result = trainer.rollouts.generate(ids, trainer.version)
+        seconds = time.perf_counter() - start
+        out[f"rlactors_rollout_bs{batch}_{tag}_tok_s"] = round(float(result.completion_mask.sum()) / seconds, 1)
+
+
+def adapter_sync(trainer, rounds: int, out: dict) -> None:
+    import ray
+
+    probe = trainer.tokenizer(prompts(1)[0]).input_ids
+    memory, disk = [], []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        ref = trainer.learners.export_adapter()
+        trainer.rollouts.load_adapter(ref)
+        trainer.rollouts.prompt_logprobs(probe, 1)  # every worker generates with it
+        memory.append(time.perf_counter() - start)
+    adapter = ray.get(ref) if isinstance(ref, ray.ObjectRef) else ref
+    for i in range(max(3, rounds // 2)):
+        start = time.perf_counter()
+        folder = trainer.learners.save_adapter(f"/tmp/rlactors-bench-disk-{i}")
+        trainer.rollouts.load_adapter_folder(folder, trainer.version)
+        trainer.rollouts.prompt_logprobs(probe, 1)
+        disk.append(time.perf_counter() - start)
+    steady = memory[2:] or memory
+    out.update({
+        "adapter_mb": round(adapter.nbytes() / 2**20, 1),
+        "adapter_sync_ms_all": [round(x * 1000, 1) for x in memory],
+        "adapter_sync_p50_ms": round(median(steady) * 1000, 1),
+        "adapter_sync_p95_ms": round(percentile(steady, 0.95) * 1000, 1),
+        "disk_sync_ms_all": [round(x * 1000, 1) for x in disk],
+        "disk_sync_p50_ms": round(median(disk[1:] or disk) * 1000, 1),
+    })
+    out["adapter_sync_speedup_vs_disk"] = round(out["disk_sync_p50_ms"] / out["adapter_sync_p50_ms"], 2)
+    trainer.rollouts.load_adapter(trainer.learners.export_adapter())  # back to the in-memory path
+
+
+def grpo_steps(trainer, steps: int, out: dict) -> None:
+    with PeakMemory() as peak:
+        for step in range(1, steps + 1):
+            trainer._step(step)
+    rows = trainer.recorder.rows
+    times = [r["step_time_s"] for r in rows]
+    steady = times[2:] or times
+    tokens = [r["num_tokens"] for r in rows]
+    out.update({
+        "grpo_step_s_all": [round(t, 2) for t in times],
+        "grpo_step_s": round(median(steady), 2),
+        "grpo_completion_tok_s": round(median([r["completions/mean_length"] * trainer.config.samples_per_step
+                                               / r["step_time_s"] for r in rows[2:] or rows]), 1),
+        "grpo_phase_s": {p: round(median([r[f"time/{p}_s"] for r in rows[2:] or rows]), 2)
+                         for p in ("generate", "score", "update", "sync")},
+        "grpo_tokens_per_step": int(median(tokens)),
+        "peak_memory_gib": peak.peak_gib,
+        "logprob_mismatch_mean": round(median([r["sampling/logprob_mismatch"] for r in rows]), 4),
+    })
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args()
+    from rlactors import GRPOTrainer
+
+    rows = [{"prompt": p} for p in prompts(4096)]
+    trainer = GRPOTrainer(config_for(args.model, args.smoke, args.steps), reward_funcs=[length_reward],
+                          train_dataset=rows)
+    out: dict = {}
+    owns_ray = trainer._init_ray()
+    try:
+        start = time.perf_counter()
+        trainer._start()
+        out["rlactors_startup_s"] = round(time.perf_counter() - start, 1)
+        batches = [16] if args.smoke else [64, 256]
+        rollout_throughput(trainer, batches, "base", out)
+        grpo_steps(trainer, args.steps, out)
+        rollout_throughput(trainer, batches, "lora", out)
+        adapter_sync(trainer, 4 if args.smoke else 8, out)
+    finally:
+        trainer._stop(owns_ray)
+    save_piece("rlactors", out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""All GPU benchmarks, rlactors beside its baselines on the same machine, then one table.
+
+    python benchmarks/run_all.py                      # every part, in order
+    python benchmarks/run_all.py --parts bare,rlactors --model-shape llama-1b
+    python benchmarks/run_all.py --report             # the table and JSON from the parts run so far
+
+Each part runs in its own process (each needs the whole GPU) and leaves a JSON piece in
+$BENCH_PIECES (default /tmp/rlactors-bench); the report writes benchmarks/results/<gpu>-<date>.json
+(and a copy in $OUT when set). Ratios are rlactors over the baseline.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from common import gpu_name, load_pieces, make_model, save_piece, versions  # noqa: E402
+
+MODEL = "/tmp/model1b"  # the baselines' scripts read the model from here
+PARTS = ("bare", "rlactors", "trl", "unsloth")
+
+
+def run_part(part: str, model: str, smoke: bool) -> None:
+    if part == "bare":
+        cmd = [sys.executable, f"{HERE}/bench_bare.py", "--model", model] + (["--smoke"] if smoke else [])
+    elif part == "rlactors":
+        cmd = [sys.executable, f"{HERE}/bench_rlactors.py", "--model", model] + (["--smoke"] if smoke else [])
+    else:
+        cmd = [sys.executable, f"{HERE}/baselines/{part}_baseline.py"]
+    print(f"== {part}: {' '.join(cmd)}", flush=True)
+    env = {**os.environ, "OUT": os.environ.get("BENCH_PIECES", "/tmp/rlactors-bench")}
+    if part == "unsloth" and os.path.isdir("/tmp/site_u"):
+        env["PYTHONPATH"] = "/tmp/site_u:" + env.get("PYTHONPATH", "")
+    done = subprocess.run(cmd, env=env)
+    if done.returncode != 0:
+        save_piece(f"{part}_error", {"returncode": done.returncode})
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def report() -> dict:
+    pieces = load_pieces()
+    bare, ours = pieces.get("bare", {}), pieces.get("rlactors", {})
+    trl, uns = pieces.get("trl", {}), pieces.get("unsloth", {})
+    result = {
+        "gpu": gpu_name(), "date": datetime.date.today().isoformat(), "versions": versions(),
+        "rollout_vs_bare_vllm": ratio(ours.get("rlactors_rollout_bs256_lora_tok_s"),
+                                      bare.get("bare_vllm_bs256_lora_tok_s")),
+        "rollout_vs_bare_vllm_no_adapter": ratio(ours.get("rlactors_rollout_bs256_base_tok_s"),
+                                                 bare.get("bare_vllm_bs256_base_tok_s")),
+        "adapter_sync_p50_ms": ours.get("adapter_sync_p50_ms"),
+        "adapter_sync_speedup_vs_disk": ours.get("adapter_sync_speedup_vs_disk"),
+        "grpo_step_s": ours.get("grpo_step_s"),
+        "trl_grpo_step_s": trl.get("trl_step_s_median_last4"),
+        "unsloth_grpo_step_s": uns.get("unsloth_step_s_median_last4"),
+        "peak_memory_gib": ours.get("peak_memory_gib"),
+        "trl_peak_memory_gib": trl.get("trl_peak_gpu_GiB"),
+        "unsloth_peak_memory_gib": uns.get("unsloth_peak_gpu_GiB"),
+    }
+    result["grpo_step_vs_trl"] = ratio(result["grpo_step_s"], result["trl_grpo_step_s"])
+    result["grpo_step_vs_unsloth"] = ratio(result["grpo_step_s"], result["unsloth_grpo_step_s"])
+    result["pieces"] = pieces
+    name = f"{result['gpu'].replace(' ', '_')}-{result['date']}.json"
+    os.makedirs(f"{HERE}/results", exist_ok=True)
+    for folder in filter(None, [f"{HERE}/results", os.environ.get("OUT")]):
+        with open(os.path.join(folder, name), "w") as f:
+            json.dump(result, f, indent=1)
+    print_table(result)
+    return result
+
+
+def print_table(result: dict) -> None:
+    rows = [(k, v) for k, v in result.items() if k not in ("pieces", "versions")]
+    width = max(len(k) for k, _ in rows)
+    print("\n" + "\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+    print(f"{'versions':<{width}}  {result['versions']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--parts", default=",".join(PARTS))
+    parser.add_argument("--model-shape", default="llama-1b")
+    parser.add_argument("--tokenizer", default=os.environ.get("TOKENIZER_DIR", "models/smollm2"))
+    parser.add_argument("--report", action="store_true", help="only merge the pieces and print the table")
+    parser.add_argument("--smoke", action="store_true", help="tiny model and sizes: a CPU check of the scripts")
+    parser.add_argument("--fresh", action="store_true", help="forget pieces of earlier runs")
+    args = parser.parse_args()
+    if args.fresh:
+        shutil.rmtree(os.environ.get("BENCH_PIECES", "/tmp/rlactors-bench"), ignore_errors=True)
+    if not args.report:
+        model = make_model("/tmp/model-tiny" if args.smoke else MODEL, "tiny" if args.smoke else args.model_shape,
+                           args.tokenizer)
+        for part in args.parts.split(","):
+            run_part(part, model, args.smoke)
+    report()
+
+
+if __name__ == "__main__":
+    main()

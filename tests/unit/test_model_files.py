@@ -1,0 +1,26 @@
+"""The embedded model folder that `rlactors prepare-model smollm2` builds."""
+import json
+import os
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+
+def test_smollm2_folder_is_a_plain_hf_model(smollm2):
+    with open(os.path.join(smollm2, "config.json")) as f:
+        config = json.load(f)
+    assert config["model_type"] == "llama" and config["num_hidden_layers"] == 30
+    assert "quantization_config" not in config  # dense weights, not GGUF
+    assert os.path.isfile(os.path.join(smollm2, "model.safetensors"))
+    from rlactors.loader import load_tokenizer
+
+    tokenizer = load_tokenizer(smollm2)
+    assert tokenizer.chat_template and tokenizer.eos_token == "<|im_end|>"
+
+
+def test_doctor_reports_every_component():
+    from rlactors.doctor import run_checks
+
+    names = {c.name for c in run_checks()}
+    assert {"torch", "vllm", "4-bit", "ray", "transformers", "peft", "embedded model"} <= names

@@ -1,0 +1,34 @@
+"""GPU shares from gpu_memory_utilization, and the CPU layout."""
+import pytest
+
+from rlactors.config import GRPOConfig
+from rlactors.placement import plan
+
+pytestmark = pytest.mark.unit
+BASE = {"dataset": "d.jsonl", "reward_funcs": ["rlactors.reward_funcs:exact_answer"]}
+
+
+def test_colocate_splits_each_gpu_by_gpu_memory_utilization():
+    layout = plan(GRPOConfig(**BASE, gpu_memory_utilization=0.6), use_gpus=True)
+    assert layout.bundles == [{"GPU": 1.0, "CPU": 1.0}]
+    (rollout,), (learner,) = layout.rollout, layout.learner
+    assert rollout.num_gpus == 0.6 and learner.num_gpus == pytest.approx(0.4)
+    assert rollout.bundle == learner.bundle == 0
+
+
+def test_disaggregate_gives_whole_gpus():
+    layout = plan(GRPOConfig(**BASE, placement="disaggregate", num_rollout_workers=2), use_gpus=True)
+    assert layout.total("GPU") == 3
+    assert [s.num_gpus for s in layout.rollout + layout.learner] == [1.0, 1.0, 1.0]
+    assert [s.bundle for s in layout.rollout + layout.learner] == [0, 1, 2]
+
+
+def test_cpu_cluster_shares_one_cpu_bundle_and_leaves_cores_for_rewards():
+    layout = plan(GRPOConfig(**BASE), use_gpus=False)
+    assert layout.bundles == [{"CPU": 1.0}] and layout.total("GPU") == 0
+    assert layout.rollout[0].num_cpus + layout.learner[0].num_cpus == 1.0
+
+
+def test_in_process_workers_need_no_bundle():
+    layout = plan(GRPOConfig(**BASE, num_rollout_workers=0, num_learner_workers=0), use_gpus=False)
+    assert layout.bundles == [] and layout.rollout == [] and layout.learner == []
