@@ -56,6 +56,7 @@ class GRPOTrainer:
         self.version = 0
         self.adapter_ref: Any = None
         self.skipped_in_row = 0
+        self.resumed_from: str | None = None
         self.timings: dict[str, float] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -99,7 +100,7 @@ class GRPOTrainer:
             print(f"rlactors: dropped {self.prompts.filtered_overlong} prompts longer than "
                   f"max_prompt_length={cfg.max_prompt_length} tokens", flush=True)
         self.sampler = PromptSampler(len(self.prompts), cfg.seed, cfg.shuffle)
-        resume_from = self._resume_path()
+        resume_from = self.resumed_from = self._resume_path()
         layout = plan(cfg, cluster_has_gpus())
         self.placement_group = reserve(layout, cfg.placement_timeout_s)
         self.rollouts = RolloutGroup(RolloutWorker, cfg, layout.rollout, self.placement_group, cfg.max_restarts)
@@ -259,7 +260,7 @@ class GRPOTrainer:
             "step": step, "sampler": self.sampler.state(), "dataset_fingerprint": self.prompts.fingerprint,
             "num_generations": cfg.num_generations, "prompts_per_step": cfg.prompts_per_step,
         })
-        return checkpoint.commit(cfg.output_dir, tmp, step, cfg.keep_last, protect=self._resume_path())
+        return checkpoint.commit(cfg.output_dir, tmp, step, cfg.keep_last, protect=self.resumed_from)
 
     def _resume(self, path: str) -> int:
         cfg = self.config

@@ -23,6 +23,9 @@ class StaleAdapterError(RuntimeError):
         super().__init__(f"rollout worker holds adapter version {held}, asked to generate with {wanted}")
         self.held, self.wanted = held, wanted
 
+    def __reduce__(self) -> tuple:  # crosses process boundaries inside Ray's RayTaskError
+        return StaleAdapterError, (self.held, self.wanted)
+
 
 class EngineStartError(RuntimeError):
     """vLLM did not start in a rollout worker; the message quotes vLLM's reason."""

@@ -20,18 +20,24 @@ from rlactors.trainer import GRPOTrainer
 GRPOTrainer.__new__(GRPOTrainer)._init_ray()
 me = psutil.Process()
 procs = [me] + me.children(recursive=True)
-addresses = sorted({c.laddr.ip for p in procs for c in p.net_connections(kind="inet")
+listening = sorted({(c.laddr.ip, c.laddr.port) for p in procs for c in p.net_connections(kind="inet")
                     if c.status == psutil.CONN_LISTEN})
-print("LISTEN " + json.dumps(addresses))
+print("LISTEN " + json.dumps(listening))
 """
+DASHBOARD_JOBS_CLIENT_PORTS = {8265, 10001}
 
 
-def test_local_ray_listens_on_loopback_only():
+def test_local_ray_opens_no_dashboard_jobs_or_client_port():
+    """Ray's own gRPC ports are guarded by its token authentication (on by default); what a
+    browser or `ray job submit` could reach, the dashboard, jobs API and client server, is not
+    started by a local rlactors run at all."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     done = subprocess.run([sys.executable, "-c", LISTEN_PROBE], capture_output=True, text=True, env=env, timeout=300)
     line = next(line for line in done.stdout.splitlines() if line.startswith("LISTEN "))
-    addresses = json.loads(line[len("LISTEN "):])
-    assert addresses and set(addresses) <= {"127.0.0.1", "::1"}, addresses
+    listening = [tuple(pair) for pair in json.loads(line[len("LISTEN "):])]
+    assert listening, "the probe saw no Ray process listening at all"
+    assert not [pair for pair in listening if pair[1] in DASHBOARD_JOBS_CLIENT_PORTS], listening
+    assert "Token authentication is enabled" in done.stderr
 
 
 def _config(tmp_path, tiny_llama, steps):
