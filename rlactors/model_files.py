@@ -47,8 +47,10 @@ def _download(repo_id: str, token: str | None) -> str:
         )
     except Exception as err:
         raise ValueError(
-            f"model_name={repo_id!r} could not be fetched from the Hugging Face hub ({type(err).__name__}: "
-            f"{str(err)[:200]}). Check the id and `token`, or pass a local folder; without hub access, "
+            f"model_name={repo_id!r} is no folder under {os.getcwd()} and could not be fetched from the "
+            f"Hugging Face hub ({type(err).__name__}: {str(err).splitlines()[0][:160]}). Check the id and "
+            "`token`, or pass a local folder (an absolute path on a cluster: `ray job submit` runs in an "
+            "uploaded copy of the working directory, without models/); without hub access, "
             "`rlactors prepare-model smollm2 --out models/smollm2` builds a real small model."
         ) from err
 
