@@ -58,3 +58,15 @@ def test_plain_model_has_no_engine(smollm2):
     assert not hasattr(peft, "vllm_engine")
     with pytest.raises(ValueError, match="bias='all'"):
         FastLanguageModel.get_peft_model(model, r=8, bias="all")
+
+
+@pytest.mark.parametrize("arch", ["tiny_llama", "tiny_qwen2"])
+def test_tiny_models_load_and_train_a_lora_step(arch, request):
+    model, tokenizer = FastLanguageModel.from_pretrained(request.getfixturevalue(arch), load_in_4bit=False,
+                                                         fast_inference=False, use_gradient_checkpointing=False)
+    peft = FastLanguageModel.get_peft_model(model, r=8, lora_alpha=16)
+    ids = torch.tensor([tokenizer("a tiny model of a real shape").input_ids])
+    loss = peft(input_ids=ids, labels=ids).loss
+    loss.backward()
+    grads = [p.grad for n, p in peft.named_parameters() if "lora_A" in n]
+    assert torch.isfinite(loss) and grads and all(g is not None for g in grads)
