@@ -358,27 +358,7 @@ def reset_prefix_cache(llm: "LLM") -> None:
     llm.reset_prefix_cache()
 
 
-def sleep(llm: "LLM", level: int = 1) -> None:
-    llm.sleep(level=level)
-
-
-def wake_up(llm: "LLM") -> None:
-    llm.wake_up()
-
-
-def shutdown(llm: "LLM") -> None:
-    """Frees the engine's memory as far as vLLM allows in-process."""
-    engine = getattr(llm, "llm_engine", None)
-    core = getattr(engine, "engine_core", None)
-    if core is not None and hasattr(core, "shutdown"):
-        core.shutdown()
-
-
 def is_cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def tensor_bytes(tensors: dict[str, "torch.Tensor"]) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors.values())

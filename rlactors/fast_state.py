@@ -7,7 +7,7 @@ adapter of the model it is called on.
 from __future__ import annotations
 
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from rlactors.adapter import LoRAAdapter, export_adapter
@@ -28,7 +28,6 @@ class FastState:
     next_lora_id: int = 1
     loaded: LoRAAdapter | None = None  # a private copy of what vLLM holds, to detect changes
     loaded_request: Any = None
-    history: list[int] = field(default_factory=list)
 
     def take_lora_id(self) -> int:
         lora_id, self.next_lora_id = self.next_lora_id, self.next_lora_id + 1
@@ -91,7 +90,6 @@ def load_lora(model: Any, path: str | None = None) -> Any:
     request = vllm_engine.load_adapter(llm, adapter, lora_id=state.take_lora_id())
     state.adapter_version = adapter.version
     state.loaded, state.loaded_request = adapter, request
-    state.history.append(adapter.version)
     return request
 
 

@@ -47,10 +47,6 @@ class WorkerGroup:
             )(cls)
             self.actors.append(actor_cls.remote(config, rank))
 
-    @property
-    def size(self) -> int:
-        return len(self.actors) or 1
-
     def _each(self, pick: Callable[[Any], Any], *args: Any) -> list[Any]:
         """Calls the method `pick(worker)` with `args` on every worker and returns the results."""
         if self.local is not None:
