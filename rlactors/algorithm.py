@@ -6,6 +6,7 @@ Formulas follow TRL's `GRPOTrainer` (`_compute_loss`, `_generate_and_score_compl
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -98,13 +99,15 @@ def policy_loss(
     ref_logp: torch.Tensor | None = None,
     max_completion_length: int | None = None,
     num_items: float | None = None,
+    is_weights: torch.Tensor | None = None,
 ) -> LossOutput:
     """The clipped-surrogate loss of GRPO / Dr. GRPO / DAPO / BNPO, with an optional KL term.
 
     logp, old_logp, ref_logp, mask: [B, T]; advantages: [B]. `num_items` is the number of real
     completion tokens in the whole optimizer batch (DAPO's normaliser; defaults to this batch's)
     so that micro-batches accumulate to the full-batch loss. `max_completion_length` is Dr. GRPO's
-    constant normaliser (defaults to T).
+    constant normaliser (defaults to T). `is_weights` ([B, T] or [B, 1], no gradient) multiply
+    the clipped surrogate before the KL term: the correction for samples from another policy.
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type={loss_type!r}: use one of {LOSS_TYPES}.")
@@ -119,6 +122,8 @@ def policy_loss(
     clipped = torch.clamp(ratio, 1 - epsilon, 1 + eps_high)
     adv = advantages.unsqueeze(1)
     per_token = -torch.min(ratio * adv, clipped * adv)
+    if is_weights is not None:
+        per_token = per_token * is_weights
     kl = None
     if beta != 0.0:
         if ref_logp is None:
@@ -136,6 +141,27 @@ def policy_loss(
         clipped_high=(ratio_full > 1 + eps_high) & (adv > 0) & mask.bool(),
         kl=kl,
     )
+
+
+IS_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+
+
+def importance_weights(learner_logp: torch.Tensor, behaviour_logp: torch.Tensor, mask: torch.Tensor,
+                       mode: str = "token_truncate", clip_min: float | None = None,
+                       clip_max: float | None = 3.0) -> torch.Tensor:
+    """pi_learner / pi_behaviour per token ([B, T]) or per sequence ([B, 1]), truncated to
+    [clip_min, clip_max] or zeroed outside it (TRL's `vllm_importance_sampling_*`)."""
+    if mode not in IS_MODES:
+        raise ValueError(f"vllm_importance_sampling_mode={mode!r}: use one of {IS_MODES}")
+    diff = torch.nan_to_num((learner_logp - behaviour_logp) * mask, nan=0.0)
+    if mode.startswith("sequence"):
+        diff = diff.sum(-1, keepdim=True)
+    ratio = torch.exp(diff)
+    if mode.endswith("truncate"):
+        return torch.clamp(ratio, min=clip_min, max=clip_max)
+    low = -math.inf if clip_min is None else clip_min
+    high = math.inf if clip_max is None else clip_max
+    return ratio.masked_fill((ratio < low) | (ratio > high), 0.0)
 
 
 def _reduce(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str,

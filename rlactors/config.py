@@ -82,6 +82,17 @@ class GRPOConfig(BaseModel):
     mask_truncated_completions: bool = False
     max_skipped_steps: int = Field(3, ge=1, description="non-finite steps in a row before the run stops")
 
+    # off-policy correction and asynchronous training
+    max_staleness: int = Field(
+        0, ge=0, le=1, description="0: on-policy; 1: generation of step n+1 overlaps the update of step n, so "
+        "the learner trains on samples one adapter version old")
+    vllm_importance_sampling_correction: bool = Field(
+        True, description="weight each token's loss by pi_learner / pi_vllm (truncated), as TRL does")
+    vllm_importance_sampling_mode: Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"] = \
+        Field("token_truncate", description="truncate: clip the ratio to [min, max]; mask: zero it outside")
+    vllm_importance_sampling_clip_max: float | None = Field(3.0, gt=0.0)
+    vllm_importance_sampling_clip_min: float | None = Field(None, ge=0.0)
+
     # run
     max_steps: int = Field(20, gt=0)
     save_steps: int = Field(10, ge=0, description="checkpoint every N steps; 0: only final/")

@@ -55,6 +55,14 @@ class WorkerGroup:
 
         return ray.get([pick(actor).remote(*args) for actor in self.actors])
 
+    def _first(self, pick: Callable[[Any], Any], *args: Any) -> Any:
+        """Calls the method `pick(worker)` on the first worker only."""
+        if self.local is not None:
+            return pick(self.local)(*args)
+        import ray
+
+        return ray.get(pick(self.actors[0]).remote(*args))
+
     def build(self) -> list[int]:
         """Loads models and engines everywhere (in parallel); returns the workers' pids."""
         started = time.perf_counter()
@@ -169,10 +177,30 @@ class RolloutGroup(WorkerGroup):
 
 
 class LearnerGroup(WorkerGroup):
+    """One learner, or several training one adapter data-parallel: each takes an even share of the
+    batch, gradients are summed over a `torch.distributed` group, so all hold the same weights."""
+
     role = "learner"
 
+    def build(self) -> list[int]:
+        if len(self.actors) > 1:
+            import ray
+
+            address = ray.get(self.actors[0].rendezvous_address.remote())
+            ray.get([actor.join_group.remote(address, len(self.actors)) for actor in self.actors])
+        return super().build()
+
     def update(self, batch: "RolloutBatch", step: int) -> "StepMetrics":
-        return self._each(lambda w: w.update, batch, step)[0]
+        if len(self.actors) <= 1:
+            return self._each(lambda w: w.update, batch, step)[0]
+        import ray
+
+        from rlactors.records import BatchTotals
+
+        bounds = _split(list(range(batch.size)), len(self.actors))
+        shards = [batch.rows(rows[0], rows[-1] + 1) if rows else batch.rows(0, 0) for rows in bounds]
+        whole = BatchTotals.of(shards, self.config.micro_batch_size)
+        return ray.get([a.update.remote(s, step, whole) for a, s in zip(self.actors, shards)])[0]
 
     def export_adapter(self) -> Any:
         """The current adapter: an ObjectRef from an actor (stored once), or the record itself."""
@@ -181,10 +209,11 @@ class LearnerGroup(WorkerGroup):
         return self.actors[0].export_adapter.remote()
 
     def save_adapter(self, path: str) -> str:
-        return self._each(lambda w: w.save_adapter, path)[0]
+        return self._first(lambda w: w.save_adapter, path)
 
     def save_state(self, path: str) -> None:
-        self._each(lambda w: w.save_state, path)
+        """Rank 0 writes the state (every learner holds the same)."""
+        self._first(lambda w: w.save_state, path)
 
     def load_state(self, path: str) -> int:
         return self._each(lambda w: w.load_state, path)[0]

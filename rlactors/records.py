@@ -109,6 +109,22 @@ def concat_batches(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
     )
 
 
+@dataclass(frozen=True)
+class BatchTotals:
+    """The whole optimizer batch that a learner's shard belongs to: the loss normalisers are global,
+    so learners on shards add up to one learner on the whole batch."""
+
+    size: int  # samples
+    num_items: float  # real completion tokens
+    num_micro: int  # micro-batches over all shards
+
+    @classmethod
+    def of(cls, shards: list[RolloutBatch], micro_batch_size: int) -> "BatchTotals":
+        return cls(size=sum(s.size for s in shards),
+                   num_items=float(sum(float(s.completion_mask.sum()) for s in shards)),
+                   num_micro=sum(-(-s.size // micro_batch_size) for s in shards))
+
+
 @dataclass
 class StepMetrics:
     """What one learner update reports. Names follow TRL's logged metrics."""
@@ -124,6 +140,7 @@ class StepMetrics:
     logprob_mismatch: float  # mean |logp_vllm - logp_learner| over completion tokens, before the update
     skipped: bool  # the update was not applied (non-finite loss or gradient)
     optimizer_steps: int
+    staleness: int = 0  # adapter versions between the batch's generator and the learner before the update
     extra: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:

@@ -1,0 +1,100 @@
+"""Data-parallel learners: one `torch.distributed` group over the learner actors (gloo on CPU,
+NCCL on GPU). Only the LoRA parameters' gradients travel: one flat all-reduce per optimizer step.
+
+Rank 0 picks the rendezvous address; every learner joins; rank 0's fresh adapter is broadcast so
+all ranks start from the same weights and, given the same summed gradients, stay identical.
+"""
+from __future__ import annotations
+
+import socket
+from typing import Any, Iterable
+
+
+def rendezvous_address() -> str:
+    """This node's IP and a free TCP port, as "ip:port" (called on rank 0)."""
+    import ray
+
+    ip = ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        port = sock.getsockname()[1]
+    return f"{ip}:{port}"
+
+
+def join(address: str, rank: int, world_size: int, timeout_s: float = 300.0) -> str:
+    """Joins the learners' process group; returns the backend."""
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, init_method=f"tcp://{address}", rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(seconds=timeout_s))
+    return backend
+
+
+def world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def all_reduce_sum(tensor: Any) -> Any:
+    """Sums `tensor` over the learners in place (no-op with one learner); returns it."""
+    import torch.distributed as dist
+
+    if world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_max(tensor: Any) -> Any:
+    """Element-wise maximum of `tensor` over the learners, in place; returns it."""
+    import torch.distributed as dist
+
+    if world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
+def all_reduce_grads(params: Iterable[Any]) -> None:
+    """Replaces each parameter's gradient by the sum over learners, in one flat all-reduce."""
+    import torch
+
+    if world_size() == 1:
+        return
+    params = list(params)
+    for p in params:
+        if p.grad is None:  # a learner with no samples this step still takes part
+            p.grad = torch.zeros_like(p)
+    flat = all_reduce_sum(torch.cat([p.grad.reshape(-1) for p in params]))
+    offset = 0
+    for p in params:
+        p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))
+        offset += p.numel()
+
+
+def broadcast_params(params: Iterable[Any]) -> None:
+    """Copies rank 0's parameters to every learner."""
+    import torch
+    import torch.distributed as dist
+
+    if world_size() == 1:
+        return
+    params = list(params)
+    with torch.no_grad():
+        flat = torch.cat([p.detach().reshape(-1) for p in params])
+        dist.broadcast(flat, src=0)
+        offset = 0
+        for p in params:
+            p.copy_(flat[offset:offset + p.numel()].view_as(p))
+            offset += p.numel()
+
+
+def leave() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
