@@ -95,13 +95,33 @@ class RolloutGroup(WorkerGroup):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.adapter: Any = None  # the current adapter (an ObjectRef from the learner), for restarts
+        self.republish: Callable[[], Any] | None = None  # exports the current adapter again
         self.redispatches = 0
         self.restarts = 0
+        self.republished = 0
 
     def load_adapter(self, adapter: "LoRAAdapter | Any") -> list[int]:
         """Every worker loads the adapter; `adapter` may be an ObjectRef (one `ray.put` for all)."""
         self.adapter = adapter
-        return self._each(lambda w: w.load_adapter, adapter)
+        return self._reload_if_lost(lambda: self._each(lambda w: w.load_adapter, self.adapter))
+
+    def _reload_if_lost(self, load: Callable[[], Any]) -> Any:
+        """Runs `load`; if the adapter object was lost from the store, has the learner export it again
+        (objects made by `ray.put` or returned by a task are not rebuilt by Ray) and loads that."""
+        import ray
+
+        try:
+            return load()
+        except (ray.exceptions.ObjectLostError, ray.exceptions.RayTaskError) as err:
+            cause = getattr(err, "cause", err)
+            if not isinstance(cause, ray.exceptions.ObjectLostError) and not isinstance(err, ray.exceptions.ObjectLostError):
+                raise
+            if self.republish is None:
+                raise RolloutFailedError(f"the adapter object was lost and nobody can export it again: {err}") from err
+            log.warning("adapter object lost (%s); the learner exports it again", type(cause).__name__)
+            self.adapter = self.republish()
+            self.republished += 1
+            return load()
 
     def load_adapter_folder(self, path: str, version: int) -> list[int]:
         """Every worker loads a PEFT folder from disk (shared storage) as `version`."""
@@ -165,7 +185,8 @@ class RolloutGroup(WorkerGroup):
         try:
             ray.get(actor.build.remote(), timeout=self.config.rollout_timeout_s)
             if self.adapter is not None:
-                ray.get(actor.load_adapter.remote(self.adapter), timeout=self.config.rollout_timeout_s)
+                self._reload_if_lost(lambda: ray.get(actor.load_adapter.remote(self.adapter),
+                                                     timeout=self.config.rollout_timeout_s))
         except ray.exceptions.RayActorError as err:
             raise RolloutFailedError(
                 f"rollout worker rlactors/rollout-{index} is dead and its restart budget "

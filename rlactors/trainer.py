@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
@@ -24,6 +25,17 @@ log = logging.getLogger(__name__)
 
 class TrainingError(RuntimeError):
     """The run stopped on purpose: the message says why and what to change."""
+
+
+@dataclass
+class InFlight:
+    """A generation launched ahead (max_staleness: 1): the step it is for, its prompts, and the
+    sampler position before they were drawn (what a checkpoint records)."""
+
+    step: int
+    indices: list[int]
+    batch: Future
+    sampler_state: dict[str, Any]
 
 
 @dataclass
@@ -53,8 +65,11 @@ class GRPOTrainer:
         self.reward_weights = weights
         rewards.check_picklable(self.reward_functions)
         self.train_dataset = train_dataset
-        self.version = 0
+        self.version = 0  # the adapter version the rollout workers hold
+        self.published = 0  # the newest adapter version exported by the learner
         self.adapter_ref: Any = None
+        self.inflight: InFlight | None = None
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlactors-rollout")
         self.skipped_in_row = 0
         self.resumed_from: str | None = None
         self.timings: dict[str, float] = {}
@@ -105,6 +120,7 @@ class GRPOTrainer:
         self.placement_group = reserve(layout, cfg.placement_timeout_s)
         self.rollouts = RolloutGroup(RolloutWorker, cfg, layout.rollout, self.placement_group, cfg.max_restarts)
         self.learners = LearnerGroup(LearnerWorker, cfg, layout.learner, self.placement_group)
+        self.rollouts.republish = self.learners.export_adapter  # if the adapter object is lost
         with self._timed("startup"):
             rollout_pids, learner_pids = self.rollouts.build(), self.learners.build()
         print(f"rlactors: rollout workers on pids {rollout_pids}, learners on pids {learner_pids}", flush=True)
@@ -122,6 +138,7 @@ class GRPOTrainer:
         for group in (getattr(self, "rollouts", None), getattr(self, "learners", None)):
             if group is not None:
                 group.shutdown()
+        self.pool.shutdown(wait=True, cancel_futures=True)  # an in-flight generation ends with its actors
         release(getattr(self, "placement_group", None))
         if owns_ray:
             import ray
@@ -132,15 +149,19 @@ class GRPOTrainer:
     def _timed(self, phase: str) -> Iterator[None]:
         start = time.perf_counter()
         yield
-        self.timings[phase] = time.perf_counter() - start
+        self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - start
 
     # ---- one step ----------------------------------------------------------------------------
     def _step(self, step: int) -> None:
         cfg = self.config
         started = time.perf_counter()
-        indices = self.sampler.next_batch(cfg.prompts_per_step)
+        self.timings = {k: v for k, v in self.timings.items() if k == "startup"}
         with self._timed("generate"):
-            batch = self.rollouts.generate([self.prompts.token_ids[i] for i in indices], self.version)
+            indices, batch = self._next_batch(step)
+        with self._timed("sync"):
+            self._load_published()  # async: the workers are idle now; they take the last update
+        if cfg.max_staleness and step < cfg.max_steps:
+            self._launch(step + 1)  # generates the next batch while this one is scored and trained on
         with self._timed("score"):
             scores = self._score(indices, batch)
         per_function = scores.tensor()
@@ -151,11 +172,29 @@ class GRPOTrainer:
             metrics = self._update(batch.with_advantages(adv.advantages), step)
         self._check_skipped(metrics)
         with self._timed("sync"):
-            self._sync(metrics.adapter_version)
+            self._publish(metrics.adapter_version)
+            if not cfg.max_staleness:
+                self._load_published()
         row = self._row(step, batch, scores, per_function, adv, metrics, time.perf_counter() - started)
         self.recorder.log(row)
         if cfg.save_steps and (step % cfg.save_steps == 0 or step == cfg.max_steps):
             self._save_checkpoint(step)
+
+    def _next_batch(self, step: int) -> tuple[list[int], Any]:
+        """This step's prompts and samples: the generation launched ahead, or one made now."""
+        if self.inflight is not None:
+            launched, self.inflight = self.inflight, None
+            if launched.step != step:
+                raise RuntimeError(f"generation launched for step {launched.step} taken at step {step}")
+            return launched.indices, launched.batch.result()
+        indices = self.sampler.next_batch(self.config.prompts_per_step)
+        return indices, self.rollouts.generate([self.prompts.token_ids[i] for i in indices], self.version)
+
+    def _launch(self, step: int) -> None:
+        state = self.sampler.state()
+        indices = self.sampler.next_batch(self.config.prompts_per_step)
+        future = self.pool.submit(self.rollouts.generate, [self.prompts.token_ids[i] for i in indices], self.version)
+        self.inflight = InFlight(step, indices, future, state)
 
     def _score(self, indices: list[int], batch: Any) -> rewards.Scores:
         cfg = self.config
@@ -199,15 +238,24 @@ class GRPOTrainer:
                 f"{self.skipped_in_row} steps in a row had a non-finite loss or gradient and were skipped "
                 f"(max_skipped_steps={self.config.max_skipped_steps}): lower learning_rate or check the rewards")
 
-    def _sync(self, version: int) -> None:
-        """Publishes the learner's adapter once and has every rollout worker load it from memory."""
-        if version == self.version:
+    def _publish(self, version: int) -> None:
+        """Exports the learner's adapter once per version (one object in the store for all workers)."""
+        if version != self.published:
+            self.adapter_ref = self.learners.export_adapter()
+            self.published = version
+
+    def _load_published(self) -> None:
+        """Every rollout worker loads the newest published adapter from memory."""
+        if self.published == self.version:
             return
-        self.adapter_ref = self.learners.export_adapter()
         held = self.rollouts.load_adapter(self.adapter_ref)
-        if any(v != version for v in held):
-            raise TrainingError(f"rollout workers hold adapter versions {held} after a sync to {version}")
-        self.version = version
+        if any(v != self.published for v in held):
+            raise TrainingError(f"rollout workers hold adapter versions {held} after a sync to {self.published}")
+        self.version = self.published
+
+    def _sync(self, version: int) -> None:
+        self._publish(version)
+        self._load_published()
 
     def _row(self, step: int, batch: Any, scores: rewards.Scores, per_function: Any, adv: Any,
              metrics: Any, seconds: float) -> dict[str, Any]:
@@ -235,9 +283,12 @@ class GRPOTrainer:
             "train/skipped": int(metrics.skipped),
             "rollout/redispatches": self.rollouts.redispatches,
             "rollout/worker_restarts": self.rollouts.restarts,
+            "rollout/adapter_republished": self.rollouts.republished,
             "adapter_version": metrics.adapter_version,
+            "staleness": metrics.staleness,
             "step_time_s": seconds,
         }
+        row.update(metrics.extra)
         for i, reward_fn in enumerate(self.reward_functions):
             column = per_function[:, i]
             row[f"rewards/{reward_fn.name}/mean"] = float(torch.nanmean(column)) if (~column.isnan()).any() else 0.0
@@ -257,7 +308,9 @@ class GRPOTrainer:
         tmp = checkpoint.temp_dir(cfg.output_dir, step)
         self.learners.save_state(tmp)
         checkpoint.write_json(os.path.join(tmp, checkpoint.STATE_DIR, "driver.json"), {
-            "step": step, "sampler": self.sampler.state(), "dataset_fingerprint": self.prompts.fingerprint,
+            "step": step, "dataset_fingerprint": self.prompts.fingerprint,
+            # prompts drawn for a generation still in flight are drawn again after a resume
+            "sampler": self.inflight.sampler_state if self.inflight else self.sampler.state(),
             "num_generations": cfg.num_generations, "prompts_per_step": cfg.prompts_per_step,
         })
         return checkpoint.commit(cfg.output_dir, tmp, step, cfg.keep_last, protect=self.resumed_from)

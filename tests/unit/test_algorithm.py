@@ -98,7 +98,7 @@ def test_bad_options_name_the_field():
 # ---- cross-check with TRL's GRPOTrainer._compute_loss on random inputs ------------------------------
 
 
-def _trl_loss(logp, old, ref, adv, mask, loss_type, level, beta, eps_low, eps_high, max_len):
+def _trl_loss(logp, old, ref, adv, mask, loss_type, level, beta, eps_low, eps_high, max_len, is_ratio=None):
     from trl.trainer.grpo_trainer import GRPOTrainer
 
     accelerator = types.SimpleNamespace(gather=lambda x: x, num_processes=1, sync_gradients=True,
@@ -107,7 +107,8 @@ def _trl_loss(logp, old, ref, adv, mask, loss_type, level, beta, eps_low, eps_hi
     fake = types.SimpleNamespace(
         top_entropy_quantile=1.0, off_policy_mask_threshold=None, importance_sampling_level=level,
         beta=beta, loss_type=loss_type, epsilon_low=eps_low, epsilon_high=eps_high, args=args,
-        use_vllm=False, vllm_importance_sampling_correction=False, max_completion_length=max_len,
+        use_vllm=is_ratio is not None, vllm_importance_sampling_correction=is_ratio is not None,
+        max_completion_length=max_len,
         model=types.SimpleNamespace(training=True), current_gradient_accumulation_steps=1,
         accelerator=accelerator, _metrics={"train": defaultdict(list)}, aux_loss_enabled=False,
         _entropy_bonus_enabled=False, use_adaptive_entropy=False,
@@ -119,6 +120,8 @@ def _trl_loss(logp, old, ref, adv, mask, loss_type, level, beta, eps_low, eps_hi
               "completion_ids": torch.zeros_like(mask), "completion_mask": mask, "advantages": adv,
               "old_per_token_logps": old, "ref_per_token_logps": ref,
               "num_items_in_batch": mask.sum().float()}
+    if is_ratio is not None:
+        inputs.update(importance_sampling_ratio=is_ratio, sampling_per_token_logps=old)
     fake.args.steps_per_generation = 1
     return GRPOTrainer._compute_loss(fake, None, inputs)
 
@@ -141,3 +144,35 @@ def test_matches_trl_compute_loss(loss_type, level, beta):
                                  importance_sampling_level=level, beta=beta, ref_logp=ref,
                                  max_completion_length=t).loss
     assert ours.item() == pytest.approx(theirs.item(), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["token_truncate", "sequence_mask"])
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
+def test_importance_weighted_loss_matches_trl(mode, loss_type):
+    pytest.importorskip("trl")
+    gen = torch.Generator().manual_seed(7)
+    b, t = 6, 5
+    old = -torch.rand(b, t, generator=gen) * 3
+    logp = old + torch.randn(b, t, generator=gen) * 0.3
+    behaviour = old + torch.randn(b, t, generator=gen) * 0.8
+    adv = torch.randn(b, generator=gen)
+    mask = (torch.arange(t)[None, :] < torch.tensor([5, 3, 1, 4, 2, 5])[:, None]).long()
+    weights = algorithm.importance_weights(old, behaviour, mask, mode, clip_min=0.5, clip_max=2.0)
+    theirs = _trl_loss(logp, old, None, adv, mask, loss_type, "token", 0.0, 0.2, 0.2, t, is_ratio=weights)
+    ours = algorithm.policy_loss(logp, old, adv, mask, loss_type=loss_type, is_weights=weights).loss
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-5, abs=1e-6)
+
+
+def test_importance_weights_by_hand():
+    learner = torch.tensor([[0.0, -1.0, -2.0]])
+    behaviour = torch.tensor([[-2.0, -1.0, 0.0]])  # token ratios e^2, 1, e^-2
+    mask = torch.tensor([[1, 1, 0]])  # the last token is padding: ratio 1
+    token = algorithm.importance_weights(learner, behaviour, mask, "token_truncate", clip_max=3.0)
+    assert token[0].tolist() == pytest.approx([3.0, 1.0, 1.0])
+    masked = algorithm.importance_weights(learner, behaviour, mask, "token_mask", clip_min=0.5, clip_max=3.0)
+    assert masked[0].tolist() == pytest.approx([0.0, 1.0, 1.0])
+    seq = algorithm.importance_weights(learner, behaviour, mask, "sequence_truncate", clip_max=None)
+    assert seq.shape == (1, 1) and seq.item() == pytest.approx(math.exp(2.0))
+    assert algorithm.importance_weights(learner, behaviour, mask, "sequence_mask", clip_max=3.0).item() == 0.0
+    with pytest.raises(ValueError, match="vllm_importance_sampling_mode='x'"):
+        algorithm.importance_weights(learner, behaviour, mask, "x")
