@@ -108,6 +108,9 @@ class GRPOConfig(BaseModel):
     num_rollout_workers: int = Field(1, ge=0, description="0: run in the driver process (tests)")
     num_learner_workers: int = Field(1, ge=0)
     placement: Literal["colocate", "disaggregate"] = "colocate"
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="Ray placement-group strategy for the bundles: SPREAD / STRICT_SPREAD put them on "
+        "different nodes")
     max_logprob_mismatch: float = Field(
         0.5, gt=0.0, description="stop when mean |logp_vllm - logp_learner| exceeds this")
     rollout_timeout_s: float = Field(600.0, gt=0, description="watchdog for one generation call")

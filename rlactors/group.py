@@ -73,6 +73,10 @@ class WorkerGroup:
     def pids(self) -> list[int]:
         return self._each(lambda w: w.pid)
 
+    def node_ids(self) -> list[str]:
+        """The Ray node each worker runs on, by rank."""
+        return self._each(lambda w: w.node_id)
+
     def shutdown(self) -> None:
         import ray
 
@@ -238,6 +242,12 @@ class LearnerGroup(WorkerGroup):
 
     def load_state(self, path: str) -> int:
         return self._each(lambda w: w.load_state, path)[0]
+
+
+def current_node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
 
 
 def _split(items: list, parts: int) -> list[list]:

@@ -66,24 +66,24 @@ def plan(config: "GRPOConfig", use_gpus: bool) -> Layout:
     )
 
 
-def reserve(layout: Layout, timeout_s: float, name: str = "rlactors") -> Any:
+def reserve(layout: Layout, timeout_s: float, name: str = "rlactors", strategy: str = "PACK") -> Any:
     """Creates the placement group; fails within `timeout_s` with requested vs available resources."""
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
     if not layout.bundles:
         return None
-    group = placement_group(layout.bundles, strategy="PACK", name=name)
+    group = placement_group(layout.bundles, strategy=strategy, name=name)
     ready, _ = ray.wait([group.ready()], timeout=timeout_s)
     if not ready:
         remove_placement_group(group)
         cluster = ray.cluster_resources()
         raise PlacementError(
             f"placement group of {len(layout.bundles)} bundle(s) {layout.bundles[0]} not granted within "
-            f"{timeout_s:.0f}s: requested GPU={layout.total('GPU'):g} CPU={layout.total('CPU'):g}, the cluster "
+            f"{timeout_s:.0f}s (strategy {strategy}): requested GPU={layout.total('GPU'):g} CPU={layout.total('CPU'):g}, the cluster "
             f"has GPU={cluster.get('GPU', 0):g} CPU={cluster.get('CPU', 0):g} (available now: "
             f"{ray.available_resources()}). Lower num_rollout_workers / num_learner_workers, use placement: "
-            "colocate, or add nodes"
+            "colocate, or add nodes (STRICT_SPREAD needs a node per bundle)"
         )
     return group
 

@@ -117,7 +117,7 @@ class GRPOTrainer:
         self.sampler = PromptSampler(len(self.prompts), cfg.seed, cfg.shuffle)
         resume_from = self.resumed_from = self._resume_path()
         layout = plan(cfg, cluster_has_gpus())
-        self.placement_group = reserve(layout, cfg.placement_timeout_s)
+        self.placement_group = reserve(layout, cfg.placement_timeout_s, strategy=cfg.placement_strategy)
         self.rollouts = RolloutGroup(RolloutWorker, cfg, layout.rollout, self.placement_group, cfg.max_restarts)
         self.learners = LearnerGroup(LearnerWorker, cfg, layout.learner, self.placement_group)
         self.rollouts.republish = self.learners.export_adapter  # if the adapter object is lost

@@ -30,14 +30,15 @@ def tiny_qwen2(smollm2: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     return make_tiny_model(str(tmp_path_factory.mktemp("tiny") / "qwen2"), "qwen2", smollm2)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def ray_cluster():
-    """A local Ray cluster for the whole session (2 CPUs, like CI)."""
+    """The session's local Ray cluster (2 CPUs, like CI), started on first use (and again after a
+    multi-node test has replaced it)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
-    ray.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -79,6 +79,11 @@ class LearnerWorker:
     def pid(self) -> int:
         return os.getpid()
 
+    def node_id(self) -> str:
+        from rlactors.group import current_node_id
+
+        return current_node_id()
+
     def export_adapter(self) -> LoRAAdapter:
         """The adapter at the current version, in the dtype the rollout engine computes in."""
         from rlactors.fast_state import state_of

@@ -70,6 +70,11 @@ class RolloutWorker:
     def pid(self) -> int:
         return os.getpid()
 
+    def node_id(self) -> str:
+        from rlactors.group import current_node_id
+
+        return current_node_id()
+
     def load_adapter(self, adapter: LoRAAdapter) -> int:
         """Installs `adapter` from memory (no disk); returns the version now held."""
         from rlactors import engine
