@@ -76,11 +76,9 @@ class LoRAAdapter:
 
     def save(self, path: str) -> str:
         """Writes a standard PEFT adapter folder (safetensors + JSON, nothing pickled)."""
-        from safetensors.torch import save_file
-
         os.makedirs(path, exist_ok=True)
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.tensors.items()}
-        save_file(tensors, os.path.join(path, ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        save_tensors(tensors, os.path.join(path, ADAPTER_WEIGHTS), metadata={"format": "pt"})
         with open(os.path.join(path, ADAPTER_CONFIG), "w") as f:
             json.dump(self.peft_config, f, indent=2, sort_keys=True)
         return path
@@ -164,3 +162,20 @@ def _rebuild(version: int, flat: Any, dtype: str, layout: list, peft_config: dic
     tensors = unflatten(flat, [(n, tuple(s)) for n, s in layout])
     return LoRAAdapter(version=version, tensors=tensors, peft_config=peft_config, base_model=base_model, meta=meta,
                        flat=flat)
+
+
+def save_tensors(tensors: dict[str, Any], path: str, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' `save_file`, with its I/O failures (a full disk) raised as the `OSError` they are."""
+    import errno
+    import re
+
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, path, metadata=metadata)
+    except Exception as err:  # SafetensorError is not an OSError
+        found = re.search(r"os error (\d+)", str(err))
+        if not found:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code) if code in errno.errorcode else str(err), path) from err

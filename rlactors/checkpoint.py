@@ -24,8 +24,12 @@ STATE_DIR = "trainer_state"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
+def temp_path(output_dir: str, step: int) -> str:
+    return os.path.join(output_dir, f".tmp-checkpoint-{step}")
+
+
 def temp_dir(output_dir: str, step: int) -> str:
-    path = os.path.join(output_dir, f".tmp-checkpoint-{step}")
+    path = temp_path(output_dir, step)
     shutil.rmtree(path, ignore_errors=True)
     os.makedirs(os.path.join(path, STATE_DIR))
     return path
@@ -74,9 +78,8 @@ def save_learner_state(path: str, learner: "LearnerWorker") -> None:
     import random
 
     import torch
-    from safetensors.torch import save_file
 
-    from rlactors.adapter import export_adapter
+    from rlactors.adapter import export_adapter, save_tensors
 
     export_adapter(learner.model, learner.version).save(path)
     state = learner.optimizer.state_dict()
@@ -87,7 +90,7 @@ def save_learner_state(path: str, learner: "LearnerWorker") -> None:
     tensors["rng.torch_cpu"] = torch.get_rng_state()
     if torch.cuda.is_available():
         tensors["rng.torch_cuda"] = torch.cuda.get_rng_state()
-    save_file(tensors, os.path.join(path, STATE_DIR, "optimizer.safetensors"))
+    save_tensors(tensors, os.path.join(path, STATE_DIR, "optimizer.safetensors"))
     py_state = random.getstate()
     write_json(os.path.join(path, STATE_DIR, "learner.json"), {
         "version": learner.version,

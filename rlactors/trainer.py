@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -170,13 +171,13 @@ class GRPOTrainer:
         adv = algorithm.group_advantages(combined, cfg.num_generations, cfg.scale_rewards)
         with self._timed("update"):
             metrics = self._update(batch.with_advantages(adv.advantages), step)
-        self._check_skipped(metrics)
         with self._timed("sync"):
             self._publish(metrics.adapter_version)
             if not cfg.max_staleness:
                 self._load_published()
         row = self._row(step, batch, scores, per_function, adv, metrics, time.perf_counter() - started)
         self.recorder.log(row)
+        self._check_skipped(metrics)  # after the row is written: the metrics show the skipped steps
         if cfg.save_steps and (step % cfg.save_steps == 0 or step == cfg.max_steps):
             self._save_checkpoint(step)
 
@@ -305,14 +306,22 @@ class GRPOTrainer:
 
     def _save_checkpoint(self, step: int) -> str:
         cfg = self.config
-        tmp = checkpoint.temp_dir(cfg.output_dir, step)
-        self.learners.save_state(tmp)
-        checkpoint.write_json(os.path.join(tmp, checkpoint.STATE_DIR, "driver.json"), {
-            "step": step, "dataset_fingerprint": self.prompts.fingerprint,
-            # prompts drawn for a generation still in flight are drawn again after a resume
-            "sampler": self.inflight.sampler_state if self.inflight else self.sampler.state(),
-            "num_generations": cfg.num_generations, "prompts_per_step": cfg.prompts_per_step,
-        })
+        try:
+            tmp = checkpoint.temp_dir(cfg.output_dir, step)
+            self.learners.save_state(tmp)
+            checkpoint.write_json(os.path.join(tmp, checkpoint.STATE_DIR, "driver.json"), {
+                "step": step, "dataset_fingerprint": self.prompts.fingerprint,
+                # prompts drawn for a generation still in flight are drawn again after a resume
+                "sampler": self.inflight.sampler_state if self.inflight else self.sampler.state(),
+                "num_generations": cfg.num_generations, "prompts_per_step": cfg.prompts_per_step,
+            })
+        except OSError as err:  # a full disk, a lost mount: the partial folder goes, the previous one stays
+            shutil.rmtree(checkpoint.temp_path(cfg.output_dir, step), ignore_errors=True)
+            previous = checkpoint.latest_checkpoint(cfg.output_dir)
+            raise TrainingError(
+                f"could not write checkpoint-{step} to output_dir={cfg.output_dir} ({_os_reason(err)}); the "
+                f"previous checkpoint {previous or '(none yet)'} is intact. Free space or point output_dir at a "
+                "larger volume, then re-run with resume_from_checkpoint: auto") from err
         return checkpoint.commit(cfg.output_dir, tmp, step, cfg.keep_last, protect=self.resumed_from)
 
     def _resume(self, path: str) -> int:
@@ -344,6 +353,12 @@ def _tensor(values: list[float]) -> Any:
     import torch
 
     return torch.tensor(values, dtype=torch.float32)
+
+
+def _os_reason(err: BaseException) -> str:
+    """The OS error's own words (also when it arrives wrapped by Ray from an actor)."""
+    cause = getattr(err, "cause", None) or err
+    return getattr(cause, "strerror", None) or str(cause).strip().splitlines()[-1]
 
 
 def _first_error(scores: rewards.Scores) -> str:
