@@ -186,15 +186,26 @@ class RolloutGroup(WorkerGroup):
         actor = self.actors[index]
         if isinstance(error, TimeoutError):
             ray.kill(actor, no_restart=False)  # a hung call cannot be cancelled in place: restart the worker
+        name, limit = f"rlactors/rollout-{index}", self.config.rollout_timeout_s
+        deadline = time.monotonic() + limit
         try:
-            ray.get(actor.build.remote(), timeout=self.config.rollout_timeout_s)
+            while True:
+                try:
+                    ray.get(actor.build.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                    break
+                except ray.exceptions.ActorUnavailableError:  # restarting: ask again until the deadline
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)
             if self.adapter is not None:
-                self._reload_if_lost(lambda: ray.get(actor.load_adapter.remote(self.adapter),
-                                                     timeout=self.config.rollout_timeout_s))
+                self._reload_if_lost(lambda: ray.get(actor.load_adapter.remote(self.adapter), timeout=limit))
+        except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError) as err:
+            raise RolloutFailedError(f"rollout worker {name} did not come back within rollout_timeout_s={limit} "
+                                     f"after: {error}") from err
         except ray.exceptions.RayActorError as err:
             raise RolloutFailedError(
-                f"rollout worker rlactors/rollout-{index} is dead and its restart budget "
-                f"(max_restarts={self.config.max_restarts}) is spent; last error: {error}") from err
+                f"rollout worker {name} is dead and its restart budget (max_restarts={self.config.max_restarts}) "
+                f"is spent; last error: {error}") from err
         self.restarts += 1  # dead, hung, or restarted while idle (a stale adapter says so)
 
     def prompt_logprobs(self, token_ids: list[int], num_scored: int) -> list[list[float]]:

