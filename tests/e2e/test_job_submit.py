@@ -1,5 +1,5 @@
 """`ray job submit` against a real local Ray head (`ray start --head`): a job that trains with a reward
-module of its own working directory, and a job that must fail on a bad config."""
+module of its own working directory, a job that must fail on a bad config, and `ray job stop`."""
 import json
 import os
 import re
@@ -40,6 +40,7 @@ def ray_head(tmp_path_factory):
     address = f"http://127.0.0.1:{dash}"
     try:
         _wait_for_jobs_api(address, env)
+        env["RLACTORS_TEST_GCS"] = f"127.0.0.1:{port}"
         yield address, env
     finally:
         os.killpg(head.pid, signal.SIGTERM)
@@ -104,3 +105,52 @@ def test_bad_config_job_fails_with_the_error_in_its_logs(ray_head, tiny_llama, t
     logs = done.stdout + done.stderr
     assert done.returncode != 0 and "failed" in logs.lower()
     assert "num_generations=1: GRPO's group baseline needs at least 2" in logs
+
+
+CLUSTER_STATE = """
+import json, os, ray
+from ray.util.placement_group import placement_group_table
+from ray.util.state import list_actors
+ray.init(address=os.environ["RLACTORS_TEST_GCS"], log_to_driver=False)
+print(json.dumps({
+    "actors": [a.name for a in list_actors(address=os.environ["RLACTORS_TEST_DASH"], filters=[("state", "=", "ALIVE")])],
+    "groups": [g["state"] for g in placement_group_table().values()],
+    "free_cpu": ray.available_resources().get("CPU", 0), "cpu": ray.cluster_resources().get("CPU", 0),
+}))
+"""
+
+
+def _cluster_state(address, env):
+    out = subprocess.run([sys.executable, "-c", CLUSTER_STATE], env={**env, "RLACTORS_TEST_DASH": address},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_job_stop_frees_actors_placement_groups_and_cpus(ray_head, tiny_llama, tmp_path):
+    address, env = ray_head
+    work = _job_dir(tmp_path, tiny_llama, max_steps=1000, save_steps=0)
+    cmd = [f"{BIN}/ray", "job", "submit", "--no-wait", "--address", address, "--working-dir", str(work), "--",
+           sys.executable, "-m", "rlactors", "train", "config.yaml"]
+    submitted = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    job_id = re.search(r"raysubmit_[A-Za-z0-9]+", submitted.stdout + submitted.stderr).group(0)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait until it trains
+        shown = subprocess.run([f"{BIN}/ray", "job", "logs", job_id, "--address", address], env=env,
+                               capture_output=True, text=True)
+        if "step 1: reward=" in shown.stdout:
+            break
+        time.sleep(3)
+    assert "step 1: reward=" in shown.stdout, shown.stdout[-3000:]
+    assert {"rlactors/rollout-0", "rlactors/learner-0"} <= set(_cluster_state(address, env)["actors"])
+    stopped = subprocess.run([f"{BIN}/ray", "job", "stop", job_id, "--address", address], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        state = _cluster_state(address, env)
+        if not state["actors"] and state["free_cpu"] == state["cpu"]:
+            break
+        time.sleep(2)
+    assert not state["actors"] and state["free_cpu"] == state["cpu"], state
+    assert all(group == "REMOVED" for group in state["groups"]), state
