@@ -93,6 +93,11 @@ class GRPOTrainer:
         if ray.is_initialized():
             return False
         if os.environ.get("RAY_ADDRESS"):  # set by `ray job submit`, or by the user for a cluster
+            from rlactors.security import insecure_address_warning
+
+            warning = insecure_address_warning(os.environ["RAY_ADDRESS"], os.environ)
+            if warning:
+                print(warning, flush=True)
             ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
         else:  # a private local cluster on loopback, no dashboard
             ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=True)

@@ -88,3 +88,18 @@ def test_runtime_env_excludes_outputs_and_weights():
         excludes = yaml.safe_load(f)["excludes"]
     for needed in (".git", ".venv", "runs", "models", "*.safetensors"):
         assert needed in excludes
+
+
+def test_warns_for_a_remote_cluster_without_token_auth(tmp_path):
+    from rlactors.security import insecure_address_warning
+
+    no_file = {"RAY_AUTH_TOKEN_PATH": str(tmp_path / "none")}
+    assert "without token authentication" in insecure_address_warning("http://10.0.0.5:8265", no_file)
+    assert "10.0.0.5:6379" in insecure_address_warning("10.0.0.5:6379", {**no_file, "RAY_AUTH_MODE": "token"})
+    assert insecure_address_warning("10.0.0.5:6379", {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "x"}) is None
+    token_file = tmp_path / "auth_token"
+    token_file.write_text("x")
+    assert insecure_address_warning("ray://head:10001", {"RAY_AUTH_MODE": "token",
+                                                         "RAY_AUTH_TOKEN_PATH": str(token_file)}) is None
+    for local in ("127.0.0.1:6379", "http://localhost:8265", "auto", "local"):
+        assert insecure_address_warning(local, no_file) is None

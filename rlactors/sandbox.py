@@ -1,0 +1,179 @@
+"""Running model-written Python for a reward, away from the host.
+
+    from rlactors.sandbox import run_python
+
+    def passes_tests(prompts, completions, tests, **_):
+        return [1.0 if run_python(code + "\\n" + t).ok else 0.0 for code, t in zip(completions, tests)]
+
+The `namespaces` backend (Linux, util-linux `unshare`, run as root or with unprivileged user
+namespaces) starts the code as user `nobody` in new network, PID and mount namespaces: no network
+(not even the host's loopback), no view of host processes, limits on memory, CPU time, processes,
+open files and file size, a private working folder, an environment without the host's secrets;
+everything it started dies with it at the timeout. This keeps honest mistakes and simple attacks
+off the host; it is not a hardened sandbox (no seccomp filter, the host file system is readable
+where `nobody` may read). For hostile code at scale use a VM-grade sandbox (gVisor, Firecracker).
+
+Without a usable backend, `run_python` refuses, unless `allow_unsafe_local_exec=True`: then the
+code runs as a plain child process with the same limits, and a warning says it is not a sandbox.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass
+
+NOBODY = 65534
+BACKENDS = ("auto", "namespaces", "unsafe-local")
+
+
+class SandboxError(RuntimeError):
+    """No sandbox backend can run here (and unsafe local execution was not allowed)."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    returncode: int | None  # None: killed at the timeout
+    stdout: str
+    stderr: str
+    timed_out: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+
+def namespaces_available() -> bool:
+    """Whether the `namespaces` backend works here (probed once per process)."""
+    global _AVAILABLE
+    if _AVAILABLE is None:
+        unshare = shutil.which("unshare")
+        _AVAILABLE = bool(unshare) and subprocess.run(
+            [unshare, *_unshare_flags(), "true"], capture_output=True, timeout=30).returncode == 0
+    return _AVAILABLE
+
+
+_AVAILABLE: bool | None = None
+
+
+def run_python(code: str, *, stdin: str = "", timeout_s: float = 10.0, memory_mb: int = 512,
+               max_processes: int = 32, backend: str = "auto", allow_unsafe_local_exec: bool = False) -> RunResult:
+    """Runs `code` with `python -I` under `backend`; returns its exit code and output."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r}: use one of {BACKENDS}")
+    if backend == "auto":
+        backend = "namespaces" if namespaces_available() else "unsafe-local"
+    if backend == "namespaces" and not namespaces_available():
+        raise SandboxError("backend='namespaces' needs util-linux `unshare` and root or unprivileged user "
+                           "namespaces, and cannot run here")
+    if backend == "unsafe-local":
+        if not allow_unsafe_local_exec:
+            raise SandboxError(
+                "no sandbox backend can run here (the 'namespaces' backend needs util-linux `unshare` and root "
+                "or unprivileged user namespaces). Run rewards that execute code on a machine where it works, "
+                "or pass allow_unsafe_local_exec=True to run the code as a plain child process (NOT a sandbox)")
+        warnings.warn("rlactors.sandbox: running code with allow_unsafe_local_exec=True: a plain child process "
+                      "with resource limits, NOT a sandbox", RuntimeWarning, stacklevel=2)
+    workdir = tempfile.mkdtemp(prefix="rlactors-sandbox-")
+    try:
+        command = [_interpreter(backend), "-I", "-c", code]
+        if backend == "namespaces":
+            if os.geteuid() == 0:
+                os.chown(workdir, NOBODY, NOBODY)
+            command = [shutil.which("unshare"), *_unshare_flags(), *command]
+        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir}
+        proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, cwd=workdir, env=env, start_new_session=True,
+                                preexec_fn=lambda: _limits(memory_mb, timeout_s, max_processes))
+        try:
+            out, err = proc.communicate(stdin, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill(proc.pid)
+            out, err = proc.communicate()
+            return RunResult(None, out, err, timed_out=True)
+        return RunResult(proc.returncode, out, err, timed_out=False)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _interpreter(backend: str) -> str:
+    """A Python that the sandbox user may run (code gets the standard library only, `-I`)."""
+    candidates = [os.path.realpath(sys.executable), "/usr/bin/python3", "/usr/local/bin/python3"]
+    if backend != "namespaces" or os.geteuid() != 0:
+        return candidates[0]
+    for path in candidates:
+        if os.path.exists(path) and _everyone_may_run(os.path.realpath(path)):
+            return path
+    raise SandboxError(f"no Python that user nobody may run: {candidates[0]} sits in a folder others cannot "
+                       "enter; install a system python3 (/usr/bin/python3)")
+
+
+def _everyone_may_run(path: str) -> bool:
+    import stat
+
+    if not os.stat(path).st_mode & stat.S_IXOTH:
+        return False
+    folder = os.path.dirname(path)
+    while True:
+        if not os.stat(folder).st_mode & stat.S_IXOTH:
+            return False
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return True
+        folder = parent
+
+
+def _unshare_flags() -> list[str]:
+    flags = ["--net", "--pid", "--fork", "--kill-child", "--mount-proc"]
+    if os.geteuid() == 0:
+        return [*flags, "--setuid", str(NOBODY), "--setgid", str(NOBODY)]
+    return ["--map-root-user", *flags]
+
+
+def _limits(memory_mb: int, timeout_s: float, max_processes: int) -> None:
+    """In the child before exec: limits that the sandboxed code inherits. The process limit counts
+    all of a user's processes: as root the code runs as `nobody`, else the user's own count is added."""
+    cpu = int(timeout_s) + 1
+    if os.geteuid() != 0:
+        max_processes += _processes_of(os.getuid())
+    resource.setrlimit(resource.RLIMIT_AS, (memory_mb * 2**20, memory_mb * 2**20))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+    resource.setrlimit(resource.RLIMIT_NPROC, (max_processes, max_processes))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 2**20, 16 * 2**20))
+
+
+def _processes_of(uid: int) -> int:
+    count = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                count += os.stat(f"/proc/{entry}").st_uid == uid
+            except OSError:
+                pass
+    return count
+
+
+def _kill(pid: int) -> None:
+    """Kills the run: first the code's first process (the PID namespace's init: the kernel then kills
+    everything in the namespace, whatever its process group), then its process group."""
+    import signal
+
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except OSError:
+        children = []
+    for child in children:
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
