@@ -144,8 +144,9 @@ class RolloutGroup(WorkerGroup):
         budget = self.config.max_redispatches
         while pending:
             refs = {i: self.actors[i].generate.remote(part, adapter_version) for i, part in pending.items()}
-            for i, ref in refs.items():
-                error = self._collect(ref)
+            deadline = time.monotonic() + self.config.rollout_timeout_s  # one watchdog for all workers
+            results = {i: self._collect(ref, deadline) for i, ref in refs.items()}  # all in, then recover
+            for i, error in results.items():
                 if not isinstance(error, BaseException):
                     done[i] = error
                     del pending[i]
@@ -164,12 +165,12 @@ class RolloutGroup(WorkerGroup):
             batches.append(done[i])
         return concat_batches(batches, pad_id=0)
 
-    def _collect(self, ref: Any) -> Any:
+    def _collect(self, ref: Any, deadline: float) -> Any:
         """The batch, or the exception that says the attempt must be redone."""
         import ray
 
         try:
-            return ray.get(ref, timeout=self.config.rollout_timeout_s)
+            return ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
         except ray.exceptions.GetTimeoutError:
             return TimeoutError(f"no result within rollout_timeout_s={self.config.rollout_timeout_s}")
         except ray.exceptions.RayActorError as err:

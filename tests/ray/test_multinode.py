@@ -50,8 +50,12 @@ def test_workers_spread_over_nodes_with_data_parallel_learners(cluster, tiny_lla
     try:
         rollout_nodes, learner_nodes = trainer.rollouts.node_ids(), trainer.learners.node_ids()
         assert len(set(rollout_nodes)) == 2 and len(set(learner_nodes)) == 2  # gloo across nodes
+        loaded = []
+        load = trainer.rollouts.load_adapter
+        trainer.rollouts.load_adapter = lambda ref: loaded.append(load(ref)) or loaded[-1]
         for step in (1, 2):
             trainer._step(step)
+        assert loaded == [[1, 1], [2, 2]]  # each version once, by every worker, from one object
         rows = trainer.recorder.rows
         assert [r["adapter_version"] for r in rows] == [1, 2]
         assert all(r["sampling/logprob_mismatch"] < 1e-3 for r in rows)  # both workers serve the learners' adapter
