@@ -30,8 +30,9 @@ class GRPOConfig(BaseModel):
     load_in_4bit: bool = Field(False, description="bitsandbytes NF4 base for the learner (CUDA only)")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="auto: bf16 on GPU, fp32 on CPU")
-    gpu_memory_utilization: float = Field(
-        0.5, description="vLLM's share of its GPU (of RAM on CPU); colocated, the learner gets the rest")
+    gpu_memory_utilization: float | Literal["auto"] = Field(
+        0.5, description="vLLM's share of its GPU (of RAM on CPU); colocated, the learner gets the rest. "
+        "auto: measure the learner's need for this batch and give vLLM the rest")
     max_lora_rank: int = Field(64, description="largest LoRA rank vLLM will serve")
     lora_r: int = Field(16, gt=0, description="LoRA rank")
     lora_alpha: int = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
@@ -118,12 +119,18 @@ class GRPOConfig(BaseModel):
     max_redispatches: int = Field(5, ge=0, description="failed generation attempts redone per step")
     placement_timeout_s: float = Field(60.0, gt=0, description="fail if resources are not granted in time")
 
-    @field_validator("gpu_memory_utilization")
+    @field_validator("gpu_memory_utilization", mode="before")
     @classmethod
-    def _share(cls, value: float) -> float:
-        if not 0.0 < value <= 1.0:
-            raise ValueError("must be in (0, 1]: the fraction of GPU memory vLLM may use; e.g. 0.5")
-        return value
+    def _share(cls, value: Any) -> float | str:
+        if value == "auto":
+            return value
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = -1.0
+        if not 0.0 < number <= 1.0:
+            raise ValueError('must be in (0, 1] (the fraction of GPU memory vLLM may use, e.g. 0.5) or "auto"')
+        return number
 
     @field_validator("max_lora_rank")
     @classmethod
@@ -156,7 +163,7 @@ class GRPOConfig(BaseModel):
                 f"max_prompt_length ({self.max_prompt_length}) + max_completion_length "
                 f"({self.max_completion_length}) exceeds max_seq_length ({self.max_seq_length}): "
                 "raise max_seq_length or shorten one of them")
-        if self.placement == "colocate" and self.gpu_memory_utilization >= 1.0:
+        if self.placement == "colocate" and self.gpu_memory_utilization != "auto" and self.gpu_memory_utilization >= 1.0:
             raise ValueError("gpu_memory_utilization=1.0 with placement: colocate leaves the learner no share "
                              "of the GPU: use < 1 (e.g. 0.5) or placement: disaggregate")
         if self.reward_weights is not None and self.reward_funcs and len(self.reward_weights) != len(self.reward_funcs):

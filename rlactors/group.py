@@ -227,6 +227,11 @@ class LearnerGroup(WorkerGroup):
             ray.get([actor.join_group.remote(address, len(self.actors)) for actor in self.actors])
         return super().build()
 
+    def memory_need(self) -> tuple[int | None, int | None]:
+        """The largest learner's (peak bytes, GPU total bytes); (None, None) without CUDA."""
+        needs = self._each(lambda w: w.memory_need)
+        return max(needs, key=lambda need: need[0] or 0)
+
     def update(self, batch: "RolloutBatch", step: int) -> "StepMetrics":
         if len(self.actors) <= 1:
             return self._each(lambda w: w.update, batch, step)[0]

@@ -46,7 +46,8 @@ def plan(config: "GRPOConfig", use_gpus: bool) -> Layout:
         count = max(n_roll, n_learn)
         if use_gpus:
             bundle = {"GPU": 1.0, "CPU": CPUS_PER_GPU_BUNDLE}
-            roll_gpu, learn_gpu = config.gpu_memory_utilization, 1.0 - config.gpu_memory_utilization
+            share = 0.5 if config.gpu_memory_utilization == "auto" else config.gpu_memory_utilization
+            roll_gpu, learn_gpu = share, 1.0 - share  # logical shares: vLLM is told its memory separately
         else:
             bundle, roll_gpu, learn_gpu = {"CPU": 1.0}, 0.0, 0.0
         cpus = bundle["CPU"] / 2

@@ -124,15 +124,35 @@ class GRPOTrainer:
         resume_from = self.resumed_from = self._resume_path()
         layout = plan(cfg, cluster_has_gpus())
         self.placement_group = reserve(layout, cfg.placement_timeout_s, strategy=cfg.placement_strategy)
-        self.rollouts = RolloutGroup(RolloutWorker, cfg, layout.rollout, self.placement_group, cfg.max_restarts)
         self.learners = LearnerGroup(LearnerWorker, cfg, layout.learner, self.placement_group)
-        self.rollouts.republish = self.learners.export_adapter  # if the adapter object is lost
         with self._timed("startup"):
-            rollout_pids, learner_pids = self.rollouts.build(), self.learners.build()
+            learner_pids = self.learners.build()  # first: `gpu_memory_utilization: auto` measures it
+            rollout_cfg = cfg.model_copy(update={"gpu_memory_utilization": self._vllm_share(layout.use_gpus)})
+            self.rollouts = RolloutGroup(RolloutWorker, rollout_cfg, layout.rollout, self.placement_group,
+                                         cfg.max_restarts)
+            rollout_pids = self.rollouts.build()
+        self.rollouts.republish = self.learners.export_adapter  # if the adapter object is lost
         print(f"rlactors: rollout workers on pids {rollout_pids}, learners on pids {learner_pids}", flush=True)
         start_step = self._resume(resume_from) if resume_from else 0
         self.recorder = RunRecorder(cfg, resume_step=start_step)
         return start_step
+
+    def _vllm_share(self, use_gpus: bool) -> float:
+        """`gpu_memory_utilization` for vLLM: as configured, or measured ("auto")."""
+        from rlactors import memory
+
+        cfg = self.config
+        if cfg.gpu_memory_utilization != "auto":
+            return float(cfg.gpu_memory_utilization)
+        need, total = self.learners.memory_need() if use_gpus and cfg.placement == "colocate" else (None, None)
+        if need is not None and total:
+            share = memory.vllm_share(total, need)
+            print(f"rlactors: gpu_memory_utilization auto -> {share} (the learner needs {need / memory.GIB:.1f} "
+                  f"of {total / memory.GIB:.1f} GiB)", flush=True)
+            return share
+        share = memory.ALONE_SHARE if use_gpus else memory.CPU_SHARE
+        print(f"rlactors: gpu_memory_utilization auto -> {share}", flush=True)
+        return share
 
     def _stop(self, owns_ray: bool) -> None:
         from rlactors.placement import release

@@ -84,6 +84,18 @@ class LearnerWorker:
 
         return current_node_id()
 
+    def memory_need(self) -> tuple[int | None, int | None]:
+        """(peak GPU bytes of a training micro-step at the configured sizes, the GPU's total bytes);
+        (None, None) without CUDA. For `gpu_memory_utilization: auto`."""
+        import torch
+
+        from rlactors.memory import learner_peak_bytes
+
+        self.build()
+        if not torch.cuda.is_available():
+            return None, None
+        return learner_peak_bytes(self), torch.cuda.get_device_properties(self.device).total_memory
+
     def export_adapter(self) -> LoRAAdapter:
         """The adapter at the current version, in the dtype the rollout engine computes in."""
         from rlactors.fast_state import state_of

@@ -3,8 +3,6 @@ with HF+PEFT. Skipped without a GPU; run on the lent GPU machine.
 
     RLACTORS_TOKENIZER_DIR=.bench/tok python -m pytest tests/gpu -s
 """
-import os
-
 import pytest
 import torch
 
@@ -13,21 +11,6 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 # bf16 on both sides: per-token log-probs agree to a few hundredths; a 4-bit learner against
 # vLLM's own 4-bit (or bf16) base adds quantisation differences, hence the looser bound.
 BF16_MEAN_TOL, QLORA_MEAN_TOL = 0.05, 0.25
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    path = str(tmp_path_factory.mktemp("gpu") / "llama")
-    tokenizer = AutoTokenizer.from_pretrained(os.environ.get("RLACTORS_TOKENIZER_DIR", "models/smollm2"))
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=1024, intermediate_size=4096, num_hidden_layers=8,
-                         num_attention_heads=16, num_key_value_heads=4, tie_word_embeddings=True,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def _check_adapter_agreement(model_dir, load_in_4bit, tolerance):

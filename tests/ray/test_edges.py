@@ -36,12 +36,14 @@ def _train(config, reward=record_text):
     return trainer, trainer.train()
 
 
-def test_empty_completions_reach_the_reward_and_keep_the_loss_finite(ray_cluster, tiny_llama, tmp_path):
+def test_empty_completions_reach_the_reward_and_keep_the_loss_finite(ray_cluster, tiny_llama, tmp_path, capsys):
     from transformers import AutoTokenizer
 
     eos = AutoTokenizer.from_pretrained(tiny_llama).eos_token_id
-    config = _config(tiny_llama, tmp_path, generation_kwargs={"logit_bias": {eos: 100.0}})  # EOS at once
+    config = _config(tiny_llama, tmp_path, generation_kwargs={"logit_bias": {eos: 100.0}},  # EOS at once
+                     gpu_memory_utilization="auto")
     trainer, _ = _train(config, is_empty)
+    assert "gpu_memory_utilization auto -> 0.3" in capsys.readouterr().out  # on CPU: a share of RAM
     rows = trainer.recorder.rows
     assert all(r["reward"] == 1.0 for r in rows)  # the reward function saw "" for every sample
     assert all(r["completions/min_length"] <= 1 and r["completions/clipped_ratio"] == 0.0 for r in rows)

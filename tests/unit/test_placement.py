@@ -32,3 +32,16 @@ def test_cpu_cluster_shares_one_cpu_bundle_and_leaves_cores_for_rewards():
 def test_in_process_workers_need_no_bundle():
     layout = plan(GRPOConfig(**BASE, num_rollout_workers=0, num_learner_workers=0), use_gpus=False)
     assert layout.bundles == [] and layout.rollout == [] and layout.learner == []
+
+
+def test_auto_memory_share_leaves_the_learner_its_measured_need():
+    from rlactors.memory import GIB, MemoryPlanError, vllm_share
+
+    config = GRPOConfig(**BASE, gpu_memory_utilization="auto")
+    layout = plan(config, use_gpus=True)  # logical GPU shares only; vLLM is told the measured one
+    assert layout.rollout[0].num_gpus + layout.learner[0].num_gpus == 1.0
+    assert vllm_share(140 * GIB, 30 * GIB, margin_bytes=3 * GIB) == 0.76  # (140 - 33) / 140, rounded down
+    with pytest.raises(MemoryPlanError, match=r"needs 75.0 GiB of the GPU's 80.0 GiB.*lower micro_batch_size"):
+        vllm_share(80 * GIB, 75 * GIB)
+    with pytest.raises(ValueError, match=r'gpu_memory_utilization\n.*or "auto"'):
+        GRPOConfig(**BASE, gpu_memory_utilization="half")
