@@ -63,6 +63,9 @@ class GRPOConfig(BaseModel):
     max_completion_length: int = Field(256, gt=0)
     temperature: float = Field(1.0, gt=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    deterministic_generation: bool = Field(
+        False, description="reseed sampling at every step from (seed, step, worker): a resumed run, or a "
+        "generation redone after a fault, draws the same samples")
     generation_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="extra vLLM SamplingParams fields, e.g. {min_tokens: 256, ignore_eos: true}")
 

@@ -131,19 +131,22 @@ class RolloutGroup(WorkerGroup):
         """Every worker loads a PEFT folder from disk (shared storage) as `version`."""
         return self._each(lambda w: w.load_adapter_folder, path, version)
 
-    def generate(self, prompt_token_ids: list[list[int]], adapter_version: int) -> "RolloutBatch":
-        """Splits prompts evenly over the workers; joins their batches in prompt order."""
+    def generate(self, prompt_token_ids: list[list[int]], adapter_version: int,
+                 seed: int | None = None) -> "RolloutBatch":
+        """Splits prompts evenly over the workers; joins their batches in prompt order. With a
+        `seed`, worker i samples from `seed + i` (a redone share draws the same samples)."""
         from rlactors.records import concat_batches
 
         if self.local is not None:
-            return self.local.generate(prompt_token_ids, adapter_version)
+            return self.local.generate(prompt_token_ids, adapter_version, seed)
         parts = _split(prompt_token_ids, len(self.actors))
         offsets = [sum(len(p) for p in parts[:i]) for i in range(len(parts))]
         pending = {i: part for i, part in enumerate(parts) if part}
         done: dict[int, Any] = {}
         budget = self.config.max_redispatches
         while pending:
-            refs = {i: self.actors[i].generate.remote(part, adapter_version) for i, part in pending.items()}
+            refs = {i: self.actors[i].generate.remote(part, adapter_version, None if seed is None else seed + i)
+                    for i, part in pending.items()}
             deadline = time.monotonic() + self.config.rollout_timeout_s  # one watchdog for all workers
             results = {i: self._collect(ref, deadline) for i, ref in refs.items()}  # all in, then recover
             for i, error in results.items():

@@ -214,13 +214,20 @@ class GRPOTrainer:
                 raise RuntimeError(f"generation launched for step {launched.step} taken at step {step}")
             return launched.indices, launched.batch.result()
         indices = self.sampler.next_batch(self.config.prompts_per_step)
-        return indices, self.rollouts.generate([self.prompts.token_ids[i] for i in indices], self.version)
+        ids = [self.prompts.token_ids[i] for i in indices]
+        return indices, self.rollouts.generate(ids, self.version, self._generation_seed(step))
 
     def _launch(self, step: int) -> None:
         state = self.sampler.state()
         indices = self.sampler.next_batch(self.config.prompts_per_step)
-        future = self.pool.submit(self.rollouts.generate, [self.prompts.token_ids[i] for i in indices], self.version)
+        ids = [self.prompts.token_ids[i] for i in indices]
+        future = self.pool.submit(self.rollouts.generate, ids, self.version, self._generation_seed(step))
         self.inflight = InFlight(step, indices, future, state)
+
+    def _generation_seed(self, step: int) -> int | None:
+        if not self.config.deterministic_generation:
+            return None
+        return (self.config.seed * 1_000_003 + step * 10_007) % 2**62
 
     def _score(self, indices: list[int], batch: Any) -> rewards.Scores:
         cfg = self.config

@@ -95,13 +95,19 @@ class RolloutWorker:
         self.adapter_version = version
         return version
 
-    def generate(self, prompt_token_ids: list[list[int]], adapter_version: int) -> "RolloutBatch":
-        """`num_generations` completions for each prompt, under `adapter_version` exactly."""
+    def generate(self, prompt_token_ids: list[list[int]], adapter_version: int,
+                 seed: int | None = None) -> "RolloutBatch":
+        """`num_generations` completions for each prompt, under `adapter_version` exactly; with a
+        `seed`, sampling starts from it (the engine samples in this process)."""
         from rlactors import engine
 
         self.build()
         if adapter_version != self.adapter_version:
             raise StaleAdapterError(self.adapter_version, adapter_version)
+        if seed is not None:
+            import torch
+
+            torch.manual_seed(seed)
         cfg = self.config
         samples = engine.sample(
             self._engine, prompt_token_ids, n=cfg.num_generations, max_tokens=cfg.max_completion_length,

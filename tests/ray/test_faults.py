@@ -113,19 +113,19 @@ def test_impossible_placement_fails_fast_with_resources(ray_cluster, tiny_llama,
 class HangsOnce(RolloutWorker):
     """A real rollout worker whose rank 1 hangs in its first generation (a wedged engine) until killed."""
 
-    def generate(self, prompt_token_ids, adapter_version):
+    def generate(self, prompt_token_ids, adapter_version, seed=None):
         marker = os.path.join(self.config.output_dir, "hung-once")
         if self.rank == 1 and not os.path.exists(marker):
             os.makedirs(self.config.output_dir, exist_ok=True)
             open(marker, "w").close()
             time.sleep(3600)
-        return super().generate(prompt_token_ids, adapter_version)
+        return super().generate(prompt_token_ids, adapter_version, seed)
 
 
 class SlowButHealthy(RolloutWorker):
-    def generate(self, prompt_token_ids, adapter_version):
+    def generate(self, prompt_token_ids, adapter_version, seed=None):
         time.sleep(3.0)
-        return super().generate(prompt_token_ids, adapter_version)
+        return super().generate(prompt_token_ids, adapter_version, seed)
 
 
 @pytest.mark.parametrize("worker", [HangsOnce, SlowButHealthy], ids=["one-of-two-hangs", "slow"])
