@@ -133,7 +133,7 @@ def test_hung_generation_is_killed_and_redispatched_slow_one_is_not(ray_cluster,
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the worker classes of this file
-    config = _config(tiny_llama, tmp_path, rollout_timeout_s=15, max_restarts=1)
+    config = _config(tiny_llama, tmp_path, rollout_timeout_s=30, max_restarts=1)  # room for an engine restart
     count = 2 if worker is HangsOnce else 1
     group = RolloutGroup(worker, config, [Share(0, 0.5, 0.0)] * count, None, max_restarts=config.max_restarts)
     try:
@@ -146,7 +146,7 @@ def test_hung_generation_is_killed_and_redispatched_slow_one_is_not(ray_cluster,
             hung = pids[1]
             assert not psutil.pid_exists(hung) or psutil.Process(hung).status() == psutil.STATUS_ZOMBIE
             assert group.pids() == [pids[0], group.pids()[1]] and group.pids()[1] != hung  # rank 0 kept its work
-        else:  # 3 s under a 15 s deadline: no timeout
+        else:  # 3 s under a 30 s deadline: no timeout
             assert group.redispatches == 0 and group.restarts == 0 and group.pids() == pids
     finally:
         group.shutdown()
