@@ -117,8 +117,8 @@ class RolloutGroup(WorkerGroup):
         try:
             return load()
         except (ray.exceptions.ObjectLostError, ray.exceptions.RayTaskError) as err:
-            cause = getattr(err, "cause", err)
-            if not isinstance(cause, ray.exceptions.ObjectLostError) and not isinstance(err, ray.exceptions.ObjectLostError):
+            cause = err if isinstance(err, ray.exceptions.ObjectLostError) else getattr(err, "cause", None)
+            if not isinstance(cause, ray.exceptions.ObjectLostError):
                 raise
             if self.republish is None:
                 raise RolloutFailedError(f"the adapter object was lost and nobody can export it again: {err}") from err
