@@ -41,21 +41,13 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
-def all_reduce_sum(tensor: Any) -> Any:
-    """Sums `tensor` over the learners in place (no-op with one learner); returns it."""
+def all_reduce(tensor: Any, op: str = "sum") -> Any:
+    """`tensor` summed ("sum") or element-wise maximised ("max") over the learners, in place
+    (a no-op with one learner); returns it."""
     import torch.distributed as dist
 
     if world_size() > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
-
-
-def all_reduce_max(tensor: Any) -> Any:
-    """Element-wise maximum of `tensor` over the learners, in place; returns it."""
-    import torch.distributed as dist
-
-    if world_size() > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        dist.all_reduce(tensor, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
     return tensor
 
 
@@ -69,11 +61,8 @@ def all_reduce_grads(params: Iterable[Any]) -> None:
     for p in params:
         if p.grad is None:  # a learner with no samples this step still takes part
             p.grad = torch.zeros_like(p)
-    flat = all_reduce_sum(torch.cat([p.grad.reshape(-1) for p in params]))
-    offset = 0
-    for p in params:
-        p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))
-        offset += p.numel()
+    grads = [p.grad for p in params]
+    _unflatten(all_reduce(torch.cat([g.reshape(-1) for g in grads])), grads)
 
 
 def broadcast_params(params: Iterable[Any]) -> None:
@@ -87,14 +76,12 @@ def broadcast_params(params: Iterable[Any]) -> None:
     with torch.no_grad():
         flat = torch.cat([p.detach().reshape(-1) for p in params])
         dist.broadcast(flat, src=0)
-        offset = 0
-        for p in params:
-            p.copy_(flat[offset:offset + p.numel()].view_as(p))
-            offset += p.numel()
+        _unflatten(flat, params)
 
 
-def leave() -> None:
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def _unflatten(flat: Any, tensors: list[Any]) -> None:
+    """Copies consecutive slices of `flat` back into `tensors`, in order."""
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        offset += t.numel()

@@ -191,16 +191,8 @@ class RolloutGroup(WorkerGroup):
         if isinstance(error, TimeoutError):
             ray.kill(actor, no_restart=False)  # a hung call cannot be cancelled in place: restart the worker
         name, limit = f"rlactors/rollout-{index}", self.config.rollout_timeout_s
-        deadline = time.monotonic() + limit
         try:
-            while True:
-                try:
-                    ray.get(actor.build.remote(), timeout=max(1.0, deadline - time.monotonic()))
-                    break
-                except ray.exceptions.ActorUnavailableError:  # restarting: ask again until the deadline
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.5)
+            _build_when_back(actor, time.monotonic() + limit)
             if self.adapter is not None:
                 self._reload_if_lost(lambda: ray.get(actor.load_adapter.remote(self.adapter), timeout=limit))
         except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError) as err:
@@ -262,6 +254,20 @@ class LearnerGroup(WorkerGroup):
 
     def load_state(self, path: str) -> int:
         return self._each(lambda w: w.load_state, path)[0]
+
+
+def _build_when_back(actor: Any, deadline: float) -> None:
+    """Builds `actor`, asking again while Ray says it is restarting (ActorUnavailableError)."""
+    import ray
+
+    while True:
+        try:
+            ray.get(actor.build.remote(), timeout=max(1.0, deadline - time.monotonic()))
+            return
+        except ray.exceptions.ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def current_node_id() -> str:

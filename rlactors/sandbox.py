@@ -18,6 +18,7 @@ code runs as a plain child process with the same limits, and a warning says it i
 """
 from __future__ import annotations
 
+import functools
 import os
 import resource
 import shutil
@@ -47,17 +48,12 @@ class RunResult:
         return self.returncode == 0 and not self.timed_out
 
 
+@functools.cache
 def namespaces_available() -> bool:
     """Whether the `namespaces` backend works here (probed once per process)."""
-    global _AVAILABLE
-    if _AVAILABLE is None:
-        unshare = shutil.which("unshare")
-        _AVAILABLE = bool(unshare) and subprocess.run(
-            [unshare, *_unshare_flags(), "true"], capture_output=True, timeout=30).returncode == 0
-    return _AVAILABLE
-
-
-_AVAILABLE: bool | None = None
+    unshare = shutil.which("unshare")
+    return bool(unshare) and subprocess.run(
+        [unshare, *_unshare_flags(), "true"], capture_output=True, timeout=30).returncode == 0
 
 
 def run_python(code: str, *, stdin: str = "", timeout_s: float = 10.0, memory_mb: int = 512,

@@ -115,7 +115,7 @@ class LearnerWorker:
         import torch
 
         self.build()
-        self._check_version(batch)
+        lag = self._check_version(batch)
         if batch.advantages is None:
             raise ValueError("RolloutBatch.advantages is None: score the batch before update")
         cfg = self.config
@@ -126,7 +126,7 @@ class LearnerWorker:
         weights: list = [None] * len(micro)  # importance weights, fixed by the first iteration
         params = [p for p in self.model.parameters() if p.requires_grad]
         totals: dict[str, float] = {}
-        skipped, grad_norm, mismatch, lag = False, 0.0, 0.0, self.version - batch.adapter_version
+        skipped, grad_norm, mismatch = False, 0.0, 0.0
         for iteration in range(cfg.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
             sums = dict.fromkeys(SUMMED, 0.0)
@@ -166,7 +166,8 @@ class LearnerWorker:
             extra=extra,
         )
 
-    def _check_version(self, batch: RolloutBatch) -> None:
+    def _check_version(self, batch: RolloutBatch) -> int:
+        """The batch's staleness (learner version - generating version), or StaleBatchError."""
         lag = self.version - batch.adapter_version
         if not 0 <= lag <= self.config.max_staleness:
             raise StaleBatchError(
@@ -174,22 +175,22 @@ class LearnerWorker:
                 f"version {self.version}: max_staleness={self.config.max_staleness} allows batches at most "
                 f"{self.config.max_staleness} version(s) old and never newer"
             )
+        return lag
 
     def _reduce(self, sums: dict[str, float], extremes: list[float]) -> dict[str, float]:
         """The step's statistics over all learners (sums; the importance weights' min and max)."""
         import torch
 
-        summed = distributed.all_reduce_sum(torch.tensor([sums[k] for k in SUMMED], dtype=torch.float64,
-                                                         device=self._comm_device()))
-        top = distributed.all_reduce_max(torch.tensor(extremes, dtype=torch.float64, device=self._comm_device()))
-        out = dict(zip(SUMMED, summed.tolist()))
-        out["is_max"], out["is_min"] = float(top[0]), -float(top[1])
+        out = dict(sums)
+        top = extremes
+        if distributed.world_size() > 1:
+            device = self.device if torch.cuda.is_available() else "cpu"  # NCCL reduces on the GPU
+            summed = distributed.all_reduce(torch.tensor([sums[k] for k in SUMMED], dtype=torch.float64,
+                                                         device=device))
+            out.update(zip(SUMMED, summed.tolist()))
+            top = distributed.all_reduce(torch.tensor(extremes, dtype=torch.float64, device=device), "max").tolist()
+        out["is_max"], out["is_min"] = top[0], -top[1]
         return out
-
-    def _comm_device(self) -> Any:
-        import torch
-
-        return self.device if torch.cuda.is_available() else "cpu"
 
     def _forward_logprobs(self, mb: RolloutBatch) -> tuple[Any, Any]:
         """(logp at the sampling temperature, logp at temperature 1), each [b, C] float32."""
