@@ -82,6 +82,19 @@ def main() -> None:
             seconds = time.perf_counter() - start
             produced = sum(len(c.token_ids) for o in outs for c in o.outputs)
             result[f"bare_vllm_bs{batch}_{name}_tok_s"] = round(produced / seconds, 1)
+    # What a rollout worker asks of vLLM on top: the log-prob of every sampled token (flat lists) and
+    # no incremental detokenisation; splits vLLM's own cost of log-probs from rlactors' own.
+    fields = getattr(SamplingParams, "__struct_fields__", ())
+    same = {k: v for k, v in (("flat_logprobs", True), ("detokenize", False)) if k in fields}
+    params = SamplingParams(n=group, max_tokens=tokens, min_tokens=tokens, ignore_eos=True, temperature=1.0,
+                            logprobs=0, **same)
+    for name, request in (("base", None), ("lora", lora)):
+        batch = batches[-1]
+        start = time.perf_counter()
+        outs = llm.generate(prompts(batch // group), params, lora_request=request, use_tqdm=False)
+        seconds = time.perf_counter() - start
+        produced = sum(len(c.token_ids) for o in outs for c in o.outputs)
+        result[f"bare_vllm_bs{batch}_{name}_logprobs_tok_s"] = round(produced / seconds, 1)
     save_piece("bare", result)
 
 

@@ -50,34 +50,52 @@ def rollout_throughput(trainer, batches: list[int], tag: str, out: dict) -> None
 
 
 def adapter_sync(trainer, rounds: int, out: dict) -> None:
+    """Learner has new weights -> every rollout worker generates with them, by path, split into
+    export (until the adapter is in the store / shared), load (every worker installed it) and a
+    one-token probe generation. Paths: CUDA IPC (colocated, `adapter_sync: auto`), the object
+    store's bytes, and a PEFT folder on disk."""
     import ray
 
     probe = trainer.tokenizer(prompts(1)[0]).input_ids
-    memory, disk = [], []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        ref = trainer.learners.export_adapter()
-        trainer.rollouts.load_adapter(ref)
-        trainer.rollouts.prompt_logprobs(probe, 1)  # every worker generates with it
-        memory.append(time.perf_counter() - start)
+    paths = {"device": True, "object_store": False} if trainer.on_device else {"object_store": False}
+    for tag, on_device in paths.items():
+        phases = {"export": [], "load": [], "probe": [], "total": []}
+        for _ in range(rounds):
+            start = time.perf_counter()
+            ref = trainer.learners.export_adapter(on_device=on_device)
+            if isinstance(ref, ray.ObjectRef):
+                ray.wait([ref], fetch_local=False)
+            exported = time.perf_counter()
+            trainer.rollouts.load_adapter(ref)
+            loaded = time.perf_counter()
+            trainer.rollouts.prompt_logprobs(probe, 1)  # every worker generates with it
+            done = time.perf_counter()
+            for key, value in zip(phases, (exported - start, loaded - exported, done - loaded, done - start)):
+                phases[key].append(value)
+        steady = {key: values[2:] or values for key, values in phases.items()}
+        out[f"sync_{tag}_ms_all"] = [round(x * 1000, 1) for x in phases["total"]]
+        out[f"sync_{tag}_p50_ms"] = round(median(steady["total"]) * 1000, 1)
+        out[f"sync_{tag}_p95_ms"] = round(percentile(steady["total"], 0.95) * 1000, 1)
+        out[f"sync_{tag}_phases_p50_ms"] = {k: round(median(v) * 1000, 1) for k, v in steady.items() if k != "total"}
     adapter = ray.get(ref) if isinstance(ref, ray.ObjectRef) else ref
+    disk = []
     for i in range(max(3, rounds // 2)):
         start = time.perf_counter()
         folder = trainer.learners.save_adapter(f"/tmp/rlactors-bench-disk-{i}")
         trainer.rollouts.load_adapter_folder(folder, trainer.version)
         trainer.rollouts.prompt_logprobs(probe, 1)
         disk.append(time.perf_counter() - start)
-    steady = memory[2:] or memory
+    best = "device" if trainer.on_device else "object_store"
     out.update({
         "adapter_mb": round(adapter.nbytes() / 2**20, 1),
-        "adapter_sync_ms_all": [round(x * 1000, 1) for x in memory],
-        "adapter_sync_p50_ms": round(median(steady) * 1000, 1),
-        "adapter_sync_p95_ms": round(percentile(steady, 0.95) * 1000, 1),
+        "adapter_sync_path": best,
+        "adapter_sync_p50_ms": out[f"sync_{best}_p50_ms"],
+        "adapter_sync_p95_ms": out[f"sync_{best}_p95_ms"],
         "disk_sync_ms_all": [round(x * 1000, 1) for x in disk],
         "disk_sync_p50_ms": round(median(disk[1:] or disk) * 1000, 1),
     })
     out["adapter_sync_speedup_vs_disk"] = round(out["disk_sync_p50_ms"] / out["adapter_sync_p50_ms"], 2)
-    trainer.rollouts.load_adapter(trainer.learners.export_adapter())  # back to the in-memory path
+    trainer.rollouts.load_adapter(trainer.learners.export_adapter(on_device=trainer.on_device))  # as trained
 
 
 def grpo_steps(trainer, steps: int, out: dict) -> None:

@@ -9,9 +9,11 @@ The workload per GPU is that of `bench_rlactors.py` (16 prompts x 8 x 256 tokens
 N GPUs take N times the prompts (weak scaling). Scaling efficiency = completion tokens/s per GPU
 over the 1-GPU on-policy figure.
 
-    python benchmarks/bench_scale.py --model DIR --gpus 2 [--steps 8] [--smoke]
+    python benchmarks/bench_scale.py --model DIR --gpus 2 [--steps 8] [--only 1gpu,2gpu_colocate] [--smoke]
 
-Peak memory is that of GPU 0 (device-wide).
+Results accumulate in `$BENCH_PIECES/scale<N>.json` after every variant, so a run split over
+several calls (`--only`) on one machine ends with one file and one table. Peak memory is that
+of GPU 0 (device-wide).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_rlactors import config_for, grpo_steps, length_reward  # noqa: E402
-from common import prompts, save_piece  # noqa: E402
+from common import load_pieces, prompts, save_piece  # noqa: E402
 
 
 def variants(gpus: int) -> list[tuple[str, int, dict]]:
@@ -58,31 +60,41 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--gpus", type=int, default=2)
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--only", default="", help="comma-separated variant names (default: all)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on CPU (logical CPUs stand in for GPUs)")
     args = parser.parse_args()
+    chosen = [v for v in variants(args.gpus) if not args.only or v[0] in args.only.split(",")]
+    if not chosen:
+        raise SystemExit(f"--only {args.only!r} names none of {[v[0] for v in variants(args.gpus)]}")
     if args.smoke:
         ray.init(num_cpus=2 * args.gpus + 2, include_dashboard=False)
     else:
         ray.init(include_dashboard=False)
     base = config_for(args.model, args.smoke, args.steps, 0.2, checkpointing=False, micro=32).model_dump()
-    out: dict = {"gpus": args.gpus}
-    table = []
-    for name, used, changes in variants(args.gpus):
+    out: dict = {**load_pieces().get(f"scale{args.gpus}", {}), "gpus": args.gpus}  # earlier calls' variants
+    for name, used, changes in chosen:
         values = {**base, **changes, "prompts_per_step": base["prompts_per_step"] * used}
         result = run(GRPOConfig(**values), args.steps)
         per_gpu = result["grpo_completion_tok_s"] / used
         out[name] = {**result, "gpus_used": used, "completion_tok_s_per_gpu": round(per_gpu, 1)}
-        table.append((name, used, result["grpo_step_s"], result["grpo_completion_tok_s"], per_gpu,
-                      result["peak_memory_gib"]))
-    first = out["1gpu"]["completion_tok_s_per_gpu"]
-    for name in out:
-        if isinstance(out[name], dict):
-            out[name]["scaling_efficiency"] = round(out[name]["completion_tok_s_per_gpu"] / first, 3)
-    save_piece(f"scale{args.gpus}", out)
-    print(f"\n{'variant':<22} {'GPUs':>4} {'step s':>7} {'tok/s':>9} {'tok/s/GPU':>10} {'eff.':>6} {'peak GiB':>9}")
-    for name, used, step_s, tok_s, per_gpu, peak in table:
-        print(f"{name:<22} {used:>4} {step_s:>7} {tok_s:>9} {per_gpu:>10.1f} {per_gpu / first:>6.2f} {peak:>9}")
+        save_piece(f"scale{args.gpus}", out)
+    print_table(out)
     ray.shutdown()
+
+
+def print_table(out: dict) -> None:
+    """Scaling efficiency = tokens/s per GPU over the 1-GPU on-policy figure, when it was measured."""
+    first = out.get("1gpu", {}).get("completion_tok_s_per_gpu")
+    print(f"\n{'variant':<22} {'GPUs':>4} {'step s':>7} {'tok/s':>9} {'tok/s/GPU':>10} {'eff.':>6} {'peak GiB':>9}")
+    for name, r in out.items():
+        if not isinstance(r, dict):
+            continue
+        if first:
+            r["scaling_efficiency"] = round(r["completion_tok_s_per_gpu"] / first, 3)
+        print(f"{name:<22} {r['gpus_used']:>4} {r['grpo_step_s']:>7} {r['grpo_completion_tok_s']:>9} "
+              f"{r['completion_tok_s_per_gpu']:>10.1f} {r.get('scaling_efficiency', float('nan')):>6.2f} "
+              f"{r['peak_memory_gib']:>9}")
+    save_piece(f"scale{out['gpus']}", out)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,8 @@ def report() -> dict:
                                       bare.get("bare_vllm_bs256_lora_tok_s")),
         "rollout_vs_bare_vllm_no_adapter": ratio(ours.get("rlactors_rollout_bs256_base_tok_s"),
                                                  bare.get("bare_vllm_bs256_base_tok_s")),
+        "rollout_vs_bare_vllm_same_logprobs": ratio(ours.get("rlactors_rollout_bs256_lora_tok_s"),
+                                                    bare.get("bare_vllm_bs256_lora_logprobs_tok_s")),
         "adapter_sync_p50_ms": ours.get("adapter_sync_p50_ms"),
         "adapter_sync_speedup_vs_disk": ours.get("adapter_sync_speedup_vs_disk"),
         "grpo_step_s": ours.get("grpo_step_s"),

@@ -113,16 +113,80 @@ def export_adapter(peft_model: Any, version: int, dtype: "torch.dtype | None" = 
     The tensors are joined on their device first, so the copy to CPU is one transfer, and the
     result is one flat buffer that Ray ships without per-tensor pickling (see `LoRAAdapter.__reduce__`).
     """
+    flat, layout = _joined_state(peft_model, dtype)
+    flat = flat.cpu()
+    return LoRAAdapter(version=version, tensors=unflatten(flat, layout), peft_config=peft_config_dict(peft_model),
+                       base_model=_base_model(peft_model), flat=flat)
+
+
+def _joined_state(peft_model: Any, dtype: "torch.dtype | None") -> tuple["torch.Tensor", list]:
+    """The adapter's tensors joined into one new 1-D buffer on their device, and its layout."""
     import torch
     from peft import get_peft_model_state_dict
 
     state = get_peft_model_state_dict(peft_model)
     with torch.no_grad():
         target = dtype or next(iter(state.values())).dtype
-        flat = torch.cat([v.detach().to(target).reshape(-1) for v in state.values()]).cpu()
-    base = getattr(peft_model.peft_config["default"], "base_model_name_or_path", "") or ""
-    return LoRAAdapter(version=version, tensors=unflatten(flat, _layout(state)),
-                       peft_config=peft_config_dict(peft_model), base_model=base, flat=flat)
+        flat = torch.cat([v.detach().to(target).reshape(-1) for v in state.values()])
+    return flat, _layout(state)
+
+
+def _base_model(peft_model: Any) -> str:
+    return getattr(peft_model.peft_config["default"], "base_model_name_or_path", "") or ""
+
+
+@dataclass
+class DeviceAdapter:
+    """A LoRA adapter left in a learner's GPU memory and shared by CUDA IPC.
+
+    A rollout worker on the same GPU opens `handle` and copies the buffer device to device: no
+    copy to the host, and only this small record crosses Ray. The learner keeps the buffer alive
+    for the last few versions (`LearnerWorker.share_adapter`).
+    """
+
+    version: int
+    layout: list[tuple[str, tuple[int, ...]]]
+    peft_config: dict[str, Any]
+    base_model: str
+    gpu: str  # the device's UUID: a handle opens only on the GPU it was made on
+    handle: tuple  # torch's `reduce_tensor` of the flat buffer: (rebuild function, its arguments)
+
+    @classmethod
+    def share(cls, peft_model: Any, version: int, dtype: "torch.dtype | None") -> tuple["DeviceAdapter", Any]:
+        """The record and the buffer it points to (the caller keeps the buffer alive)."""
+        import torch
+        from torch.multiprocessing.reductions import reduce_tensor
+
+        flat, layout = _joined_state(peft_model, dtype)
+        torch.cuda.current_stream(flat.device).synchronize()  # the buffer is complete before anyone reads it
+        record = cls(version=version, layout=layout, peft_config=peft_config_dict(peft_model),
+                     base_model=_base_model(peft_model), gpu=gpu_uuid(flat.device), handle=reduce_tensor(flat))
+        return record, flat
+
+    def open(self) -> LoRAAdapter:
+        """The adapter as views of the learner's buffer (valid while the learner keeps it)."""
+        rebuild, args = self.handle
+        flat = rebuild(*args)
+        return LoRAAdapter(version=self.version, tensors=unflatten(flat, self.layout), peft_config=self.peft_config,
+                           base_model=self.base_model, flat=flat)
+
+
+def gpu_uuid(device: Any = None) -> str | None:
+    """The UUID of `device` (default: the current CUDA device); None without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return str(torch.cuda.get_device_properties(device if device is not None else torch.cuda.current_device()).uuid)
+
+
+def pick_for_gpu(adapters: list[DeviceAdapter], gpu: str | None) -> DeviceAdapter:
+    """The record made on `gpu`; a clear error when no learner shares this worker's GPU."""
+    for adapter in adapters:
+        if adapter.gpu == gpu:
+            return adapter
+    raise RuntimeError(f"no learner shares GPU {gpu} (learners on {[a.gpu for a in adapters]}): "
+                       "set adapter_sync: object_store")
 
 
 def flatten(tensors: dict[str, "torch.Tensor"]) -> tuple["torch.Tensor", list[tuple[str, tuple[int, ...]]]]:

@@ -65,7 +65,8 @@ class GRPOConfig(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     deterministic_generation: bool = Field(
         False, description="reseed sampling at every step from (seed, step, worker): a resumed run, or a "
-        "generation redone after a fault, draws the same samples")
+        "generation redone after a fault, draws the same samples; on CUDA vLLM also runs its batch-invariant "
+        "kernels (VLLM_BATCH_INVARIANT), since its LoRA kernels otherwise sum in a varying order")
     generation_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="extra vLLM SamplingParams fields, e.g. {min_tokens: 256, ignore_eos: true}")
 
@@ -115,6 +116,9 @@ class GRPOConfig(BaseModel):
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="Ray placement-group strategy for the bundles: SPREAD / STRICT_SPREAD put them on "
         "different nodes")
+    adapter_sync: Literal["auto", "object_store"] = Field(
+        "auto", description="auto: a rollout worker on a learner's GPU copies the adapter from it by CUDA IPC "
+        "(device to device); others, and every worker with object_store, load its bytes from the Ray object store")
     max_logprob_mismatch: float = Field(
         0.5, gt=0.0, description="stop when mean |logp_vllm - logp_learner| exceeds this")
     rollout_timeout_s: float = Field(600.0, gt=0, description="watchdog for one generation call")

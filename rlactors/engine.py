@@ -64,6 +64,7 @@ class EngineSpec:
     load_in_4bit: bool = False
     seed: int = 0
     max_loras: int = 2
+    deterministic: bool = False  # CUDA: vLLM's batch-invariant kernels, so a rerun samples the same tokens
 
 
 def create_engine(spec: EngineSpec, **engine_kwargs: Any) -> "LLM":
@@ -72,6 +73,11 @@ def create_engine(spec: EngineSpec, **engine_kwargs: Any) -> "LLM":
     `engine_kwargs` go to vLLM's engine arguments unchanged; an unknown one is an error that
     names it, never silently dropped.
     """
+    if spec.deterministic and is_cuda():
+        # Read when vLLM is first imported: LoRA's shrink kernel then sums over K in one pass instead
+        # of atomically adding split-K partial sums (whose order varies run to run), and cuBLAS
+        # uses a fixed workspace. On CPU every kernel is deterministic already.
+        os.environ["VLLM_BATCH_INVARIANT"] = "1"
     from vllm import LLM
     from vllm.engine.arg_utils import EngineArgs
 

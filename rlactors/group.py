@@ -15,6 +15,7 @@ from rlactors.workers.rollout import StaleAdapterError
 if TYPE_CHECKING:
     from rlactors.adapter import LoRAAdapter
     from rlactors.config import GRPOConfig
+    from rlactors.memory import MemoryNeed
     from rlactors.records import RolloutBatch, StepMetrics
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,10 @@ class WorkerGroup:
         """The Ray node each worker runs on, by rank."""
         return self._each(lambda w: w.node_id)
 
+    def gpus(self) -> list[str | None]:
+        """The GPU UUID each worker computes on, by rank (None on CPU)."""
+        return self._each(lambda w: w.gpu)
+
     def shutdown(self) -> None:
         import ray
 
@@ -105,7 +110,8 @@ class RolloutGroup(WorkerGroup):
         self.republished = 0
 
     def load_adapter(self, adapter: "LoRAAdapter | Any") -> list[int]:
-        """Every worker loads the adapter; `adapter` may be an ObjectRef (one `ray.put` for all)."""
+        """Every worker loads the adapter; `adapter` may be an ObjectRef (one `ray.put` for all) or
+        the learners' `DeviceAdapter`s (each worker opens the one on its GPU)."""
         self.adapter = adapter
         return self._reload_if_lost(lambda: self._each(lambda w: w.load_adapter, self.adapter))
 
@@ -222,10 +228,10 @@ class LearnerGroup(WorkerGroup):
             ray.get([actor.join_group.remote(address, len(self.actors)) for actor in self.actors])
         return super().build()
 
-    def memory_need(self) -> tuple[int | None, int | None]:
-        """The largest learner's (peak bytes, GPU total bytes); (None, None) without CUDA."""
-        needs = self._each(lambda w: w.memory_need)
-        return max(needs, key=lambda need: need[0] or 0)
+    def memory_need(self) -> "MemoryNeed | None":
+        """The tightest learner's `MemoryNeed` (least left for vLLM); None without CUDA."""
+        needs = [need for need in self._each(lambda w: w.memory_need) if need is not None]
+        return min(needs, key=lambda need: need.free_bytes - need.extra_bytes, default=None)
 
     def update(self, batch: "RolloutBatch", step: int) -> "StepMetrics":
         if len(self.actors) <= 1:
@@ -239,10 +245,13 @@ class LearnerGroup(WorkerGroup):
         whole = BatchTotals.of(shards, self.config.micro_batch_size)
         return ray.get([a.update.remote(s, step, whole) for a, s in zip(self.actors, shards)])[0]
 
-    def export_adapter(self) -> Any:
-        """The current adapter: an ObjectRef from an actor (stored once), or the record itself."""
+    def export_adapter(self, on_device: bool = False) -> Any:
+        """The current adapter: an ObjectRef from an actor (stored once), or the record itself.
+        `on_device`: every learner's `DeviceAdapter` instead (small records; the weights stay on the GPUs)."""
         if self.local is not None:
             return self.local.export_adapter()
+        if on_device:
+            return self._each(lambda w: w.share_adapter)
         return self.actors[0].export_adapter.remote()
 
     def save_adapter(self, path: str) -> str:

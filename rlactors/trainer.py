@@ -69,6 +69,7 @@ class GRPOTrainer:
         self.version = 0  # the adapter version the rollout workers hold
         self.published = 0  # the newest adapter version exported by the learner
         self.adapter_ref: Any = None
+        self.on_device = False  # adapters by CUDA IPC (set at start; see `_sync_on_device`)
         self.inflight: InFlight | None = None
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlactors-rollout")
         self.skipped_in_row = 0
@@ -132,6 +133,9 @@ class GRPOTrainer:
                                          cfg.max_restarts)
             rollout_pids = self.rollouts.build()
         self.rollouts.republish = self.learners.export_adapter  # if the adapter object is lost
+        self.on_device = self._sync_on_device()
+        if self.on_device:
+            print("rlactors: adapter sync by CUDA IPC (rollout workers share the learners' GPUs)", flush=True)
         print(f"rlactors: rollout workers on pids {rollout_pids}, learners on pids {learner_pids}", flush=True)
         start_step = self._resume(resume_from) if resume_from else 0
         self.recorder = RunRecorder(cfg, resume_step=start_step)
@@ -144,11 +148,12 @@ class GRPOTrainer:
         cfg = self.config
         if cfg.gpu_memory_utilization != "auto":
             return float(cfg.gpu_memory_utilization)
-        need, total = self.learners.memory_need() if use_gpus and cfg.placement == "colocate" else (None, None)
-        if need is not None and total:
-            share = memory.vllm_share(total, need)
-            print(f"rlactors: gpu_memory_utilization auto -> {share} (the learner needs {need / memory.GIB:.1f} "
-                  f"of {total / memory.GIB:.1f} GiB)", flush=True)
+        need = self.learners.memory_need() if use_gpus and cfg.placement == "colocate" else None
+        if need is not None:
+            share = memory.vllm_share(need)
+            print(f"rlactors: gpu_memory_utilization auto -> {share} (the learner needs {need.extra_bytes / memory.GIB:.1f} "
+                  f"GiB more to train; {need.free_bytes / memory.GIB:.1f} of {need.total_bytes / memory.GIB:.1f} GiB free)",
+                  flush=True)
             return share
         share = memory.ALONE_SHARE if use_gpus else memory.CPU_SHARE
         print(f"rlactors: gpu_memory_utilization auto -> {share}", flush=True)
@@ -271,10 +276,20 @@ class GRPOTrainer:
                 f"{self.skipped_in_row} steps in a row had a non-finite loss or gradient and were skipped "
                 f"(max_skipped_steps={self.config.max_skipped_steps}): lower learning_rate or check the rewards")
 
+    def _sync_on_device(self) -> bool:
+        """Whether adapters go learner -> rollout worker by CUDA IPC: when every rollout worker is a Ray
+        actor on a GPU that a learner actor of its node also computes on (colocated)."""
+        if self.config.adapter_sync != "auto" or not self.rollouts.actors or not self.learners.actors:
+            return False
+        learners = set(zip(self.learners.node_ids(), self.learners.gpus()))
+        rollouts = list(zip(self.rollouts.node_ids(), self.rollouts.gpus()))
+        return all(gpu is not None and (node, gpu) in learners for node, gpu in rollouts)
+
     def _publish(self, version: int) -> None:
-        """Exports the learner's adapter once per version (one object in the store for all workers)."""
+        """Exports the learner's adapter once per version (one object in the store for all workers,
+        or, colocated on GPUs, a CUDA IPC handle per learner)."""
         if version != self.published:
-            self.adapter_ref = self.learners.export_adapter()
+            self.adapter_ref = self.learners.export_adapter(on_device=self.on_device)
             self.published = version
 
     def _load_published(self) -> None:

@@ -11,13 +11,15 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from rlactors import algorithm, distributed
-from rlactors.adapter import LoRAAdapter, export_adapter
+from rlactors.adapter import DeviceAdapter, LoRAAdapter, export_adapter, gpu_uuid
 from rlactors.records import BatchTotals, RolloutBatch, StepMetrics
 
+SHARED_VERSIONS = 3  # device buffers kept for rollout workers: the newest and two older (async, restarts)
 SUMMED = ("loss", "kl", "clip_low", "clip_high", "mismatch", "is_sum", "is_count")
 
 if TYPE_CHECKING:
     from rlactors.config import GRPOConfig
+    from rlactors.memory import MemoryNeed
 
 
 class StaleBatchError(ValueError):
@@ -38,6 +40,7 @@ class LearnerWorker:
         self.optimizer: Any = None
         self.scheduler: Any = None
         self.device = "cpu"
+        self._shared: dict[int, tuple[DeviceAdapter, Any]] = {}  # version -> (record, its GPU buffer)
 
     def build(self) -> int:
         """Loads the base model with a fresh LoRA adapter, AdamW and the lr schedule."""
@@ -84,17 +87,13 @@ class LearnerWorker:
 
         return current_node_id()
 
-    def memory_need(self) -> tuple[int | None, int | None]:
-        """(peak GPU bytes of a training micro-step at the configured sizes, the GPU's total bytes);
-        (None, None) without CUDA. For `gpu_memory_utilization: auto`."""
-        import torch
-
-        from rlactors.memory import learner_peak_bytes
+    def memory_need(self) -> "MemoryNeed | None":
+        """What a training micro-step at the configured sizes needs of this GPU; None without CUDA.
+        For `gpu_memory_utilization: auto`."""
+        from rlactors.memory import measure_learner
 
         self.build()
-        if not torch.cuda.is_available():
-            return None, None
-        return learner_peak_bytes(self), torch.cuda.get_device_properties(self.device).total_memory
+        return measure_learner(self)
 
     def export_adapter(self) -> LoRAAdapter:
         """The adapter at the current version, in the dtype the rollout engine computes in."""
@@ -102,6 +101,22 @@ class LearnerWorker:
 
         self.build()
         return export_adapter(self.model, self.version, dtype=state_of(self.model).dtype)
+
+    def share_adapter(self) -> DeviceAdapter:
+        """The adapter at the current version left on this GPU for rollout workers beside it (CUDA IPC)."""
+        from rlactors.fast_state import state_of
+
+        self.build()
+        if self.version not in self._shared:
+            self._shared[self.version] = DeviceAdapter.share(self.model, self.version, state_of(self.model).dtype)
+            for old in sorted(self._shared)[:-SHARED_VERSIONS]:
+                del self._shared[old]
+        return self._shared[self.version][0]
+
+    def gpu(self) -> str | None:
+        """This learner's GPU UUID; None on CPU."""
+        self.build()
+        return gpu_uuid(self.device) if self.device.type == "cuda" else None
 
     def save_adapter(self, path: str) -> str:
         """Writes the current adapter as a PEFT folder."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from rlactors.adapter import LoRAAdapter
+from rlactors.adapter import DeviceAdapter, LoRAAdapter, gpu_uuid, pick_for_gpu
 
 if TYPE_CHECKING:
     from rlactors.config import GRPOConfig
@@ -55,7 +55,8 @@ class RolloutWorker:
         try:
             self._engine = load_engine(
                 path, cfg.max_seq_length, dtype, cfg.gpu_memory_utilization, cfg.max_lora_rank,
-                load_in_4bit=cfg.load_in_4bit, seed=cfg.seed + self.rank, **cfg.engine_kwargs,
+                load_in_4bit=cfg.load_in_4bit, seed=cfg.seed + self.rank, deterministic=cfg.deterministic_generation,
+                **cfg.engine_kwargs,
             )
         except (ValueError, RuntimeError) as err:
             raise EngineStartError(
@@ -75,11 +76,18 @@ class RolloutWorker:
 
         return current_node_id()
 
-    def load_adapter(self, adapter: LoRAAdapter) -> int:
-        """Installs `adapter` from memory (no disk); returns the version now held."""
+    def gpu(self) -> str | None:
+        """This worker's GPU UUID; None on CPU."""
+        return gpu_uuid()
+
+    def load_adapter(self, adapter: "LoRAAdapter | list[DeviceAdapter]") -> int:
+        """Installs `adapter` from memory (no disk); returns the version now held. A list of
+        `DeviceAdapter`s (one per learner) is opened on this worker's GPU and copied device to device."""
         from rlactors import engine
 
         self.build()
+        if isinstance(adapter, list):
+            adapter = pick_for_gpu(adapter, gpu_uuid()).open()
         adapter.check(self.config.max_lora_rank)
         self._request = engine.load_adapter(self._engine, adapter, lora_id=adapter.version + 1)
         self.adapter_version = adapter.version

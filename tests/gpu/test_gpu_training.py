@@ -4,7 +4,6 @@ a GPU; run on the lent GPU machine:
 
     RLACTORS_TOKENIZER_DIR=.bench/tok python -m pytest tests/gpu -s
 """
-import re
 
 import pytest
 import torch
@@ -27,15 +26,16 @@ def _config(model_dir, tmp_path, **kw):
     return GRPOConfig(**values)
 
 
-def test_auto_memory_share_trains(model_dir, tmp_path, capsys):
-    config = _config(model_dir, tmp_path, gpu_memory_utilization="auto", num_rollout_workers=0, num_learner_workers=0)
-    result = GRPOTrainer(config, reward_funcs=[length_reward],
-                         train_dataset=[{"prompt": f"Tell a story about {i}."} for i in range(16)]).train()
-    printed = capsys.readouterr().out
-    share = float(re.search(r"gpu_memory_utilization auto -> ([0-9.]+) \(the learner needs", printed).group(1))
-    total = torch.cuda.get_device_properties(0).total_memory
-    print(f"auto share {share} of {total / 2**30:.0f} GiB")
-    assert 0.5 < share <= 0.95  # a 0.2B model and 16 x 128 tokens leave vLLM most of the GPU
+def test_auto_memory_share_trains(ray_cluster, model_dir, tmp_path):
+    config = _config(model_dir, tmp_path, gpu_memory_utilization="auto")  # Ray actors: their memory goes with them
+    free_before, total = torch.cuda.mem_get_info()  # earlier tests of this process may hold some
+    trainer = GRPOTrainer(config, reward_funcs=[length_reward],
+                          train_dataset=[{"prompt": f"Tell a story about {i}."} for i in range(16)])
+    result = trainer.train()
+    share = trainer.rollouts.config.gpu_memory_utilization
+    print(f"auto share {share} of {total / 2**30:.0f} GiB, {free_before / 2**30:.0f} GiB free before")
+    # a 0.2B model and 16 x 128 tokens leave vLLM most of what was free, never more than that
+    assert 0.7 * free_before / total < share <= free_before / total
     assert [r["adapter_version"] for r in result.metrics] == [1, 2]
     assert all(r["sampling/logprob_mismatch"] < 0.05 for r in result.metrics)
 
@@ -53,3 +53,67 @@ def test_too_little_free_memory_names_the_worker_and_quotes_vllm(model_dir, tmp_
     finally:
         del hog
         torch.cuda.empty_cache()
+
+
+def test_resume_diamond_on_gpu(ray_cluster, model_dir, tmp_path):
+    """Reliability #16 on CUDA, with Ray actors (a fresh vLLM engine after the resume): 4 steps
+    straight vs 2 steps, stop, resume, 2 steps, under deterministic_generation.
+
+    On CPU the two runs are bitwise equal (tests/ray/test_resume.py). On an H200 with vLLM 0.26 the
+    steps before the stop are equal run to run, and from the first step after the resume on the
+    samples differ, reproducibly (measured twice, identically: mean reward 0.5% apart, completion
+    tokens 4.5%, final adapters 1.2% apart): some GPU-side state is not yet restored exactly
+    (docs/RELIABILITY.md #16). Here the schedule and versions must be equal, the steps before the
+    stop bitwise, and rewards, token counts and the final adapter close."""
+    from rlactors.adapter import LoRAAdapter
+
+    rows = [{"prompt": f"Tell a story about {i}."} for i in range(32)]
+
+    def run(folder, steps):
+        config = _config(model_dir, tmp_path / folder, max_steps=steps, save_steps=1, resume_from_checkpoint="auto",
+                         deterministic_generation=True, gpu_memory_utilization=0.3, learning_rate=1e-4)
+        return GRPOTrainer(config, reward_funcs=[length_reward], train_dataset=rows).train()
+
+    straight = run("straight", 4)
+    run("split", 2)
+    split = run("split", 4)
+    for key in ("learning_rate", "adapter_version"):
+        assert [r[key] for r in split.metrics] == [r[key] for r in straight.metrics], key
+    for key, rel in (("reward", 0.02), ("num_tokens", 0.1)):
+        ours, theirs = [r[key] for r in split.metrics], [r[key] for r in straight.metrics]
+        print(f"{key}: resumed {ours} straight {theirs}")
+        assert ours[:2] == theirs[:2], key  # the same program up to the stop
+        assert ours == pytest.approx(theirs, rel=rel), key
+    ours, theirs = LoRAAdapter.load(split.final_adapter).tensors, LoRAAdapter.load(straight.final_adapter).tensors
+    moved = sum(float((theirs[n].float() - ours[n].float()).norm() ** 2) for n in theirs) ** 0.5
+    size = sum(float(theirs[n].float().norm() ** 2) for n in theirs) ** 0.5
+    print(f"final adapters: |resumed - straight| / |straight| = {moved / size:.2e}")
+    assert moved / size < 0.05
+
+
+def test_adapter_by_cuda_ipc_equals_the_object_store_path(ray_cluster, model_dir, tmp_path):
+    """Colocated on one GPU, adapters go learner -> rollout worker by CUDA IPC; what vLLM then
+    computes equals what the object-store path gives, and differs from the untrained adapter's."""
+    config = _config(model_dir, tmp_path, gpu_memory_utilization=0.3, learning_rate=5e-2)
+    trainer = GRPOTrainer(config, reward_funcs=[length_reward],
+                          train_dataset=[{"prompt": f"Tell a story about {i}."} for i in range(16)])
+    trainer._start()
+    try:
+        assert trainer.on_device
+        probe = trainer.tokenizer("Once upon a time there was a small robot who").input_ids
+        before = trainer.rollouts.prompt_logprobs(probe, 8)[0]
+        for step in (1, 2):
+            trainer._step(step)
+        trainer.rollouts.load_adapter(trainer.learners.export_adapter(on_device=True))
+        by_ipc = trainer.rollouts.prompt_logprobs(probe, 8)[0]
+        trainer.rollouts.load_adapter(trainer.learners.export_adapter())
+        by_store = trainer.rollouts.prompt_logprobs(probe, 8)[0]
+    finally:
+        trainer._stop(owns_ray=False)
+    def gap(a, b):
+        return sum(abs(x - y) for x, y in zip(a, b)) / len(a)
+
+    # vLLM's LoRA kernels sum split-K partials atomically, so two loads of the same bytes differ by
+    # bf16 noise (~0.005 here); the trained adapter moves the log-probs far more than that
+    print(f"mean |ipc - store| {gap(by_ipc, by_store):.4f}, mean |ipc - untrained| {gap(by_ipc, before):.4f}")
+    assert gap(by_ipc, by_store) < 0.1 * gap(by_ipc, before)

@@ -35,13 +35,17 @@ def test_in_process_workers_need_no_bundle():
 
 
 def test_auto_memory_share_leaves_the_learner_its_measured_need():
-    from rlactors.memory import GIB, MemoryPlanError, vllm_share
+    from rlactors.memory import GIB, MemoryNeed, MemoryPlanError, vllm_share
 
     config = GRPOConfig(**BASE, gpu_memory_utilization="auto")
     layout = plan(config, use_gpus=True)  # logical GPU shares only; vLLM is told the measured one
     assert layout.rollout[0].num_gpus + layout.learner[0].num_gpus == 1.0
-    assert vllm_share(140 * GIB, 30 * GIB, margin_bytes=3 * GIB) == 0.76  # (140 - 33) / 140, rounded down
-    with pytest.raises(MemoryPlanError, match=r"needs 75.0 GiB of the GPU's 80.0 GiB.*lower micro_batch_size"):
-        vllm_share(80 * GIB, 75 * GIB)
+    alone = MemoryNeed(extra_bytes=28 * GIB, free_bytes=138 * GIB, total_bytes=140 * GIB)
+    assert vllm_share(alone, margin_bytes=3 * GIB) == 0.76  # (138 - 28 - 3) / 140, rounded down
+    shared = MemoryNeed(extra_bytes=28 * GIB, free_bytes=70 * GIB, total_bytes=140 * GIB)  # another process holds 68
+    assert vllm_share(shared, margin_bytes=3 * GIB) == 0.27  # only what is free is promised
+    with pytest.raises(MemoryPlanError, match=r"needs 75.0 GiB more while training, and 78.0 GiB of the GPU's "
+                                              r"80.0 GiB are free.*lower micro_batch_size"):
+        vllm_share(MemoryNeed(extra_bytes=75 * GIB, free_bytes=78 * GIB, total_bytes=80 * GIB))
     with pytest.raises(ValueError, match=r'gpu_memory_utilization\n.*or "auto"'):
         GRPOConfig(**BASE, gpu_memory_utilization="half")
