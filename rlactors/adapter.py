@@ -180,6 +180,13 @@ def gpu_uuid(device: Any = None) -> str | None:
     return str(torch.cuda.get_device_properties(device if device is not None else torch.cuda.current_device()).uuid)
 
 
+def every_worker_beside_a_learner(rollouts: list[tuple[str, str | None]],
+                                  learners: list[tuple[str, str | None]]) -> bool:
+    """Whether every rollout worker's (node, GPU UUID) is also a learner's: CUDA IPC can then serve all."""
+    places = set(learners)
+    return bool(rollouts) and all(gpu is not None and (node, gpu) in places for node, gpu in rollouts)
+
+
 def pick_for_gpu(adapters: list[DeviceAdapter], gpu: str | None) -> DeviceAdapter:
     """The record made on `gpu`; a clear error when no learner shares this worker's GPU."""
     for adapter in adapters:

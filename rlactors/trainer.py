@@ -279,11 +279,12 @@ class GRPOTrainer:
     def _sync_on_device(self) -> bool:
         """Whether adapters go learner -> rollout worker by CUDA IPC: when every rollout worker is a Ray
         actor on a GPU that a learner actor of its node also computes on (colocated)."""
+        from rlactors.adapter import every_worker_beside_a_learner
+
         if self.config.adapter_sync != "auto" or not self.rollouts.actors or not self.learners.actors:
             return False
-        learners = set(zip(self.learners.node_ids(), self.learners.gpus()))
-        rollouts = list(zip(self.rollouts.node_ids(), self.rollouts.gpus()))
-        return all(gpu is not None and (node, gpu) in learners for node, gpu in rollouts)
+        return every_worker_beside_a_learner(list(zip(self.rollouts.node_ids(), self.rollouts.gpus())),
+                                             list(zip(self.learners.node_ids(), self.learners.gpus())))
 
     def _publish(self, version: int) -> None:
         """Exports the learner's adapter once per version (one object in the store for all workers,

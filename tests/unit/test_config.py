@@ -49,6 +49,7 @@ def test_required_trl_names_exist():
     ({"reward_weights": [1.0, 2.0]}, "reward_weights has 2 entries but reward_funcs has 1"),
     ({"resume_from_checkpoint": "/no/such/dir"}, "resume_from_checkpoint='/no/such/dir'"),
     ({"epsilon_high": 0.1}, "epsilon_high must be >= epsilon"),
+    ({"adapter_sync": "nccl"}, "adapter_sync='nccl'"),
 ])
 def test_bad_values_name_field_value_and_fix(override, expected):
     with pytest.raises(ConfigError) as err:

@@ -49,3 +49,18 @@ def test_auto_memory_share_leaves_the_learner_its_measured_need():
         vllm_share(MemoryNeed(extra_bytes=75 * GIB, free_bytes=78 * GIB, total_bytes=80 * GIB))
     with pytest.raises(ValueError, match=r'gpu_memory_utilization\n.*or "auto"'):
         GRPOConfig(**BASE, gpu_memory_utilization="half")
+
+
+def test_cuda_ipc_only_when_every_rollout_worker_shares_a_learners_gpu():
+    from rlactors.adapter import DeviceAdapter, every_worker_beside_a_learner, pick_for_gpu
+
+    learners = [("node-a", "gpu-0"), ("node-a", "gpu-1")]
+    assert every_worker_beside_a_learner([("node-a", "gpu-0"), ("node-a", "gpu-1")], learners)  # colocated
+    assert not every_worker_beside_a_learner([("node-a", "gpu-2"), ("node-a", "gpu-3")], learners)  # disaggregated
+    assert not every_worker_beside_a_learner([("node-b", "gpu-0")], learners)  # same UUID text, other node
+    assert not every_worker_beside_a_learner([("node-a", None)], [("node-a", None)])  # CPU
+    assert not every_worker_beside_a_learner([], learners)
+    records = [DeviceAdapter(1, [], {}, "", gpu, handle=()) for _, gpu in learners]
+    assert pick_for_gpu(records, "gpu-1") is records[1]
+    with pytest.raises(RuntimeError, match=r"no learner shares GPU gpu-7 .*set adapter_sync: object_store"):
+        pick_for_gpu(records, "gpu-7")
