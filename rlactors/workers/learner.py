@@ -314,6 +314,7 @@ class LearnerWorker:
 
         self.build()
         load_learner_state(path, self)
+        self._shared.clear()  # shared buffers are keyed by version: never serve pre-load weights under one
         return self.version
 
 
