@@ -113,9 +113,7 @@ class RolloutWorker:
         if adapter_version != self.adapter_version:
             raise StaleAdapterError(self.adapter_version, adapter_version)
         if seed is not None:
-            import torch
-
-            torch.manual_seed(seed)
+            engine.seed_sampling(seed)
         cfg = self.config
         samples = engine.sample(
             self._engine, prompt_token_ids, n=cfg.num_generations, max_tokens=cfg.max_completion_length,

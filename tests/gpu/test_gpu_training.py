@@ -57,14 +57,12 @@ def test_too_little_free_memory_names_the_worker_and_quotes_vllm(model_dir, tmp_
 
 def test_resume_diamond_on_gpu(ray_cluster, model_dir, tmp_path):
     """Reliability #16 on CUDA, with Ray actors (a fresh vLLM engine after the resume): 4 steps
-    straight vs 2 steps, stop, resume, 2 steps, under deterministic_generation.
+    straight == 2 steps, stop, resume, 2 steps, under deterministic_generation: lr, token and
+    sample counts and rewards equal, loss and grad_norm within rtol 0.05.
 
-    On CPU the two runs are bitwise equal (tests/ray/test_resume.py). On an H200 with vLLM 0.26 the
-    steps before the stop are equal run to run, and from the first step after the resume on the
-    samples differ, reproducibly (measured twice, identically: mean reward 0.5% apart, completion
-    tokens 4.5%, final adapters 1.2% apart): some GPU-side state is not yet restored exactly
-    (docs/RELIABILITY.md #16). Here the schedule and versions must be equal, the steps before the
-    stop bitwise, and rewards, token counts and the final adapter close."""
+    vLLM 0.26's GPU runner seeds each request from numpy's global RNG; before `seed_sampling`
+    seeded numpy too, the resumed run drew other samples from its first step on (measured on an
+    H200: completion tokens 1136 vs 1085 at step 3)."""
     from rlactors.adapter import LoRAAdapter
 
     rows = [{"prompt": f"Tell a story about {i}."} for i in range(32)]
@@ -77,18 +75,17 @@ def test_resume_diamond_on_gpu(ray_cluster, model_dir, tmp_path):
     straight = run("straight", 4)
     run("split", 2)
     split = run("split", 4)
-    for key in ("learning_rate", "adapter_version"):
-        assert [r[key] for r in split.metrics] == [r[key] for r in straight.metrics], key
-    for key, rel in (("reward", 0.02), ("num_tokens", 0.1)):
+    for key in ("reward", "num_tokens", "completions/mean_length", "learning_rate", "adapter_version"):
         ours, theirs = [r[key] for r in split.metrics], [r[key] for r in straight.metrics]
         print(f"{key}: resumed {ours} straight {theirs}")
-        assert ours[:2] == theirs[:2], key  # the same program up to the stop
-        assert ours == pytest.approx(theirs, rel=rel), key
+        assert ours == theirs, key
+    for key in ("loss", "grad_norm"):
+        assert [r[key] for r in split.metrics] == pytest.approx([r[key] for r in straight.metrics], rel=0.05), key
     ours, theirs = LoRAAdapter.load(split.final_adapter).tensors, LoRAAdapter.load(straight.final_adapter).tensors
     moved = sum(float((theirs[n].float() - ours[n].float()).norm() ** 2) for n in theirs) ** 0.5
     size = sum(float(theirs[n].float().norm() ** 2) for n in theirs) ** 0.5
     print(f"final adapters: |resumed - straight| / |straight| = {moved / size:.2e}")
-    assert moved / size < 0.05
+    assert moved / size < 1e-3
 
 
 def test_adapter_by_cuda_ipc_equals_the_object_store_path(ray_cluster, model_dir, tmp_path):
