@@ -63,8 +63,8 @@ def test_ray_actors_named_adapter_by_reference(ray_cluster, tiny_llama, tmp_path
     try:
         original = trainer.learners.export_adapter
 
-        def counted():
-            exports.append(original())
+        def counted(**kwargs):
+            exports.append(original(**kwargs))
             return exports[-1]
 
         trainer.learners.export_adapter = counted
