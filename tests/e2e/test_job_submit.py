@@ -76,10 +76,17 @@ def _job_dir(tmp_path, tiny_llama, **overrides):
     return work
 
 
-def _submit(address, env, work):
-    cmd = [f"{BIN}/ray", "job", "submit", "--address", address, "--working-dir", str(work), "--",
+def _submit(address, env, work, *flags):
+    """`ray job submit`, asked again while the head's job agent is still starting (`ray job list`
+    answers before the agent that takes submissions is up, on a loaded machine by seconds)."""
+    cmd = [f"{BIN}/ray", "job", "submit", *flags, "--address", address, "--working-dir", str(work), "--",
            sys.executable, "-m", "rlactors", "train", "config.yaml"]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    deadline = time.time() + 120
+    while True:
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        if "No available agent to submit job" not in done.stdout + done.stderr or time.time() > deadline:
+            return done
+        time.sleep(2)
 
 
 def test_job_trains_with_its_own_reward_module(ray_head, tiny_llama, tmp_path):
@@ -130,9 +137,7 @@ def _cluster_state(address, env):
 def test_job_stop_frees_actors_placement_groups_and_cpus(ray_head, tiny_llama, tmp_path):
     address, env = ray_head
     work = _job_dir(tmp_path, tiny_llama, max_steps=1000, save_steps=0)
-    cmd = [f"{BIN}/ray", "job", "submit", "--no-wait", "--address", address, "--working-dir", str(work), "--",
-           sys.executable, "-m", "rlactors", "train", "config.yaml"]
-    submitted = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    submitted = _submit(address, env, work, "--no-wait")
     job_id = re.search(r"raysubmit_[A-Za-z0-9]+", submitted.stdout + submitted.stderr).group(0)
     deadline = time.time() + 300
     while time.time() < deadline:  # wait until it trains
