@@ -3,7 +3,8 @@
     1 GPU colocated (on-policy, then max_staleness 1);
     N GPUs colocated: a rollout and a learner on every GPU, N learners data-parallel (NCCL);
     N GPUs colocated, max_staleness 1;
-    N GPUs disaggregated: N/2 GPUs of rollout workers, N/2 of data-parallel learners.
+    N GPUs disaggregated: N/2 GPUs of rollout workers, N/2 of data-parallel learners (on-policy,
+    then max_staleness 1).
 
 The workload per GPU is that of `bench_rlactors.py` (16 prompts x 8 x 256 tokens, LoRA r=64):
 N GPUs take N times the prompts (weak scaling). Scaling efficiency = completion tokens/s per GPU
@@ -33,8 +34,10 @@ def variants(gpus: int) -> list[tuple[str, int, dict]]:
         many = {"num_rollout_workers": gpus, "num_learner_workers": gpus}
         out += [(f"{gpus}gpu_colocate", gpus, many), (f"{gpus}gpu_colocate_async", gpus, {**many, "max_staleness": 1})]
         half = gpus // 2
-        out.append((f"{gpus}gpu_disaggregate", gpus, {"placement": "disaggregate", "num_rollout_workers": half,
-                                                     "num_learner_workers": half, "gpu_memory_utilization": 0.5}))
+        apart = {"placement": "disaggregate", "num_rollout_workers": half, "num_learner_workers": half,
+                 "gpu_memory_utilization": 0.5}
+        out += [(f"{gpus}gpu_disaggregate", gpus, apart),
+                (f"{gpus}gpu_disaggregate_async", gpus, {**apart, "max_staleness": 1})]
     return out
 
 
@@ -85,13 +88,13 @@ def main() -> None:
 def print_table(out: dict) -> None:
     """Scaling efficiency = tokens/s per GPU over the 1-GPU on-policy figure, when it was measured."""
     first = out.get("1gpu", {}).get("completion_tok_s_per_gpu")
-    print(f"\n{'variant':<22} {'GPUs':>4} {'step s':>7} {'tok/s':>9} {'tok/s/GPU':>10} {'eff.':>6} {'peak GiB':>9}")
+    print(f"\n{'variant':<26} {'GPUs':>4} {'step s':>7} {'tok/s':>9} {'tok/s/GPU':>10} {'eff.':>6} {'peak GiB':>9}")
     for name, r in out.items():
         if not isinstance(r, dict):
             continue
         if first:
             r["scaling_efficiency"] = round(r["completion_tok_s_per_gpu"] / first, 3)
-        print(f"{name:<22} {r['gpus_used']:>4} {r['grpo_step_s']:>7} {r['grpo_completion_tok_s']:>9} "
+        print(f"{name:<26} {r['gpus_used']:>4} {r['grpo_step_s']:>7} {r['grpo_completion_tok_s']:>9} "
               f"{r['completion_tok_s_per_gpu']:>10.1f} {r.get('scaling_efficiency', float('nan')):>6.2f} "
               f"{r['peak_memory_gib']:>9}")
     save_piece(f"scale{out['gpus']}", out)
