@@ -245,6 +245,16 @@ class LearnerGroup(WorkerGroup):
         whole = BatchTotals.of(shards, self.config.micro_batch_size)
         return ray.get([a.update.remote(s, step, whole) for a, s in zip(self.actors, shards)])[0]
 
+    def beside(self, rollouts: "RolloutGroup") -> bool:
+        """Whether every rollout worker is an actor on a GPU that a learner actor of its node computes
+        on (colocated), so CUDA IPC can carry adapters to all of them."""
+        from rlactors.adapter import every_worker_beside_a_learner
+
+        if not self.actors or not rollouts.actors:
+            return False
+        return every_worker_beside_a_learner(list(zip(rollouts.node_ids(), rollouts.gpus())),
+                                             list(zip(self.node_ids(), self.gpus())))
+
     def export_adapter(self, on_device: bool = False) -> Any:
         """The current adapter: an ObjectRef from an actor (stored once), or the record itself.
         `on_device`: every learner's `DeviceAdapter` instead (small records; the weights stay on the GPUs)."""

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from rlactors.config import GRPOConfig
+    from rlactors.group import LearnerGroup
     from rlactors.workers.learner import LearnerWorker
 
 GIB = 2**30
@@ -35,6 +37,21 @@ class MemoryNeed:
     extra_bytes: int  # what a training micro-step allocates above the resident weights, plus AdamW
     free_bytes: int  # free on the device (all processes) after that step's memory was handed back
     total_bytes: int
+
+
+def share_for_vllm(config: "GRPOConfig", learners: "LearnerGroup", use_gpus: bool) -> float:
+    """`gpu_memory_utilization` for vLLM: as configured, or measured ("auto") on the built learners."""
+    if config.gpu_memory_utilization != "auto":
+        return float(config.gpu_memory_utilization)
+    need = learners.memory_need() if use_gpus and config.placement == "colocate" else None
+    if need is None:
+        share = ALONE_SHARE if use_gpus else CPU_SHARE
+        print(f"rlactors: gpu_memory_utilization auto -> {share}", flush=True)
+        return share
+    share = vllm_share(need)
+    print(f"rlactors: gpu_memory_utilization auto -> {share} (the learner needs {need.extra_bytes / GIB:.1f} GiB "
+          f"more to train; {need.free_bytes / GIB:.1f} of {need.total_bytes / GIB:.1f} GiB free)", flush=True)
+    return share
 
 
 def vllm_share(need: MemoryNeed, margin_bytes: int = MARGIN_BYTES) -> float:

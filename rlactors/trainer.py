@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
-from rlactors import algorithm, checkpoint, rewards
+from rlactors import algorithm, checkpoint, memory, rewards
 from rlactors.config import ConfigError, GRPOConfig, load_config
 from rlactors.data import PromptSampler, PromptTable, load_rows
 
@@ -69,7 +69,7 @@ class GRPOTrainer:
         self.version = 0  # the adapter version the rollout workers hold
         self.published = 0  # the newest adapter version exported by the learner
         self.adapter_ref: Any = None
-        self.on_device = False  # adapters by CUDA IPC (set at start; see `_sync_on_device`)
+        self.on_device = False  # adapters by CUDA IPC (set at start; see `LearnerGroup.beside`)
         self.inflight: InFlight | None = None
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlactors-rollout")
         self.skipped_in_row = 0
@@ -128,36 +128,19 @@ class GRPOTrainer:
         self.learners = LearnerGroup(LearnerWorker, cfg, layout.learner, self.placement_group)
         with self._timed("startup"):
             learner_pids = self.learners.build()  # first: `gpu_memory_utilization: auto` measures it
-            rollout_cfg = cfg.model_copy(update={"gpu_memory_utilization": self._vllm_share(layout.use_gpus)})
+            share = memory.share_for_vllm(cfg, self.learners, layout.use_gpus)
+            rollout_cfg = cfg.model_copy(update={"gpu_memory_utilization": share})
             self.rollouts = RolloutGroup(RolloutWorker, rollout_cfg, layout.rollout, self.placement_group,
                                          cfg.max_restarts)
             rollout_pids = self.rollouts.build()
         self.rollouts.republish = self.learners.export_adapter  # if the adapter object is lost
-        self.on_device = self._sync_on_device()
+        self.on_device = cfg.adapter_sync == "auto" and self.learners.beside(self.rollouts)
         if self.on_device:
             print("rlactors: adapter sync by CUDA IPC (rollout workers share the learners' GPUs)", flush=True)
         print(f"rlactors: rollout workers on pids {rollout_pids}, learners on pids {learner_pids}", flush=True)
         start_step = self._resume(resume_from) if resume_from else 0
         self.recorder = RunRecorder(cfg, resume_step=start_step)
         return start_step
-
-    def _vllm_share(self, use_gpus: bool) -> float:
-        """`gpu_memory_utilization` for vLLM: as configured, or measured ("auto")."""
-        from rlactors import memory
-
-        cfg = self.config
-        if cfg.gpu_memory_utilization != "auto":
-            return float(cfg.gpu_memory_utilization)
-        need = self.learners.memory_need() if use_gpus and cfg.placement == "colocate" else None
-        if need is not None:
-            share = memory.vllm_share(need)
-            print(f"rlactors: gpu_memory_utilization auto -> {share} (the learner needs {need.extra_bytes / memory.GIB:.1f} "
-                  f"GiB more to train; {need.free_bytes / memory.GIB:.1f} of {need.total_bytes / memory.GIB:.1f} GiB free)",
-                  flush=True)
-            return share
-        share = memory.ALONE_SHARE if use_gpus else memory.CPU_SHARE
-        print(f"rlactors: gpu_memory_utilization auto -> {share}", flush=True)
-        return share
 
     def _stop(self, owns_ray: bool) -> None:
         from rlactors.placement import release
@@ -275,16 +258,6 @@ class GRPOTrainer:
             raise TrainingError(
                 f"{self.skipped_in_row} steps in a row had a non-finite loss or gradient and were skipped "
                 f"(max_skipped_steps={self.config.max_skipped_steps}): lower learning_rate or check the rewards")
-
-    def _sync_on_device(self) -> bool:
-        """Whether adapters go learner -> rollout worker by CUDA IPC: when every rollout worker is a Ray
-        actor on a GPU that a learner actor of its node also computes on (colocated)."""
-        from rlactors.adapter import every_worker_beside_a_learner
-
-        if self.config.adapter_sync != "auto" or not self.rollouts.actors or not self.learners.actors:
-            return False
-        return every_worker_beside_a_learner(list(zip(self.rollouts.node_ids(), self.rollouts.gpus())),
-                                             list(zip(self.learners.node_ids(), self.learners.gpus())))
 
     def _publish(self, version: int) -> None:
         """Exports the learner's adapter once per version (one object in the store for all workers,
