@@ -14,7 +14,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import TARGETS, PeakMemory, median, percentile, prompts, save_piece  # noqa: E402
+from common import REPEATS, TARGETS, PeakMemory, median, percentile, prompts, save_piece  # noqa: E402
 
 
 def length_reward(prompts, completions, **_):
@@ -42,11 +42,13 @@ def rollout_throughput(trainer, batches: list[int], tag: str, out: dict) -> None
     group = trainer.config.num_generations
     for batch in batches:
         ids = [tokenizer(p).input_ids for p in prompts(batch // group)]
-        trainer.rollouts.generate(ids[:1], trainer.version)  # warm
-        start = time.perf_counter()
-        result = trainer.rollouts.generate(ids, trainer.version)
-        seconds = time.perf_counter() - start
-        out[f"rlactors_rollout_bs{batch}_{tag}_tok_s"] = round(float(result.completion_mask.sum()) / seconds, 1)
+        trainer.rollouts.generate(ids, trainer.version)  # untimed pass of the same shape, as bench_bare
+        rates = []
+        for _ in range(REPEATS):
+            start = time.perf_counter()
+            result = trainer.rollouts.generate(ids, trainer.version)
+            rates.append(float(result.completion_mask.sum()) / (time.perf_counter() - start))
+        out[f"rlactors_rollout_bs{batch}_{tag}_tok_s"] = round(median(rates), 1)
 
 
 def adapter_sync(trainer, rounds: int, out: dict) -> None:

@@ -17,6 +17,7 @@ SHAPES = {
     "tiny": dict(arch="llama", hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
                  num_key_value_heads=1, intermediate_size=256),
 }
+REPEATS = 3  # timed passes of a rollout throughput figure, after one untimed pass; the median is kept
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PIECES = os.environ.get("BENCH_PIECES", "/tmp/rlactors-bench")
 

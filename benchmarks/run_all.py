@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -26,9 +27,10 @@ MODEL = "/tmp/model1b"  # the baselines' scripts read the model from here
 PARTS = ("bare", "rlactors", "trl", "unsloth")
 
 
-def run_part(part: str, model: str, smoke: bool) -> None:
+def run_part(part: str, model: str, smoke: bool, skip_hf: bool = False) -> None:
     if part == "bare":
         cmd = [sys.executable, f"{HERE}/bench_bare.py", "--model", model] + (["--smoke"] if smoke else [])
+        cmd += ["--skip-hf"] if skip_hf else []
     elif part == "rlactors":
         cmd = [sys.executable, f"{HERE}/bench_rlactors.py", "--model", model] + (["--smoke"] if smoke else [])
     else:
@@ -37,9 +39,14 @@ def run_part(part: str, model: str, smoke: bool) -> None:
     env = {**os.environ, "OUT": os.environ.get("BENCH_PIECES", "/tmp/rlactors-bench")}
     if part == "unsloth" and os.path.isdir("/tmp/site_u"):
         env["PYTHONPATH"] = "/tmp/site_u:" + env.get("PYTHONPATH", "")
+    started = time.time()
     done = subprocess.run(cmd, env=env)
     if done.returncode != 0:
-        save_piece(f"{part}_error", {"returncode": done.returncode})
+        # A part may save its figures and then die in interpreter teardown (vLLM's threads); the
+        # record says which, so a figure is never taken from a run that did not finish.
+        piece = os.path.join(env["OUT"], f"{part}.json")
+        saved = os.path.exists(piece) and os.path.getmtime(piece) >= started
+        save_piece(f"{part}_exit", {"returncode": done.returncode, "figures_saved_before_exit": saved})
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -93,6 +100,7 @@ def main() -> None:
     parser.add_argument("--tokenizer", default=os.environ.get("TOKENIZER_DIR", "models/smollm2"))
     parser.add_argument("--report", action="store_true", help="only merge the pieces and print the table")
     parser.add_argument("--smoke", action="store_true", help="tiny model and sizes: a CPU check of the scripts")
+    parser.add_argument("--skip-hf", action="store_true", help="bare part: skip the slow HF generate baseline")
     parser.add_argument("--fresh", action="store_true", help="forget pieces of earlier runs")
     args = parser.parse_args()
     if args.fresh:
@@ -101,7 +109,7 @@ def main() -> None:
         model = make_model("/tmp/model-tiny" if args.smoke else MODEL, "tiny" if args.smoke else args.model_shape,
                            args.tokenizer)
         for part in args.parts.split(","):
-            run_part(part, model, args.smoke)
+            run_part(part, model, args.smoke, args.skip_hf)
     report()
 
 

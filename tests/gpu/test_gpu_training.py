@@ -62,7 +62,7 @@ def test_resume_diamond_on_gpu(ray_cluster, model_dir, tmp_path):
 
     vLLM 0.26's GPU runner seeds each request from numpy's global RNG; before `seed_sampling`
     seeded numpy too, the resumed run drew other samples from its first step on (measured on an
-    H200: completion tokens 1136 vs 1085 at step 3)."""
+    H200: completion tokens 1136 vs 1085 at step 3); with it, the test passes on an H200."""
     from rlactors.adapter import LoRAAdapter
 
     rows = [{"prompt": f"Tell a story about {i}."} for i in range(32)]
