@@ -43,12 +43,16 @@ def rollout_throughput(trainer, batches: list[int], tag: str, out: dict) -> None
     for batch in batches:
         ids = [tokenizer(p).input_ids for p in prompts(batch // group)]
         trainer.rollouts.generate(ids, trainer.version)  # untimed pass of the same shape, as bench_bare
-        rates = []
+        rates, shares = [], []
         for _ in range(REPEATS):
             start = time.perf_counter()
             result = trainer.rollouts.generate(ids, trainer.version)
-            rates.append(float(result.completion_mask.sum()) / (time.perf_counter() - start))
+            seconds = time.perf_counter() - start
+            rates.append(float(result.completion_mask.sum()) / seconds)
+            shares.append(result.vllm_seconds / seconds)
         out[f"rlactors_rollout_bs{batch}_{tag}_tok_s"] = round(median(rates), 1)
+        # The share of the call spent in the worker's vLLM sampling; the rest is packing and Ray.
+        out[f"rlactors_rollout_bs{batch}_{tag}_in_vllm_share"] = round(median(shares), 3)
 
 
 def adapter_sync(trainer, rounds: int, out: dict) -> None:

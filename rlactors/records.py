@@ -29,6 +29,7 @@ class RolloutBatch:
     adapter_version: int  # the policy version that generated every sample
     num_generations: int
     advantages: torch.Tensor | None = None  # [B] float32, set by the driver after scoring
+    vllm_seconds: float = 0.0  # in the worker's `engine.sample` (vLLM + reading its outputs); slowest worker's
 
     def __post_init__(self) -> None:
         self.check()
@@ -106,6 +107,7 @@ def concat_batches(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
         completions=[text for b in batches for text in b.completions],
         adapter_version=versions.pop(),
         num_generations=batches[0].num_generations,
+        vllm_seconds=max(b.vllm_seconds for b in batches),
     )
 
 

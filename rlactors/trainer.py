@@ -316,6 +316,7 @@ class GRPOTrainer:
             row[f"rewards/{reward_fn.name}/mean"] = float(torch.nanmean(column)) if (~column.isnan()).any() else 0.0
         for phase in ("generate", "score", "update", "sync"):
             row[f"time/{phase}_s"] = self.timings.get(phase, 0.0)
+        row["time/generate_vllm_s"] = batch.vllm_seconds  # the rest of generate_s: packing and Ray
         return row
 
     # ---- checkpoints -------------------------------------------------------------------------

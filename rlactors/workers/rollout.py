@@ -7,6 +7,7 @@ any other version until the current adapter is loaded again (`StaleAdapterError`
 from __future__ import annotations
 
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
 from rlactors.adapter import DeviceAdapter, LoRAAdapter, gpu_uuid, pick_for_gpu
@@ -115,11 +116,15 @@ class RolloutWorker:
         if seed is not None:
             engine.seed_sampling(seed)
         cfg = self.config
+        start = time.perf_counter()
         samples = engine.sample(
             self._engine, prompt_token_ids, n=cfg.num_generations, max_tokens=cfg.max_completion_length,
             temperature=cfg.temperature, top_p=cfg.top_p, lora_request=self._request, **cfg.generation_kwargs,
         )
-        return samples_to_batch(samples, cfg.num_generations, self.adapter_version, self._pad_id)
+        seconds = time.perf_counter() - start
+        batch = samples_to_batch(samples, cfg.num_generations, self.adapter_version, self._pad_id)
+        batch.vllm_seconds = seconds
+        return batch
 
     def prompt_logprobs(self, token_ids: list[int], num_scored: int) -> list[float]:
         """vLLM's log-probs of the last `num_scored` tokens under the held adapter (a probe)."""
