@@ -27,7 +27,7 @@ MODEL = "/tmp/model1b"  # the baselines' scripts read the model from here
 PARTS = ("bare", "rlactors", "trl", "unsloth")
 
 
-def run_part(part: str, model: str, smoke: bool, skip_hf: bool = False) -> None:
+def run_part(part: str, model: str, smoke: bool, skip_hf: bool = False, baseline_gmu: float | None = None) -> None:
     if part == "bare":
         cmd = [sys.executable, f"{HERE}/bench_bare.py", "--model", model] + (["--smoke"] if smoke else [])
         cmd += ["--skip-hf"] if skip_hf else []
@@ -37,6 +37,8 @@ def run_part(part: str, model: str, smoke: bool, skip_hf: bool = False) -> None:
         cmd = [sys.executable, f"{HERE}/baselines/{part}_baseline.py"]
     print(f"== {part}: {' '.join(cmd)}", flush=True)
     env = {**os.environ, "OUT": os.environ.get("BENCH_PIECES", "/tmp/rlactors-bench")}
+    if baseline_gmu is not None:
+        env["BASELINE_GMU"] = str(baseline_gmu)
     if part == "unsloth" and os.path.isdir("/tmp/site_u"):
         env["PYTHONPATH"] = "/tmp/site_u:" + env.get("PYTHONPATH", "")
     started = time.time()
@@ -101,6 +103,8 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="only merge the pieces and print the table")
     parser.add_argument("--smoke", action="store_true", help="tiny model and sizes: a CPU check of the scripts")
     parser.add_argument("--skip-hf", action="store_true", help="bare part: skip the slow HF generate baseline")
+    parser.add_argument("--baseline-gmu", type=float, default=None,
+                        help="trl/unsloth parts: vLLM's gpu_memory_utilization (default 0.5, their scripts' own)")
     parser.add_argument("--fresh", action="store_true", help="forget pieces of earlier runs")
     args = parser.parse_args()
     if args.fresh:
@@ -109,7 +113,7 @@ def main() -> None:
         model = make_model("/tmp/model-tiny" if args.smoke else MODEL, "tiny" if args.smoke else args.model_shape,
                            args.tokenizer)
         for part in args.parts.split(","):
-            run_part(part, model, args.smoke, args.skip_hf)
+            run_part(part, model, args.smoke, args.skip_hf, args.baseline_gmu)
     report()
 
 
