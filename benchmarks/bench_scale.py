@@ -80,24 +80,27 @@ def main() -> None:
         result = run(GRPOConfig(**values), args.steps)
         per_gpu = result["grpo_completion_tok_s"] / used
         out[name] = {**result, "gpus_used": used, "completion_tok_s_per_gpu": round(per_gpu, 1)}
+        add_efficiency(out)
         save_piece(f"scale{args.gpus}", out)
     print_table(out)
     ray.shutdown()
 
 
-def print_table(out: dict) -> None:
-    """Scaling efficiency = tokens/s per GPU over the 1-GPU on-policy figure, when it was measured."""
+def add_efficiency(out: dict) -> None:
+    """Scaling efficiency = tokens/s per GPU over the 1-GPU on-policy figure, once that is measured."""
     first = out.get("1gpu", {}).get("completion_tok_s_per_gpu")
+    for r in out.values():
+        if first and isinstance(r, dict):
+            r["scaling_efficiency"] = round(r["completion_tok_s_per_gpu"] / first, 3)
+
+
+def print_table(out: dict) -> None:
     print(f"\n{'variant':<26} {'GPUs':>4} {'step s':>7} {'tok/s':>9} {'tok/s/GPU':>10} {'eff.':>6} {'peak GiB':>9}")
     for name, r in out.items():
-        if not isinstance(r, dict):
-            continue
-        if first:
-            r["scaling_efficiency"] = round(r["completion_tok_s_per_gpu"] / first, 3)
-        print(f"{name:<26} {r['gpus_used']:>4} {r['grpo_step_s']:>7} {r['grpo_completion_tok_s']:>9} "
-              f"{r['completion_tok_s_per_gpu']:>10.1f} {r.get('scaling_efficiency', float('nan')):>6.2f} "
-              f"{r['peak_memory_gib']:>9}")
-    save_piece(f"scale{out['gpus']}", out)
+        if isinstance(r, dict):
+            print(f"{name:<26} {r['gpus_used']:>4} {r['grpo_step_s']:>7} {r['grpo_completion_tok_s']:>9} "
+                  f"{r['completion_tok_s_per_gpu']:>10.1f} {r.get('scaling_efficiency', float('nan')):>6.2f} "
+                  f"{r['peak_memory_gib']:>9}")
 
 
 if __name__ == "__main__":

@@ -2,17 +2,22 @@
 size (stored once in Ray's object store), another actor reads it. Splits the learner's export phase
 of `bench_rlactors.py` into making the buffer and storing it.
 
-    python benchmarks/bench_store.py [--mb 86] [--rounds 6]
+    python benchmarks/bench_store.py [--mb 86] [--rounds 10]
 """
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 
 import ray
 import torch
 
 from rlactors.adapter import LoRAAdapter, unflatten
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import median  # noqa: E402
 
 
 @ray.remote
@@ -54,7 +59,7 @@ def main() -> None:
         read = time.perf_counter() - start - stored
         rows.append((ray.get(made_ref) * 1e3, stored * 1e3, read * 1e3))
         print(f"{i:>5} {rows[-1][0]:>8.1f} {rows[-1][1]:>14.1f} {rows[-1][2]:>8.1f}")
-    made, stored, read = (sorted(r[k] for r in rows[1:])[(len(rows) - 1) // 2] for k in range(3))
+    made, stored, read = (median([r[k] for r in rows[1:]]) for k in range(3))
     print(f"median of rounds 2-{args.rounds}: make {made:.1f} ms, store {stored - made:.1f} ms, read {read:.1f} ms "
           f"for {args.mb:g} MB")
     ray.shutdown()

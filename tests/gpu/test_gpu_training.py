@@ -107,6 +107,7 @@ def test_adapter_by_cuda_ipc_equals_the_object_store_path(ray_cluster, model_dir
         by_store = trainer.rollouts.prompt_logprobs(probe, 8)[0]
     finally:
         trainer._stop(owns_ray=False)
+
     def gap(a, b):
         return sum(abs(x - y) for x, y in zip(a, b)) / len(a)
 
