@@ -23,13 +23,19 @@ PIECES = os.environ.get("BENCH_PIECES", "/tmp/rlactors-bench")
 
 
 def make_model(path: str, shape: str, tokenizer_dir: str) -> str:
-    """Random bf16 weights in a real architecture's shape, with a real tokenizer."""
+    """Random bf16 weights in a real architecture's shape, with a real tokenizer. An existing model
+    at `path` is kept if it has that shape (the baselines read a fixed path), else an error."""
+    spec = dict(SHAPES[shape])
     if os.path.isfile(os.path.join(path, "config.json")):
+        with open(os.path.join(path, "config.json")) as f:
+            found = json.load(f)
+        wrong = {k: found.get(k) for k, v in spec.items() if k != "arch" and found.get(k) != v}
+        if wrong:
+            raise SystemExit(f"{path} holds another shape than {shape} ({wrong}): remove it to make a {shape} model")
         return path
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    spec = dict(SHAPES[shape])
     arch = spec.pop("arch")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[arch]

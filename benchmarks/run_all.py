@@ -1,7 +1,8 @@
 """All GPU benchmarks, rlactors beside its baselines on the same machine, then one table.
 
-    python benchmarks/run_all.py                      # every part, in order
+    python benchmarks/run_all.py                      # every part, in order (about 15 min on an H100)
     python benchmarks/run_all.py --parts bare,rlactors --model-shape llama-1b
+    python benchmarks/run_all.py --parts async,profile  # one-step-off-policy; where the step's time goes
     python benchmarks/run_all.py --report             # the table and JSON from the parts run so far
 
 Each part runs in its own process (each needs the whole GPU) and leaves a JSON piece in
@@ -24,15 +25,15 @@ sys.path.insert(0, HERE)
 from common import gpu_name, load_pieces, make_model, save_piece, versions  # noqa: E402
 
 MODEL = "/tmp/model1b"  # the baselines' scripts read the model from here
-PARTS = ("bare", "rlactors", "trl", "unsloth")
+PARTS = ("bare", "rlactors", "async", "profile", "trl", "unsloth")
+SCRIPTS = {"bare": "bench_bare.py", "rlactors": "bench_rlactors.py", "async": "bench_async.py",
+           "profile": "profile_step.py"}
 
 
 def run_part(part: str, model: str, smoke: bool, skip_hf: bool = False, baseline_gmu: float | None = None) -> None:
-    if part == "bare":
-        cmd = [sys.executable, f"{HERE}/bench_bare.py", "--model", model] + (["--smoke"] if smoke else [])
-        cmd += ["--skip-hf"] if skip_hf else []
-    elif part == "rlactors":
-        cmd = [sys.executable, f"{HERE}/bench_rlactors.py", "--model", model] + (["--smoke"] if smoke else [])
+    if part in SCRIPTS:
+        cmd = [sys.executable, f"{HERE}/{SCRIPTS[part]}", "--model", model] + (["--smoke"] if smoke else [])
+        cmd += ["--skip-hf"] if skip_hf and part == "bare" else []
     else:
         cmd = [sys.executable, f"{HERE}/baselines/{part}_baseline.py"]
     print(f"== {part}: {' '.join(cmd)}", flush=True)
@@ -55,12 +56,13 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
 
-def report() -> dict:
+def report(shape: str) -> dict:
     pieces = load_pieces()
     bare, ours = pieces.get("bare", {}), pieces.get("rlactors", {})
     trl, uns = pieces.get("trl", {}), pieces.get("unsloth", {})
+    overlapped, profile = pieces.get("async", {}), pieces.get("profile", {})
     result = {
-        "gpu": gpu_name(), "date": datetime.date.today().isoformat(), "versions": versions(),
+        "gpu": gpu_name(), "date": datetime.date.today().isoformat(), "versions": versions(), "model_shape": shape,
         "rollout_vs_bare_vllm": ratio(ours.get("rlactors_rollout_bs256_lora_tok_s"),
                                       bare.get("bare_vllm_bs256_lora_tok_s")),
         "rollout_vs_bare_vllm_no_adapter": ratio(ours.get("rlactors_rollout_bs256_base_tok_s"),
@@ -72,14 +74,20 @@ def report() -> dict:
         "grpo_step_s": ours.get("grpo_step_s"),
         "trl_grpo_step_s": trl.get("trl_step_s_median_last4"),
         "unsloth_grpo_step_s": uns.get("unsloth_step_s_median_last4"),
+        "grpo_step_async_s": overlapped.get("grpo_step_s_staleness1"),
+        "rollout_worker_vs_vllm_in_process": profile.get("rollout_worker_vs_vllm"),
+        "update_vs_fp32_lora": profile.get("update_vs_fp32_lora"),
         "peak_memory_gib": ours.get("peak_memory_gib"),
         "trl_peak_memory_gib": trl.get("trl_peak_gpu_GiB"),
         "unsloth_peak_memory_gib": uns.get("unsloth_peak_gpu_GiB"),
     }
     result["grpo_step_vs_trl"] = ratio(result["grpo_step_s"], result["trl_grpo_step_s"])
     result["grpo_step_vs_unsloth"] = ratio(result["grpo_step_s"], result["unsloth_grpo_step_s"])
+    result["grpo_step_async_vs_trl"] = ratio(result["grpo_step_async_s"], result["trl_grpo_step_s"])
+    result["grpo_step_async_vs_unsloth"] = ratio(result["grpo_step_async_s"], result["unsloth_grpo_step_s"])
     result["pieces"] = pieces
-    name = f"{result['gpu'].replace(' ', '_')}-{result['date']}.json"
+    suffix = "" if shape == "llama-1b" else f"-{shape}"
+    name = f"{result['gpu'].replace(' ', '_')}-{result['date']}{suffix}.json"
     os.makedirs(f"{HERE}/results", exist_ok=True)
     for folder in filter(None, [f"{HERE}/results", os.environ.get("OUT")]):
         with open(os.path.join(folder, name), "w") as f:
@@ -114,7 +122,7 @@ def main() -> None:
                            args.tokenizer)
         for part in args.parts.split(","):
             run_part(part, model, args.smoke, args.skip_hf, args.baseline_gmu)
-    report()
+    report("tiny" if args.smoke else args.model_shape)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,8 @@ class LearnerWorker:
         )
         self.model.train()
         self.device = next(self.model.parameters()).device
+        if self._autocast_dtype() is not None:
+            _keep_inputs_in_base_dtype(self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(cfg))
@@ -216,8 +218,9 @@ class LearnerWorker:
         # Positions count real tokens only, as vLLM's do for an unpadded prompt.
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         c = mb.completion_ids.shape[1]
-        logits = self.model(input_ids=ids, attention_mask=attention, position_ids=positions,
-                            logits_to_keep=c + 1).logits[:, :-1]
+        with self.mixed_precision():
+            logits = self.model(input_ids=ids, attention_mask=attention, position_ids=positions,
+                                logits_to_keep=c + 1).logits[:, :-1]
         targets = mb.completion_ids.to(self.device)
         logp = algorithm.selective_logprobs(logits, targets, self.config.temperature)
         raw = logp if self.config.temperature == 1.0 else algorithm.selective_logprobs(logits.detach(), targets)
@@ -292,6 +295,27 @@ class LearnerWorker:
                              is_min=float(seen.min()), is_max=float(seen.max()))
         return loss, stats, weights
 
+    def _autocast_dtype(self) -> Any:
+        """bfloat16 when the base model computes in it, else None (fp32; fp16 keeps fp32 LoRA math,
+        having no loss scaling)."""
+        import torch
+
+        from rlactors.fast_state import state_of
+
+        state = state_of(self.model)
+        return torch.bfloat16 if state is not None and state.dtype == torch.bfloat16 else None
+
+    def mixed_precision(self) -> Any:
+        """The model's forward in mixed precision: PEFT keeps the LoRA weights in float32 (so AdamW
+        updates them in full precision), and autocast runs their matmuls in bf16 on bf16 inputs, as
+        vLLM computes LoRA, instead of fp32 matmuls on inputs upcast per layer."""
+        import torch
+
+        dtype = self._autocast_dtype()
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
     def _activation_offload(self) -> Any:
         """Unsloth-style gradient checkpointing: checkpointed activations wait in pinned CPU memory."""
         import torch
@@ -316,6 +340,16 @@ class LearnerWorker:
         load_learner_state(path, self)
         self._shared.clear()  # shared buffers are keyed by version: never serve pre-load weights under one
         return self.version
+
+
+def _keep_inputs_in_base_dtype(model: Any) -> None:
+    """Stops PEFT's LoRA layers from casting their inputs to the adapter's float32 (autocast
+    picks the matmul dtype instead); what `peft.helpers.disable_input_dtype_casting` sets."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = False
 
 
 def _schedule(cfg: "GRPOConfig") -> Any:

@@ -97,3 +97,30 @@ def test_two_steps_equal_one_step_save_resume_one_step(tiny_llama, tmp_path):
         for key in ("exp_avg", "exp_avg_sq", "step"):
             assert torch.equal(torch.as_tensor(slots[key]), torch.as_tensor(b["state"][index][key]))
     assert straight.scheduler.get_last_lr() == resumed.scheduler.get_last_lr()
+
+
+def test_bf16_base_trains_fp32_lora_with_bf16_matmuls(tiny_llama, tmp_path):
+    """A bf16 base: the LoRA weights and their gradients stay float32 (AdamW's precision), their
+    inputs stay bf16 (no per-layer upcast) and the forward's log-probs match the fp32-LoRA math."""
+    learner = LearnerWorker(_config(tiny_llama, tmp_path, dtype="bfloat16"))
+    learner.build()
+    lora = [p for n, p in learner.model.named_parameters() if "lora_" in n]
+    assert lora and all(p.dtype == torch.float32 for p in lora)
+    layers = [m for m in learner.model.modules() if hasattr(m, "cast_input_dtype_enabled")]
+    assert layers and not any(m.cast_input_dtype_enabled for m in layers)
+    batch = _batch(learner, 0)
+    seen = []
+    hook = layers[0].lora_A["default"].register_forward_hook(lambda mod, args, out: seen.append(args[0].dtype))
+    logp, _ = learner._forward_logprobs(batch)
+    hook.remove()
+    assert seen == [torch.bfloat16]
+    for m in layers:
+        m.cast_input_dtype_enabled = True
+    with torch.no_grad():
+        reference = learner.model(input_ids=torch.cat([batch.prompt_ids, batch.completion_ids], 1)).logits
+    mask = batch.completion_mask.bool()
+    ref_logp = torch.log_softmax(reference[:, 4:-1].float(), -1).gather(-1, batch.completion_ids.unsqueeze(-1))[..., 0]
+    assert torch.allclose(logp.detach()[mask], ref_logp[mask], atol=0.1)
+    metrics = learner.update(batch, step=1)
+    assert metrics.adapter_version == 1 and not metrics.skipped and metrics.logprob_mismatch < 1e-5
+    assert all(p.dtype == torch.float32 for p in lora)

@@ -1,0 +1,155 @@
+"""Where the GRPO step's time goes on one GPU: a rollout worker and a learner in this one process
+(no Ray), the workload of `bench_rlactors.py`, timed and profiled with torch's profiler.
+
+    python benchmarks/profile_step.py --model DIR [--smoke]
+
+Prints and saves (piece `profile`):
+- rollout, in-process: vLLM's `generate` with a rollout worker's sampling parameters, beside the
+  worker's `generate` (the same call plus log-prob extraction, one batch decode and packing into a
+  `RolloutBatch`), on the same engine: what rlactors adds outside Ray;
+- the GPU's busy share during generation and during the update (kernel time over wall time) and
+  the update's kernel time by kind (matmul, attention, other), which says whether a phase is
+  bound by the GPU or by the host;
+- the update with LoRA matmuls in bf16 (autocast, the learner's default for a bf16 base) beside
+  PEFT's float32 LoRA math (its default), same batch.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_rlactors import config_for  # noqa: E402
+from common import REPEATS, median, prompts, save_piece  # noqa: E402
+
+KINDS = (("matmul", ("gemm", "cutlass", "nvjet", "sm90_xmma", "cublas", "matmul", "addmm", "mm")),
+         ("attention", ("flash", "fmha", "attention", "attn")))
+
+
+def timed(fn, repeats: int = REPEATS) -> tuple[float, object]:
+    """Median seconds of `repeats` calls after an untimed one; and the last call's result."""
+    import torch
+
+    result = fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return median(times), result
+
+
+def kernel_summary(fn) -> dict:
+    """Runs `fn` once under torch's profiler: wall seconds, GPU kernel seconds and their share of the
+    wall time, kernel seconds by kind and the five longest kernels. Without CUDA: wall time only."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    by_name: dict[str, float] = {}
+    for event in prof.key_averages():
+        seconds = getattr(event, "self_device_time_total", 0.0) / 1e6
+        if seconds > 0 and event.device_type.name == "CUDA":
+            by_name[event.key] = by_name.get(event.key, 0.0) + seconds
+    kinds = dict.fromkeys([k for k, _ in KINDS] + ["other"], 0.0)
+    for name, seconds in by_name.items():
+        low = name.lower()
+        kind = next((k for k, words in KINDS if any(w in low for w in words)), "other")
+        kinds[kind] += seconds
+    busy = sum(by_name.values())
+    top = sorted(by_name.items(), key=lambda kv: -kv[1])[:5]
+    return {"wall_s": round(wall, 3), "kernel_s": round(busy, 3), "gpu_busy_share": round(busy / wall, 3),
+            "kernel_s_by_kind": {k: round(v, 3) for k, v in kinds.items()},
+            "top_kernels": [(name[:90], round(s, 4)) for name, s in top]}
+
+
+def fp32_lora_math(learner) -> contextlib.AbstractContextManager:
+    """PEFT's default inside this block: inputs upcast to the float32 LoRA weights, no autocast."""
+
+    @contextlib.contextmanager
+    def block():
+        layers = [m for m in learner.model.modules() if hasattr(m, "cast_input_dtype_enabled")]
+        before = learner.mixed_precision
+        for m in layers:
+            m.cast_input_dtype_enabled = True
+        learner.mixed_precision = contextlib.nullcontext
+        try:
+            yield
+        finally:
+            learner.mixed_precision = before
+            for m in layers:
+                m.cast_input_dtype_enabled = False
+    return block()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--gmu", type=float, default=0.2)
+    parser.add_argument("--micro-batch", type=int, default=32)
+    args = parser.parse_args()
+    import torch
+
+    from rlactors import engine
+    from rlactors.workers.learner import LearnerWorker
+    from rlactors.workers.rollout import RolloutWorker
+
+    config = config_for(args.model, args.smoke, 1, args.gmu, checkpointing=False, micro=args.micro_batch)
+    rollout, learner = RolloutWorker(config), LearnerWorker(config)
+    rollout.build()
+    learner.build()
+    rollout.load_adapter(learner.export_adapter())
+    tokenizer = rollout._engine.get_tokenizer()
+    group = config.num_generations
+    ids = [tokenizer(p).input_ids for p in prompts(config.prompts_per_step)]
+    out: dict = {"rows": len(ids) * group, "completion_tokens": config.max_completion_length,
+                 "micro_batch_size": config.micro_batch_size}
+
+    # Rollout, same engine and process: vLLM's call alone, then the worker's.
+    fields = dict(n=group, max_tokens=config.max_completion_length, temperature=config.temperature,
+                  top_p=config.top_p, logprobs=0, **config.generation_kwargs)
+    params = engine.sampling_params(**fields, **{k: v for k, v in (("flat_logprobs", True), ("detokenize", False))
+                                                 if engine._has_field(k)})
+    vllm_s, _ = timed(lambda: engine.generate(rollout._engine, ids, params, rollout._request))
+    worker_s, batch = timed(lambda: rollout.generate(ids, learner.version))
+    tokens = float(batch.completion_mask.sum())
+    out.update(rollout_vllm_generate_s=round(vllm_s, 3), rollout_worker_generate_s=round(worker_s, 3),
+               rollout_worker_vs_vllm=round(vllm_s / worker_s, 3), rollout_tok_s=round(tokens / worker_s, 1))
+    out["generate_profile"] = kernel_summary(lambda: rollout.generate(ids, learner.version))
+
+    # Update: the learner's default (bf16 LoRA matmuls for a bf16 base), then PEFT's fp32 LoRA math.
+    batch.advantages = torch.randn(batch.size) * (1e-3 if args.smoke else 1.0)
+
+    def update():
+        batch.adapter_version = learner.version
+        return learner.update(batch, step=learner.version + 1)
+
+    out["update_s"] = round(timed(update)[0], 3)
+    out["update_profile"] = kernel_summary(update)
+    with fp32_lora_math(learner):
+        out["update_fp32_lora_s"] = round(timed(update)[0], 3)
+    out["update_vs_fp32_lora"] = round(out["update_s"] / out["update_fp32_lora_s"], 3)
+    save_piece("profile", out)
+    print(f"\nrollout ({out['rows']} x {out['completion_tokens']} tokens): vLLM generate {vllm_s:.3f} s, "
+          f"rollout worker {worker_s:.3f} s ({out['rollout_worker_vs_vllm']}x); "
+          f"GPU busy {out['generate_profile']['gpu_busy_share']}")
+    print(f"update: {out['update_s']} s (bf16 LoRA matmuls) vs {out['update_fp32_lora_s']} s (fp32 LoRA) "
+          f"= {out['update_vs_fp32_lora']}x; GPU busy {out['update_profile']['gpu_busy_share']}, "
+          f"kernel s by kind {out['update_profile']['kernel_s_by_kind']}")
+
+
+if __name__ == "__main__":
+    main()
