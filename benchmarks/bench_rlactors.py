@@ -21,7 +21,7 @@ def length_reward(prompts, completions, **_):
     return [-abs(100 - len(c)) / 100 for c in completions]
 
 
-def config_for(model: str, smoke: bool, steps: int, gmu: float, checkpointing: bool, micro: int) -> "object":
+def config_for(model: str, smoke: bool, steps: int, gmu: float, checkpointing: "bool | str", micro: int) -> "object":
     from rlactors import GRPOConfig
 
     tokens = 8 if smoke else 256
@@ -31,7 +31,7 @@ def config_for(model: str, smoke: bool, steps: int, gmu: float, checkpointing: b
         lora_r=16 if smoke else 64, lora_alpha=16 if smoke else 64, lora_target_modules=TARGETS,
         num_generations=8, prompts_per_step=2 if smoke else 16, learning_rate=1e-5, beta=0.0,
         max_steps=steps, save_steps=0, output_dir="/tmp/rlactors-bench-run", progress_bar=False,
-        report_to=["jsonl"], micro_batch_size=micro, gradient_checkpointing=checkpointing and not smoke,
+        report_to=["jsonl"], micro_batch_size=micro, gradient_checkpointing=False if smoke else checkpointing,
         generation_kwargs={"min_tokens": tokens, "ignore_eos": True}, max_logprob_mismatch=5.0,
         engine_kwargs={"enforce_eager": True, "kv_cache_memory_bytes": 256 * 2**20} if smoke else {},
     )
@@ -131,13 +131,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--gmu", type=float, default=0.2, help="vLLM's share: the KV cache needs about 2 GB here")
-    parser.add_argument("--checkpointing", action="store_true", help="learner activation checkpointing")
+    parser.add_argument("--checkpointing", nargs="?", const="true", default="false", choices=["true", "false", "unsloth"],
+                        help="learner activation checkpointing; 'unsloth': checkpoints wait in pinned host memory")
     parser.add_argument("--micro-batch", type=int, default=32)
+    parser.add_argument("--step-only", action="store_true", help="only the GRPO steps and their peak memory")
     args = parser.parse_args()
+    checkpointing = {"true": True, "false": False}.get(args.checkpointing, args.checkpointing)
     from rlactors import GRPOTrainer
 
     rows = [{"prompt": p} for p in prompts(4096)]
-    config = config_for(args.model, args.smoke, args.steps, args.gmu, args.checkpointing, args.micro_batch)
+    config = config_for(args.model, args.smoke, args.steps, args.gmu, checkpointing, args.micro_batch)
     trainer = GRPOTrainer(config, reward_funcs=[length_reward],
                           train_dataset=rows)
     out: dict = {"gpu_memory_utilization": config.gpu_memory_utilization,
@@ -148,13 +151,15 @@ def main() -> None:
         trainer._start()
         out["rlactors_startup_s"] = round(time.perf_counter() - start, 1)
         batches = [16] if args.smoke else [64, 256]
-        rollout_throughput(trainer, batches, "base", out)
+        if not args.step_only:
+            rollout_throughput(trainer, batches, "base", out)
         grpo_steps(trainer, args.steps, out)
-        rollout_throughput(trainer, batches, "lora", out)
-        adapter_sync(trainer, 4 if args.smoke else 8, out)
+        if not args.step_only:
+            rollout_throughput(trainer, batches, "lora", out)
+            adapter_sync(trainer, 4 if args.smoke else 8, out)
     finally:
         trainer._stop(owns_ray)
-    save_piece("rlactors", out)
+    save_piece("rlactors" + ("_step" if args.step_only else ""), out)
 
 
 if __name__ == "__main__":
