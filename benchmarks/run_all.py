@@ -38,6 +38,7 @@ def run_part(part: str, model: str, smoke: bool, skip_hf: bool = False, baseline
         cmd = [sys.executable, f"{HERE}/baselines/{part}_baseline.py"]
     print(f"== {part}: {' '.join(cmd)}", flush=True)
     env = {**os.environ, "OUT": os.environ.get("BENCH_PIECES", "/tmp/rlactors-bench")}
+    os.makedirs(env["OUT"], exist_ok=True)  # the baselines' scripts write their piece there
     if baseline_gmu is not None:
         env["BASELINE_GMU"] = str(baseline_gmu)
     if part == "unsloth" and os.path.isdir("/tmp/site_u"):
