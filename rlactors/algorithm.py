@@ -178,9 +178,45 @@ def _reduce(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str,
 
 
 def selective_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """log softmax(logits / temperature) at `token_ids`: [B, T, V], [B, T] -> [B, T] (float32)."""
-    logits = logits.float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    picked = torch.gather(logits, -1, token_ids.unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(logits, dim=-1)
+    """log softmax(logits / temperature) at `token_ids`: [B, T, V], [B, T] -> [B, T] (float32).
+
+    Computed in float32 a few rows at a time, keeping for the backward pass only the logits as
+    given (bf16 on a GPU) and one log-sum-exp per token: a float32 copy of the whole [B, T, V]
+    and its gradient never exist at once, which is the learner's largest transient.
+    """
+    return _SelectiveLogprobs.apply(logits, token_ids, float(temperature))
+
+
+LOGPROB_CHUNK_ELEMENTS = 2**25  # about 128 MB of float32 logits per chunk
+
+
+class _SelectiveLogprobs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, token_ids: torch.Tensor, temperature: float) -> torch.Tensor:
+        out = torch.empty(token_ids.shape, dtype=torch.float32, device=logits.device)
+        lse = torch.empty_like(out)
+        for rows in _row_chunks(logits):
+            x = logits[rows].float() / temperature
+            lse[rows] = torch.logsumexp(x, dim=-1)
+            out[rows] = torch.gather(x, -1, token_ids[rows].unsqueeze(-1)).squeeze(-1) - lse[rows]
+        ctx.save_for_backward(logits, token_ids, lse)
+        ctx.temperature = temperature
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple:
+        logits, token_ids, lse = ctx.saved_tensors
+        grad_logits = torch.empty_like(logits)
+        for rows in _row_chunks(logits):
+            g = grad[rows].float().unsqueeze(-1)
+            # d/dx (x_t - lse(x)) = onehot(t) - softmax(x), through x = logits / temperature
+            chunk = torch.exp(logits[rows].float() / ctx.temperature - lse[rows].unsqueeze(-1)).mul_(-g)
+            chunk.scatter_add_(-1, token_ids[rows].unsqueeze(-1), g)
+            grad_logits[rows] = chunk.div_(ctx.temperature).to(logits.dtype)
+        return grad_logits, None, None
+
+
+def _row_chunks(logits: torch.Tensor) -> list[slice]:
+    per_row = max(1, logits[0].numel())
+    step = max(1, LOGPROB_CHUNK_ELEMENTS // per_row)
+    return [slice(i, i + step) for i in range(0, logits.shape[0], step)]

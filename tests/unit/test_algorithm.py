@@ -88,6 +88,26 @@ def test_selective_logprobs_with_temperature():
     assert got.item() == pytest.approx(1.0 - math.log(math.e + 2), abs=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_selective_logprobs_chunked_matches_log_softmax_values_and_gradients(dtype, monkeypatch):
+    monkeypatch.setattr(algorithm, "LOGPROB_CHUNK_ELEMENTS", 2 * 7 * 50)  # 2 rows per chunk, 3 chunks
+    gen = torch.Generator().manual_seed(0)
+    base = (torch.randn(5, 8, 50, generator=gen) * 3).to(dtype)
+    ids = torch.randint(0, 50, (5, 7), generator=gen)
+    weights = torch.randn(5, 7, generator=gen)
+    grads = []
+    for fn in (lambda x: algorithm.selective_logprobs(x[:, :-1], ids, temperature=0.7),
+               lambda x: torch.log_softmax(x[:, :-1].float() / 0.7, -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)):
+        x = base.clone().requires_grad_(True)
+        out = fn(x)
+        (out * weights).sum().backward()
+        grads.append((out.detach(), x.grad))
+    (got, got_grad), (want, want_grad) = grads
+    assert got.dtype == torch.float32 and torch.allclose(got, want, atol=1e-5)
+    assert got_grad.dtype == dtype and got_grad[:, -1].abs().sum() == 0
+    assert torch.allclose(got_grad.float(), want_grad.float(), atol=1e-5 if dtype == torch.float32 else 1e-2)
+
+
 def test_bad_options_name_the_field():
     with pytest.raises(ValueError, match="loss_type='ppo'"):
         algorithm.policy_loss(torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1), torch.ones(1, 1), loss_type="ppo")
