@@ -11,7 +11,10 @@ Prints and saves (piece `profile`):
   the update's kernel time by kind (matmul, attention, other), which says whether a phase is
   bound by the GPU or by the host;
 - the update with LoRA matmuls in bf16 (autocast, the learner's default for a bf16 base) beside
-  PEFT's float32 LoRA math (its default), same batch.
+  PEFT's float32 LoRA math (its default), same batch;
+- GPU memory by holder: the engine (weights, KV cache, CUDA graphs), the learner at rest (weights,
+  adapter, AdamW) and what the update adds at its peak (activations, logits, gradients), allocated
+  and held by torch's caching allocator.
 """
 from __future__ import annotations
 
@@ -75,6 +78,31 @@ def kernel_summary(fn) -> dict:
             "top_kernels": [(name[:90], round(s, 4)) for name, s in top]}
 
 
+def used_gib() -> float | None:
+    """Device-wide GPU memory in use (every process), GiB; None without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    free, total = torch.cuda.mem_get_info()
+    return round((total - free) / 2**30, 2)
+
+
+def update_memory(update) -> dict:
+    """What one update adds at its peak to what this process's torch holds before it, GiB."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    torch.cuda.synchronize()
+    allocated, reserved = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
+    torch.cuda.reset_peak_memory_stats()
+    update()
+    torch.cuda.synchronize()
+    return {"update_peak_allocated_extra": round((torch.cuda.max_memory_allocated() - allocated) / 2**30, 2),
+            "update_reserved_extra": round((torch.cuda.max_memory_reserved() - reserved) / 2**30, 2)}
+
+
 def fp32_lora_math(learner) -> contextlib.AbstractContextManager:
     """PEFT's default inside this block: inputs upcast to the float32 LoRA weights, no autocast."""
 
@@ -109,8 +137,11 @@ def main() -> None:
 
     config = config_for(args.model, args.smoke, 1, args.gmu, checkpointing=False, micro=args.micro_batch)
     rollout, learner = RolloutWorker(config), LearnerWorker(config)
+    memory = {"before": used_gib()}
     rollout.build()
+    memory["with_engine"] = used_gib()
     learner.build()
+    memory["with_learner"] = used_gib()
     rollout.load_adapter(learner.export_adapter())
     tokenizer = rollout._engine.get_tokenizer()
     group = config.num_generations
@@ -138,6 +169,8 @@ def main() -> None:
         return learner.update(batch, step=learner.version + 1)
 
     out["update_s"] = round(timed(update)[0], 3)
+    memory.update(update_memory(update), after_updates=used_gib())
+    out["memory_gib"] = memory
     out["update_profile"] = kernel_summary(update)
     with fp32_lora_math(learner):
         out["update_fp32_lora_s"] = round(timed(update)[0], 3)
@@ -149,6 +182,7 @@ def main() -> None:
     print(f"update: {out['update_s']} s (bf16 LoRA matmuls) vs {out['update_fp32_lora_s']} s (fp32 LoRA) "
           f"= {out['update_vs_fp32_lora']}x; GPU busy {out['update_profile']['gpu_busy_share']}, "
           f"kernel s by kind {out['update_profile']['kernel_s_by_kind']}")
+    print(f"GPU memory (GiB, device-wide unless 'extra'): {memory}")
 
 
 if __name__ == "__main__":
