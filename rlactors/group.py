@@ -133,6 +133,21 @@ class RolloutGroup(WorkerGroup):
             self.republished += 1
             return load()
 
+    def sleep(self) -> list[bool]:
+        """Every worker frees its GPU memory until its next use (see `RolloutWorker.sleep`). A worker
+        that died since the last call holds none, and comes back awake: False for it."""
+        if self.local is not None:
+            return [self.local.sleep()]
+        import ray
+
+        asleep = []
+        for ref in [actor.sleep.remote() for actor in self.actors]:
+            try:
+                asleep.append(ray.get(ref))
+            except ray.exceptions.RayActorError:
+                asleep.append(False)
+        return asleep
+
     def load_adapter_folder(self, path: str, version: int) -> list[int]:
         """Every worker loads a PEFT folder from disk (shared storage) as `version`."""
         return self._each(lambda w: w.load_adapter_folder, path, version)

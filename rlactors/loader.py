@@ -209,7 +209,7 @@ def _config(model: Any) -> Any:
 
 def load_engine(path: str, max_seq_length: int, dtype: Any, gpu_memory_utilization: float,
                 max_lora_rank: int, load_in_4bit: bool = False, disable_log_stats: bool = True,
-                deterministic: bool = False, **engine_kwargs: Any) -> Any:
+                deterministic: bool = False, sleep_mode: bool = False, **engine_kwargs: Any) -> Any:
     """The vLLM engine of `from_pretrained(fast_inference=True)`, alone (rollout workers use it)."""
     from rlactors import engine as vllm_engine
 
@@ -217,6 +217,7 @@ def load_engine(path: str, max_seq_length: int, dtype: Any, gpu_memory_utilizati
         model_path=path, max_seq_length=max_seq_length, gpu_memory_utilization=float(gpu_memory_utilization),
         max_lora_rank=max_lora_rank, disable_log_stats=disable_log_stats, dtype=_vllm_dtype(dtype),
         load_in_4bit=load_in_4bit, seed=int(engine_kwargs.pop("seed", 0)), deterministic=deterministic,
+        sleep_mode=sleep_mode,
     )
     return vllm_engine.create_engine(spec, **engine_kwargs)
 

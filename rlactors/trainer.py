@@ -172,6 +172,9 @@ class GRPOTrainer:
         self.timings = {k: v for k, v in self.timings.items() if k == "startup"}
         with self._timed("generate"):
             indices, batch = self._next_batch(step)
+        if cfg.vllm_enable_sleep_mode:
+            with self._timed("sleep"):
+                self.rollouts.sleep()  # woken by the adapter load of this step's sync
         with self._timed("sync"):
             self._load_published()  # async: the workers are idle now; they take the last update
         if cfg.max_staleness and step < cfg.max_steps:
@@ -314,7 +317,7 @@ class GRPOTrainer:
         for i, reward_fn in enumerate(self.reward_functions):
             column = per_function[:, i]
             row[f"rewards/{reward_fn.name}/mean"] = float(torch.nanmean(column)) if (~column.isnan()).any() else 0.0
-        for phase in ("generate", "score", "update", "sync"):
+        for phase in ("generate", "sleep", "score", "update", "sync"):
             row[f"time/{phase}_s"] = self.timings.get(phase, 0.0)
         row["time/generate_vllm_s"] = batch.vllm_seconds  # the rest of generate_s: packing and Ray
         return row

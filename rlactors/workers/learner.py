@@ -169,6 +169,8 @@ class LearnerWorker:
             self.optimizer_steps += 1
         if not skipped:
             self.version += 1
+        if cfg.vllm_enable_sleep_mode and torch.cuda.is_available():
+            torch.cuda.empty_cache()  # hand the update's cached blocks back before vLLM wakes beside us
         tokens = max(whole.num_items, 1.0)
         extra = {}
         if cfg.vllm_importance_sampling_correction and totals["is_count"]:

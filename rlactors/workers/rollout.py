@@ -40,6 +40,7 @@ class RolloutWorker:
         self._engine: Any = None
         self._request: Any = None  # LoRARequest of the loaded adapter; None = base model
         self._pad_id = 0
+        self._asleep = False
 
     def build(self) -> int:
         """Starts the vLLM engine; returns this process's pid (for fault injection and logs)."""
@@ -57,7 +58,7 @@ class RolloutWorker:
             self._engine = load_engine(
                 path, cfg.max_seq_length, dtype, cfg.gpu_memory_utilization, cfg.max_lora_rank,
                 load_in_4bit=cfg.load_in_4bit, seed=cfg.seed + self.rank, deterministic=cfg.deterministic_generation,
-                **cfg.engine_kwargs,
+                sleep_mode=cfg.vllm_enable_sleep_mode, **cfg.engine_kwargs,
             )
         except (ValueError, RuntimeError) as err:
             raise EngineStartError(
@@ -68,6 +69,25 @@ class RolloutWorker:
         tokenizer = self._engine.get_tokenizer()
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         return os.getpid()
+
+    def ready(self) -> None:
+        """Builds the engine, or wakes it from `sleep`: every use of the engine starts here."""
+        from rlactors import engine
+
+        self.build()
+        if self._asleep:
+            engine.wake_up(self._engine)
+            self._asleep = False
+
+    def sleep(self) -> bool:
+        """Frees this worker's GPU memory while a learner beside it trains (vLLM sleep level 1: the
+        weights wait in host memory, the KV cache is dropped); the next use wakes the engine. False
+        where vLLM has no sleep mode (CPU) or `vllm_enable_sleep_mode` is off."""
+        from rlactors import engine
+
+        self.build()
+        self._asleep = self._asleep or engine.sleep(self._engine)
+        return self._asleep
 
     def pid(self) -> int:
         return os.getpid()
@@ -86,7 +106,7 @@ class RolloutWorker:
         `DeviceAdapter`s (one per learner) is opened on this worker's GPU and copied device to device."""
         from rlactors import engine
 
-        self.build()
+        self.ready()
         if isinstance(adapter, list):
             adapter = pick_for_gpu(adapter, gpu_uuid()).open()
         adapter.check(self.config.max_lora_rank)
@@ -98,7 +118,7 @@ class RolloutWorker:
         """Loads a PEFT adapter folder the usual vLLM way (from disk), as policy `version`."""
         from rlactors import engine
 
-        self.build()
+        self.ready()
         self._request = engine.folder_request(f"rlactors-folder-v{version}", version + 1, path)
         engine.reset_prefix_cache(self._engine)
         self.adapter_version = version
@@ -110,7 +130,7 @@ class RolloutWorker:
         `seed`, sampling starts from it (the engine samples in this process)."""
         from rlactors import engine
 
-        self.build()
+        self.ready()
         if adapter_version != self.adapter_version:
             raise StaleAdapterError(self.adapter_version, adapter_version)
         if seed is not None:
@@ -130,7 +150,7 @@ class RolloutWorker:
         """vLLM's log-probs of the last `num_scored` tokens under the held adapter (a probe)."""
         from rlactors import engine
 
-        self.build()
+        self.ready()
         return engine.prompt_logprobs(self._engine, token_ids, num_scored, self._request)
 
 

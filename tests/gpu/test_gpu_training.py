@@ -115,3 +115,26 @@ def test_adapter_by_cuda_ipc_equals_the_object_store_path(ray_cluster, model_dir
     # bf16 noise (~0.005 here); the trained adapter moves the log-probs far more than that
     print(f"mean |ipc - store| {gap(by_ipc, by_store):.4f}, mean |ipc - untrained| {gap(by_ipc, before):.4f}")
     assert gap(by_ipc, by_store) < 0.1 * gap(by_ipc, before)
+
+
+def test_sleep_frees_the_engine_memory_and_wakes_with_the_adapter(model_dir, tmp_path):
+    """vllm_enable_sleep_mode: a rollout worker's sleep hands back most of its GPU memory (weights
+    to host memory, KV cache dropped), and its next use wakes it with the same adapter loaded."""
+    from rlactors.workers.learner import LearnerWorker
+    from rlactors.workers.rollout import RolloutWorker
+
+    config = _config(model_dir, tmp_path, gpu_memory_utilization=0.3, vllm_enable_sleep_mode=True)
+    worker, learner = RolloutWorker(config), LearnerWorker(config)
+    worker.build()
+    learner.build()
+    worker.load_adapter(learner.export_adapter())
+    probe = list(range(100, 140))
+    before = worker.prompt_logprobs(probe, 8)
+    free_awake, total = torch.cuda.mem_get_info()
+    assert worker.sleep()
+    free_asleep, _ = torch.cuda.mem_get_info()
+    print(f"sleep freed {(free_asleep - free_awake) / 2**30:.1f} GiB of vLLM's {0.3 * total / 2**30:.1f}")
+    assert free_asleep - free_awake > 0.5 * 0.3 * total  # most of vLLM's share (the KV cache is most of it)
+    after = worker.prompt_logprobs(probe, 8)  # wakes the engine first
+    assert torch.cuda.mem_get_info()[0] < free_asleep
+    assert max(abs(a - b) for a, b in zip(before, after)) < 1e-3  # same weights, same adapter

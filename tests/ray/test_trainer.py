@@ -56,7 +56,8 @@ def test_in_process_run_writes_the_run_folder(ray_cluster, tiny_llama, tmp_path)
 def test_ray_actors_named_adapter_by_reference(ray_cluster, tiny_llama, tmp_path):
     import ray
 
-    config = _config(tiny_llama, tmp_path, max_steps=2, save_steps=0)
+    # vllm_enable_sleep_mode: the sleep calls go through Ray and change nothing on CPU (no sleep mode there).
+    config = _config(tiny_llama, tmp_path, max_steps=2, save_steps=0, vllm_enable_sleep_mode=True)
     trainer = GRPOTrainer(config, reward_funcs=[count_vowels], train_dataset=_rows())
     exports = []
     trainer._init_ray()
@@ -76,12 +77,14 @@ def test_ray_actors_named_adapter_by_reference(ray_cluster, tiny_llama, tmp_path
         # One export (one object in the store) per update, handed to the rollout workers as a reference.
         assert len(exports) == 2 and all(isinstance(ref, ray.ObjectRef) for ref in exports)
         assert trainer.version == 2 and trainer.rollouts.load_adapter(exports[-1]) == [2]
+        assert trainer.rollouts.sleep() == [False]
     finally:
         trainer._stop(owns_ray=False)
     rows = trainer.recorder.rows
     assert [r["adapter_version"] for r in rows] == [1, 2]
     # The actor's time in vLLM crosses the Ray hop; the rest of generate_s is packing and transport.
     assert all(0 < r["time/generate_vllm_s"] <= r["time/generate_s"] for r in rows)
+    assert all(r["time/sleep_s"] > 0 for r in rows)  # the phase ran (one Ray round trip each step)
 
 
 def test_all_rewards_failing_stops_the_run(ray_cluster, tiny_llama, tmp_path):

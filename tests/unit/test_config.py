@@ -50,6 +50,8 @@ def test_required_trl_names_exist():
     ({"resume_from_checkpoint": "/no/such/dir"}, "resume_from_checkpoint='/no/such/dir'"),
     ({"epsilon_high": 0.1}, "epsilon_high must be >= epsilon"),
     ({"adapter_sync": "nccl"}, "adapter_sync='nccl'"),
+    ({"vllm_enable_sleep_mode": True, "max_staleness": 1}, "vllm_enable_sleep_mode=true needs max_staleness: 0"),
+    ({"vllm_enable_sleep_mode": True, "placement": "disaggregate"}, "with placement: disaggregate they share none"),
 ])
 def test_bad_values_name_field_value_and_fix(override, expected):
     with pytest.raises(ConfigError) as err:
