@@ -108,13 +108,13 @@ def save_piece(name: str, values: dict[str, Any]) -> None:
     print(f"{name}: {json.dumps(values)}", flush=True)
 
 
-def load_pieces() -> dict[str, dict[str, Any]]:
-    if not os.path.isdir(PIECES):
+def load_pieces(folder: str = PIECES) -> dict[str, dict[str, Any]]:
+    if not os.path.isdir(folder):
         return {}
     out = {}
-    for name in sorted(os.listdir(PIECES)):
+    for name in sorted(os.listdir(folder)):
         if name.endswith(".json"):
-            with open(os.path.join(PIECES, name)) as f:
+            with open(os.path.join(folder, name)) as f:
                 out[name[:-5]] = json.load(f)
     return out
 

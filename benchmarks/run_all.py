@@ -3,6 +3,7 @@
     python benchmarks/run_all.py                      # every part, in order (about 15 min on an H100)
     python benchmarks/run_all.py --parts bare,rlactors --model-shape llama-1b
     python benchmarks/run_all.py --parts async,profile  # one-step-off-policy; where the step's time goes
+    python benchmarks/run_all.py --parts memory --memory-gmu 0.2  # all three at one vLLM share
     python benchmarks/run_all.py --report             # the table and JSON from the parts run so far
 
 Each part runs in its own process (each needs the whole GPU) and leaves a JSON piece in
@@ -25,30 +26,41 @@ sys.path.insert(0, HERE)
 from common import gpu_name, load_pieces, make_model, save_piece, versions  # noqa: E402
 
 MODEL = "/tmp/model1b"  # the baselines' scripts read the model from here
-PARTS = ("bare", "rlactors", "async", "profile", "trl", "unsloth")
+MEMORY_PARTS = ("memory_rlactors", "memory_trl", "memory_unsloth")
+PARTS = ("bare", "rlactors", "async", "profile", "trl", "unsloth") + MEMORY_PARTS
 SCRIPTS = {"bare": "bench_bare.py", "rlactors": "bench_rlactors.py", "async": "bench_async.py",
            "profile": "profile_step.py"}
+# The memory comparison: the GRPO step of all three at one vLLM share, each framework's lowest-memory
+# learner setting (rlactors: vLLM asleep while the learner trains, activation checkpointing).
+MEMORY_RLACTORS = ["--step-only", "--sleep", "--checkpointing", "true"]
+PIECES = os.environ.get("BENCH_PIECES", "/tmp/rlactors-bench")
+MEMORY_PIECES = os.path.join(PIECES, "memory")
 
 
-def run_part(part: str, model: str, smoke: bool, skip_hf: bool = False, baseline_gmu: float | None = None) -> None:
-    if part in SCRIPTS:
-        cmd = [sys.executable, f"{HERE}/{SCRIPTS[part]}", "--model", model] + (["--smoke"] if smoke else [])
+def run_part(part: str, model: str, smoke: bool, skip_hf: bool = False, baseline_gmu: float | None = None,
+             memory_gmu: float = 0.2) -> None:
+    base = part.removeprefix("memory_")
+    out = MEMORY_PIECES if part in MEMORY_PARTS else PIECES
+    if base in SCRIPTS:
+        cmd = [sys.executable, f"{HERE}/{SCRIPTS[base]}", "--model", model] + (["--smoke"] if smoke else [])
         cmd += ["--skip-hf"] if skip_hf and part == "bare" else []
+        cmd += MEMORY_RLACTORS + ["--gmu", str(memory_gmu)] if part in MEMORY_PARTS else []
     else:
-        cmd = [sys.executable, f"{HERE}/baselines/{part}_baseline.py"]
+        cmd = [sys.executable, f"{HERE}/baselines/{base}_baseline.py"]
     print(f"== {part}: {' '.join(cmd)}", flush=True)
-    env = {**os.environ, "OUT": os.environ.get("BENCH_PIECES", "/tmp/rlactors-bench")}
-    os.makedirs(env["OUT"], exist_ok=True)  # the baselines' scripts write their piece there
-    if baseline_gmu is not None:
-        env["BASELINE_GMU"] = str(baseline_gmu)
-    if part == "unsloth" and os.path.isdir("/tmp/site_u"):
+    env = {**os.environ, "OUT": out, "BENCH_PIECES": out}
+    os.makedirs(out, exist_ok=True)  # the baselines' scripts write their piece there
+    gmu = memory_gmu if part in MEMORY_PARTS else baseline_gmu
+    if gmu is not None:
+        env["BASELINE_GMU"] = str(gmu)
+    if base == "unsloth" and os.path.isdir("/tmp/site_u"):
         env["PYTHONPATH"] = "/tmp/site_u:" + env.get("PYTHONPATH", "")
     started = time.time()
     done = subprocess.run(cmd, env=env)
     if done.returncode != 0:
         # A part may save its figures and then die in interpreter teardown (vLLM's threads); the
         # record says which, so a figure is never taken from a run that did not finish.
-        piece = os.path.join(env["OUT"], f"{part}.json")
+        piece = os.path.join(out, f"{base}.json")
         saved = os.path.exists(piece) and os.path.getmtime(piece) >= started
         save_piece(f"{part}_exit", {"returncode": done.returncode, "figures_saved_before_exit": saved})
 
@@ -86,6 +98,7 @@ def report(shape: str) -> dict:
     result["grpo_step_vs_unsloth"] = ratio(result["grpo_step_s"], result["unsloth_grpo_step_s"])
     result["grpo_step_async_vs_trl"] = ratio(result["grpo_step_async_s"], result["trl_grpo_step_s"])
     result["grpo_step_async_vs_unsloth"] = ratio(result["grpo_step_async_s"], result["unsloth_grpo_step_s"])
+    result.update(memory_report())
     result["pieces"] = pieces
     suffix = "" if shape == "llama-1b" else f"-{shape}"
     name = f"{result['gpu'].replace(' ', '_')}-{result['date']}{suffix}.json"
@@ -97,8 +110,29 @@ def report(shape: str) -> dict:
     return result
 
 
+def memory_report() -> dict:
+    """The memory parts' figures: peak GPU memory and step of each framework at one vLLM share."""
+    pieces = load_pieces(MEMORY_PIECES)
+    if not pieces:
+        return {}
+    ours, trl, uns = pieces.get("rlactors_step", {}), pieces.get("trl", {}), pieces.get("unsloth", {})
+    baselines = [p for p in (trl.get("trl_peak_gpu_GiB"), uns.get("unsloth_peak_gpu_GiB")) if p]
+    return {
+        "memory_gpu_memory_utilization": ours.get("gpu_memory_utilization") or trl.get("trl_gpu_memory_utilization"),
+        "memory_rlactors_setting": " ".join(MEMORY_RLACTORS),
+        "memory_peak_gib": ours.get("peak_memory_gib"),
+        "memory_trl_peak_gib": trl.get("trl_peak_gpu_GiB"),
+        "memory_unsloth_peak_gib": uns.get("unsloth_peak_gpu_GiB"),
+        "memory_vs_lower_baseline": ratio(ours.get("peak_memory_gib"), min(baselines, default=None)),
+        "memory_grpo_step_s": ours.get("grpo_step_s"),
+        "memory_trl_step_s": trl.get("trl_step_s_median_last4"),
+        "memory_unsloth_step_s": uns.get("unsloth_step_s_median_last4"),
+        "memory_pieces": pieces,
+    }
+
+
 def print_table(result: dict) -> None:
-    rows = [(k, v) for k, v in result.items() if k not in ("pieces", "versions")]
+    rows = [(k, v) for k, v in result.items() if k not in ("pieces", "memory_pieces", "versions")]
     width = max(len(k) for k, _ in rows)
     print("\n" + "\n".join(f"{k:<{width}}  {v}" for k, v in rows))
     print(f"{'versions':<{width}}  {result['versions']}")
@@ -114,15 +148,18 @@ def main() -> None:
     parser.add_argument("--skip-hf", action="store_true", help="bare part: skip the slow HF generate baseline")
     parser.add_argument("--baseline-gmu", type=float, default=None,
                         help="trl/unsloth parts: vLLM's gpu_memory_utilization (default 0.5, their scripts' own)")
+    parser.add_argument("--memory-gmu", type=float, default=0.2,
+                        help="memory parts: the one gpu_memory_utilization all three run at")
     parser.add_argument("--fresh", action="store_true", help="forget pieces of earlier runs")
     args = parser.parse_args()
     if args.fresh:
-        shutil.rmtree(os.environ.get("BENCH_PIECES", "/tmp/rlactors-bench"), ignore_errors=True)
+        shutil.rmtree(PIECES, ignore_errors=True)
     if not args.report:
         model = make_model("/tmp/model-tiny" if args.smoke else MODEL, "tiny" if args.smoke else args.model_shape,
                            args.tokenizer)
-        for part in args.parts.split(","):
-            run_part(part, model, args.smoke, args.skip_hf, args.baseline_gmu)
+        parts = [p for name in args.parts.split(",") for p in (MEMORY_PARTS if name == "memory" else [name])]
+        for part in parts:
+            run_part(part, model, args.smoke, args.skip_hf, args.baseline_gmu, args.memory_gmu)
     report("tiny" if args.smoke else args.model_shape)
 
 
