@@ -8,6 +8,7 @@
 
 Each part runs in its own process (each needs the whole GPU) and leaves a JSON piece in
 $BENCH_PIECES (default /tmp/rlactors-bench); the report writes benchmarks/results/<gpu>-<date>.json
+($BENCH_RESULTS to write elsewhere)
 (and a copy in $OUT when set). Ratios are rlactors over the baseline.
 """
 from __future__ import annotations
@@ -34,6 +35,7 @@ SCRIPTS = {"bare": "bench_bare.py", "rlactors": "bench_rlactors.py", "async": "b
 # learner setting (rlactors: vLLM asleep while the learner trains, activation checkpointing).
 MEMORY_RLACTORS = ["--step-only", "--sleep", "--checkpointing", "true"]
 PIECES = os.environ.get("BENCH_PIECES", "/tmp/rlactors-bench")
+RESULTS = os.environ.get("BENCH_RESULTS", f"{HERE}/results")
 MEMORY_PIECES = os.path.join(PIECES, "memory")
 
 
@@ -69,6 +71,13 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
 
+def largest_batch(ours: dict, bare: dict) -> int | None:
+    """The largest rollout batch both rlactors and bare vLLM were measured at (256 on a GPU)."""
+    sizes = [int(key.split("_")[2][2:]) for key in ours
+             if key.startswith("rlactors_rollout_bs") and key.endswith("_lora_tok_s")]
+    return max((b for b in sizes if f"bare_vllm_bs{b}_lora_tok_s" in bare), default=None)
+
+
 def report(shape: str) -> dict:
     pieces = load_pieces()
     bare, ours = pieces.get("bare", {}), pieces.get("rlactors", {})
@@ -76,12 +85,13 @@ def report(shape: str) -> dict:
     overlapped, profile = pieces.get("async", {}), pieces.get("profile", {})
     result = {
         "gpu": gpu_name(), "date": datetime.date.today().isoformat(), "versions": versions(), "model_shape": shape,
-        "rollout_vs_bare_vllm": ratio(ours.get("rlactors_rollout_bs256_lora_tok_s"),
-                                      bare.get("bare_vllm_bs256_lora_tok_s")),
-        "rollout_vs_bare_vllm_no_adapter": ratio(ours.get("rlactors_rollout_bs256_base_tok_s"),
-                                                 bare.get("bare_vllm_bs256_base_tok_s")),
-        "rollout_vs_bare_vllm_same_logprobs": ratio(ours.get("rlactors_rollout_bs256_lora_tok_s"),
-                                                    bare.get("bare_vllm_bs256_lora_logprobs_tok_s")),
+        "rollout_batch": (b := largest_batch(ours, bare)),
+        "rollout_vs_bare_vllm": ratio(ours.get(f"rlactors_rollout_bs{b}_lora_tok_s"),
+                                      bare.get(f"bare_vllm_bs{b}_lora_tok_s")),
+        "rollout_vs_bare_vllm_no_adapter": ratio(ours.get(f"rlactors_rollout_bs{b}_base_tok_s"),
+                                                 bare.get(f"bare_vllm_bs{b}_base_tok_s")),
+        "rollout_vs_bare_vllm_same_logprobs": ratio(ours.get(f"rlactors_rollout_bs{b}_lora_tok_s"),
+                                                    bare.get(f"bare_vllm_bs{b}_lora_logprobs_tok_s")),
         "adapter_sync_p50_ms": ours.get("adapter_sync_p50_ms"),
         "adapter_sync_speedup_vs_disk": ours.get("adapter_sync_speedup_vs_disk"),
         "grpo_step_s": ours.get("grpo_step_s"),
@@ -102,8 +112,8 @@ def report(shape: str) -> dict:
     result["pieces"] = pieces
     suffix = "" if shape == "llama-1b" else f"-{shape}"
     name = f"{result['gpu'].replace(' ', '_')}-{result['date']}{suffix}.json"
-    os.makedirs(f"{HERE}/results", exist_ok=True)
-    for folder in filter(None, [f"{HERE}/results", os.environ.get("OUT")]):
+    os.makedirs(RESULTS, exist_ok=True)
+    for folder in filter(None, [RESULTS, os.environ.get("OUT")]):
         with open(os.path.join(folder, name), "w") as f:
             json.dump(result, f, indent=1)
     print_table(result)
