@@ -82,10 +82,12 @@ class RolloutWorker:
     def sleep(self) -> bool:
         """Frees this worker's GPU memory while a learner beside it trains (vLLM sleep level 1: the
         weights wait in host memory, the KV cache is dropped); the next use wakes the engine. False
-        where vLLM has no sleep mode (CPU) or `vllm_enable_sleep_mode` is off."""
+        where vLLM has no sleep mode (CPU), `vllm_enable_sleep_mode` is off, or no engine is built yet
+        (a restarted worker holds no GPU memory until its next use)."""
         from rlactors import engine
 
-        self.build()
+        if self._engine is None:
+            return False
         self._asleep = self._asleep or engine.sleep(self._engine)
         return self._asleep
 

@@ -66,9 +66,11 @@ def test_rollout_killed_mid_generation_and_while_idle(ray_cluster, tiny_llama, t
         # 2. The restarted worker serves the current adapter, not the base model.
         after = trainer.rollouts.prompt_logprobs(probe, 4)[0]
         assert max(abs(a - b) for a, b in zip(before, after)) < 1e-4
-        # 3. Killed while idle: the next generation notices (stale adapter), reloads, then serves.
+        # 3. Killed while idle: vllm_enable_sleep_mode's call finds it dead or restarted (no engine yet)
+        # and carries on; the next generation notices (stale adapter), reloads, then serves.
         _kill(new_pid)
         time.sleep(1)
+        assert trainer.rollouts.sleep() == [False]
         trainer._step(2)
         assert trainer.recorder.rows[-1]["rollout/worker_restarts"] >= 2
         assert trainer.recorder.rows[-1]["adapter_version"] == 2
