@@ -14,7 +14,8 @@ Prints and saves (piece `profile`):
   PEFT's float32 LoRA math (its default), same batch;
 - GPU memory by holder: the engine (weights, KV cache, CUDA graphs), the learner at rest (weights,
   adapter, AdamW) and what the update adds at its peak (activations, logits, gradients), allocated
-  and held by torch's caching allocator.
+  and held by torch's caching allocator; and the update's time and memory with activation
+  checkpointing (`gradient_checkpointing` True and "unsloth").
 """
 from __future__ import annotations
 
@@ -122,6 +123,17 @@ def fp32_lora_math(learner) -> contextlib.AbstractContextManager:
     return block()
 
 
+def checkpointed_update(learner, mode: "bool | str", update) -> dict:
+    """The update's time and memory with `gradient_checkpointing` set to `mode` (then off again)."""
+    from rlactors.loader import _set_gradient_checkpointing
+
+    _set_gradient_checkpointing(learner.model, mode)
+    try:
+        return {"update_s": round(timed(update)[0], 3), **update_memory(update)}
+    finally:
+        learner.model.gradient_checkpointing_disable()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
@@ -175,6 +187,8 @@ def main() -> None:
     with fp32_lora_math(learner):
         out["update_fp32_lora_s"] = round(timed(update)[0], 3)
     out["update_vs_fp32_lora"] = round(out["update_s"] / out["update_fp32_lora_s"], 3)
+    out["update_by_checkpointing"] = {str(mode): checkpointed_update(learner, mode, update)
+                                      for mode in (True, "unsloth")}
     save_piece("profile", out)
     print(f"\nrollout ({out['rows']} x {out['completion_tokens']} tokens): vLLM generate {vllm_s:.3f} s, "
           f"rollout worker {worker_s:.3f} s ({out['rollout_worker_vs_vllm']}x); "
@@ -183,6 +197,7 @@ def main() -> None:
           f"= {out['update_vs_fp32_lora']}x; GPU busy {out['update_profile']['gpu_busy_share']}, "
           f"kernel s by kind {out['update_profile']['kernel_s_by_kind']}")
     print(f"GPU memory (GiB, device-wide unless 'extra'): {memory}")
+    print(f"update with activation checkpointing: {out['update_by_checkpointing']}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
     python benchmarks/run_all.py --parts bare,rlactors --model-shape llama-1b
     python benchmarks/run_all.py --parts async,profile  # one-step-off-policy; where the step's time goes
     python benchmarks/run_all.py --parts memory --memory-gmu 0.2  # all three at one vLLM share
-    python benchmarks/run_all.py --report             # the table and JSON from the parts run so far
+    python benchmarks/run_all.py --report [--memory-gmu 0.1]  # the table and JSON from the parts run so far
 
 Each part runs in its own process (each needs the whole GPU) and leaves a JSON piece in
 $BENCH_PIECES (default /tmp/rlactors-bench); the report writes benchmarks/results/<gpu>-<date>.json
@@ -36,13 +36,17 @@ SCRIPTS = {"bare": "bench_bare.py", "rlactors": "bench_rlactors.py", "async": "b
 MEMORY_RLACTORS = ["--step-only", "--sleep", "--checkpointing", "true"]
 PIECES = os.environ.get("BENCH_PIECES", "/tmp/rlactors-bench")
 RESULTS = os.environ.get("BENCH_RESULTS", f"{HERE}/results")
-MEMORY_PIECES = os.path.join(PIECES, "memory")
+
+
+def memory_pieces(gmu: float) -> str:
+    """The memory parts' pieces at one vLLM share: a folder per share, never compared across."""
+    return os.path.join(PIECES, f"memory-gmu{gmu}")
 
 
 def run_part(part: str, model: str, smoke: bool, skip_hf: bool = False, baseline_gmu: float | None = None,
              memory_gmu: float = 0.2) -> None:
     base = part.removeprefix("memory_")
-    out = MEMORY_PIECES if part in MEMORY_PARTS else PIECES
+    out = memory_pieces(memory_gmu) if part in MEMORY_PARTS else PIECES
     if base in SCRIPTS:
         cmd = [sys.executable, f"{HERE}/{SCRIPTS[base]}", "--model", model] + (["--smoke"] if smoke else [])
         cmd += ["--skip-hf"] if skip_hf and part == "bare" else []
@@ -78,7 +82,7 @@ def largest_batch(ours: dict, bare: dict) -> int | None:
     return max((b for b in sizes if f"bare_vllm_bs{b}_lora_tok_s" in bare), default=None)
 
 
-def report(shape: str) -> dict:
+def report(shape: str, memory_gmu: float) -> dict:
     pieces = load_pieces()
     bare, ours = pieces.get("bare", {}), pieces.get("rlactors", {})
     trl, uns = pieces.get("trl", {}), pieces.get("unsloth", {})
@@ -108,7 +112,7 @@ def report(shape: str) -> dict:
     result["grpo_step_vs_unsloth"] = ratio(result["grpo_step_s"], result["unsloth_grpo_step_s"])
     result["grpo_step_async_vs_trl"] = ratio(result["grpo_step_async_s"], result["trl_grpo_step_s"])
     result["grpo_step_async_vs_unsloth"] = ratio(result["grpo_step_async_s"], result["unsloth_grpo_step_s"])
-    result.update(memory_report())
+    result.update(memory_report(memory_gmu))
     result["pieces"] = pieces
     suffix = "" if shape == "llama-1b" else f"-{shape}"
     name = f"{result['gpu'].replace(' ', '_')}-{result['date']}{suffix}.json"
@@ -120,15 +124,15 @@ def report(shape: str) -> dict:
     return result
 
 
-def memory_report() -> dict:
-    """The memory parts' figures: peak GPU memory and step of each framework at one vLLM share."""
-    pieces = load_pieces(MEMORY_PIECES)
+def memory_report(gmu: float) -> dict:
+    """The memory parts' figures: peak GPU memory and step of each framework at vLLM share `gmu`."""
+    pieces = load_pieces(memory_pieces(gmu))
     if not pieces:
         return {}
     ours, trl, uns = pieces.get("rlactors_step", {}), pieces.get("trl", {}), pieces.get("unsloth", {})
     baselines = [p for p in (trl.get("trl_peak_gpu_GiB"), uns.get("unsloth_peak_gpu_GiB")) if p]
     return {
-        "memory_gpu_memory_utilization": ours.get("gpu_memory_utilization") or trl.get("trl_gpu_memory_utilization"),
+        "memory_gpu_memory_utilization": gmu,
         "memory_rlactors_setting": " ".join(MEMORY_RLACTORS),
         "memory_peak_gib": ours.get("peak_memory_gib"),
         "memory_trl_peak_gib": trl.get("trl_peak_gpu_GiB"),
@@ -170,7 +174,7 @@ def main() -> None:
         parts = [p for name in args.parts.split(",") for p in (MEMORY_PARTS if name == "memory" else [name])]
         for part in parts:
             run_part(part, model, args.smoke, args.skip_hf, args.baseline_gmu, args.memory_gmu)
-    report("tiny" if args.smoke else args.model_shape)
+    report("tiny" if args.smoke else args.model_shape, args.memory_gmu)
 
 
 if __name__ == "__main__":

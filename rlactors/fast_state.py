@@ -23,7 +23,6 @@ class FastState:
     max_seq_length: int
     model_path: str
     dtype: Any  # torch dtype the engine and the model compute in
-    offload_activations: bool = False
     adapter_version: int = 0  # version of the adapter vLLM holds from memory; 0: none yet
     next_lora_id: int = 1
     loaded: LoRAAdapter | None = None  # a private copy of what vLLM holds, to detect changes

@@ -248,8 +248,8 @@ def _load_model(path: str, dtype: Any, quantization: Any, model_kwargs: dict[str
 def _set_gradient_checkpointing(model: Any, mode: bool | str) -> None:
     """True or "unsloth": checkpoint every decoder layer (non-reentrant); False: off.
 
-    "unsloth" additionally offloads the checkpointed layer inputs to CPU during the learner's
-    backward pass on CUDA (see `rlactors.workers.learner`); elsewhere it equals True.
+    "unsloth" keeps the checkpointed layer inputs in pinned host memory instead of on the device
+    until the backward pass needs them (`rlactors.offload`).
     """
     if not mode:
         return
@@ -257,7 +257,12 @@ def _set_gradient_checkpointing(model: Any, mode: bool | str) -> None:
     if hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()
     _config(model).use_cache = False
-    state = state_of(model)
-    if state is not None:
-        state.offload_activations = mode == "unsloth"
+    if mode == "unsloth":
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        from rlactors.offload import offloaded_checkpoint
+
+        for module in model.modules():
+            if isinstance(module, GradientCheckpointingLayer):
+                module._gradient_checkpointing_func = offloaded_checkpoint
 

@@ -86,7 +86,7 @@ def measure_learner(learner: "LearnerWorker") -> MemoryNeed | None:
     torch.cuda.synchronize()
     resident = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    with learner._activation_offload(), learner.mixed_precision():
+    with learner.mixed_precision():
         logits = model(input_ids=ids, logits_to_keep=cfg.max_completion_length + 1).logits
         loss = torch.log_softmax(logits.float(), -1).mean()
     loss.backward()

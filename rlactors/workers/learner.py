@@ -259,22 +259,21 @@ class LearnerWorker:
     def _micro_loss(self, mb: RolloutBatch, old: Any, ref: Any, weights: Any,
                     whole: BatchTotals) -> tuple[Any, dict[str, float], Any]:
         cfg = self.config
-        with self._activation_offload():
-            logp, raw = self._forward_logprobs(mb)
-            mask = mb.completion_mask.to(self.device)
-            behaviour = mb.behaviour_logprobs.to(self.device)
-            if cfg.vllm_importance_sampling_correction and weights is None:
-                weights = algorithm.importance_weights(
-                    raw, behaviour, mask, cfg.vllm_importance_sampling_mode,
-                    cfg.vllm_importance_sampling_clip_min, cfg.vllm_importance_sampling_clip_max)
-            if cfg.mask_truncated_completions:
-                mask = mask * (~mb.truncated.to(self.device)).unsqueeze(1).long()
-            out = algorithm.policy_loss(
-                logp, logp.detach() if old is None else old, mb.advantages.to(self.device), mask,
-                loss_type=cfg.loss_type, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
-                importance_sampling_level=cfg.importance_sampling_level, beta=cfg.beta, ref_logp=ref,
-                max_completion_length=cfg.max_completion_length, num_items=whole.num_items, is_weights=weights,
-            )
+        logp, raw = self._forward_logprobs(mb)
+        mask = mb.completion_mask.to(self.device)
+        behaviour = mb.behaviour_logprobs.to(self.device)
+        if cfg.vllm_importance_sampling_correction and weights is None:
+            weights = algorithm.importance_weights(
+                raw, behaviour, mask, cfg.vllm_importance_sampling_mode,
+                cfg.vllm_importance_sampling_clip_min, cfg.vllm_importance_sampling_clip_max)
+        if cfg.mask_truncated_completions:
+            mask = mask * (~mb.truncated.to(self.device)).unsqueeze(1).long()
+        out = algorithm.policy_loss(
+            logp, logp.detach() if old is None else old, mb.advantages.to(self.device), mask,
+            loss_type=cfg.loss_type, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
+            importance_sampling_level=cfg.importance_sampling_level, beta=cfg.beta, ref_logp=ref,
+            max_completion_length=cfg.max_completion_length, num_items=whole.num_items, is_weights=weights,
+        )
         # Scale so that micro-batches (of every learner) add up to the loss of the whole batch.
         scale = {"grpo": mb.size / whole.size, "dr_grpo": mb.size / whole.size,
                  "bnpo": 1.0 / whole.num_micro, "dapo": 1.0}[cfg.loss_type]
@@ -317,17 +316,6 @@ class LearnerWorker:
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
-
-    def _activation_offload(self) -> Any:
-        """Unsloth-style gradient checkpointing: checkpointed activations wait in pinned CPU memory."""
-        import torch
-
-        from rlactors.fast_state import state_of
-
-        state = state_of(self.model)
-        if state is not None and state.offload_activations and torch.cuda.is_available():
-            return torch.autograd.graph.save_on_cpu(pin_memory=True)
-        return contextlib.nullcontext()
 
     # checkpoints: see rlactors.checkpoint for the file layout
     def save_state(self, path: str) -> None:

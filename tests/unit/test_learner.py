@@ -124,3 +124,33 @@ def test_bf16_base_trains_fp32_lora_with_bf16_matmuls(tiny_llama, tmp_path):
     metrics = learner.update(batch, step=1)
     assert metrics.adapter_version == 1 and not metrics.skipped and metrics.logprob_mismatch < 1e-5
     assert all(p.dtype == torch.float32 for p in lora)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_checkpointing_modes_take_the_same_step(tiny_llama, tmp_path, dtype, monkeypatch):
+    """gradient_checkpointing True and "unsloth" (layer inputs offloaded, layers recomputed in the
+    backward pass) train the adapter exactly as no checkpointing does, under bf16 autocast too."""
+    from rlactors import offload
+
+    recomputed = []
+    backward = offload._OffloadedLayer.backward
+    monkeypatch.setattr(offload._OffloadedLayer, "backward",
+                        staticmethod(lambda ctx, *g: recomputed.append(1) or backward(ctx, *g)))
+    adapters = {}
+    for mode in (False, True, "unsloth"):
+        torch.manual_seed(0)
+        learner = LearnerWorker(_config(tiny_llama, tmp_path, dtype=dtype, gradient_checkpointing=mode))
+        learner.build()
+        initial = _adapter(learner)
+        offloaded = [m for m in learner.model.modules()
+                     if getattr(m, "_gradient_checkpointing_func", None) is offload.offloaded_checkpoint]
+        assert len(offloaded) == (2 if mode == "unsloth" else 0)  # the tiny model's two decoder layers
+        metrics = learner.update(_batch(learner, 0), step=1)
+        assert not metrics.skipped and metrics.logprob_mismatch < 1e-5
+        adapters[mode] = _adapter(learner)
+        assert any(not torch.equal(initial[k], v) for k, v in adapters[mode].items())  # the step moved it
+    assert len(recomputed) == 2 * 2  # two layers in each of the two micro-batches
+    tolerance = 0 if dtype == "float32" else 1e-3
+    for mode in (True, "unsloth"):
+        for name, tensor in adapters[False].items():
+            assert torch.allclose(tensor, adapters[mode][name], atol=tolerance, rtol=0), (mode, name)
