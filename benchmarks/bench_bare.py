@@ -64,9 +64,13 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for a CPU check of the script")
     parser.add_argument("--skip-hf", action="store_true", help="skip the (slow) HF generate baseline")
+    parser.add_argument("--batches", default="64,256", help="rollout batch sizes (the last one also with log-probs)")
+    parser.add_argument("--multiprocessing", action="store_true",
+                        help="vLLM's engine core in a process of its own (vLLM's default; piece bare_mp)")
     args = parser.parse_args()
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process, like a rollout worker
-    tokens, batches, group = (8, (16,), 8) if args.smoke else (256, (64, 256), 8)
+    # In-process, like a rollout worker's engine, unless asked for vLLM's default.
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if args.multiprocessing else "0"
+    tokens, batches, group = (8, (16,), 8) if args.smoke else (256, tuple(map(int, args.batches.split(","))), 8)
     result: dict = {}
     if not args.smoke and not args.skip_hf:
         result["hf_generate_bs64_tok_s"] = round(hf_generate(args.model, 64, tokens), 1)
@@ -97,7 +101,7 @@ def main() -> None:
             timed_generate(llm, prompts(batch // group), sampling, request)
             rates = [timed_generate(llm, prompts(batch // group), sampling, request) for _ in range(REPEATS)]
             result[f"bare_vllm_bs{batch}_{name}{suffix}_tok_s"] = median(rates)
-    save_piece("bare", result)
+    save_piece("bare_mp" if args.multiprocessing else "bare", result)
 
 
 if __name__ == "__main__":

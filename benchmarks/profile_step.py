@@ -1,7 +1,7 @@
 """Where the GRPO step's time goes on one GPU: a rollout worker and a learner in this one process
 (no Ray), the workload of `bench_rlactors.py`, timed and profiled with torch's profiler.
 
-    python benchmarks/profile_step.py --model DIR [--smoke]
+    python benchmarks/profile_step.py --model DIR [--smoke] [--update-only]
 
 Prints and saves (piece `profile`):
 - rollout, in-process: vLLM's `generate` with a rollout worker's sampling parameters, beside the
@@ -24,10 +24,14 @@ import contextlib
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_rlactors import config_for  # noqa: E402
 from common import REPEATS, median, prompts, save_piece  # noqa: E402
+
+if TYPE_CHECKING:
+    from rlactors.records import RolloutBatch
 
 KINDS = (("matmul", ("gemm", "cutlass", "nvjet", "sm90_xmma", "cublas", "matmul", "addmm", "mm")),
          ("attention", ("flash", "fmha", "attention", "attn")))
@@ -134,35 +138,38 @@ def checkpointed_update(learner, mode: "bool | str", update) -> dict:
         learner.model.gradient_checkpointing_disable()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--gmu", type=float, default=0.2)
-    parser.add_argument("--micro-batch", type=int, default=32)
-    args = parser.parse_args()
+def synthetic_batch(learner, config, tokenizer) -> "RolloutBatch":
+    """The step's batch shape without an engine: random completions of full length, with the
+    learner's own log-probs as the behaviour policy's (for `--update-only`)."""
     import torch
 
-    from rlactors import engine
-    from rlactors.workers.learner import LearnerWorker
-    from rlactors.workers.rollout import RolloutWorker
+    from rlactors.records import RolloutBatch
 
-    config = config_for(args.model, args.smoke, 1, args.gmu, checkpointing=False, micro=args.micro_batch)
-    rollout, learner = RolloutWorker(config), LearnerWorker(config)
-    memory = {"before": used_gib()}
-    rollout.build()
-    memory["with_engine"] = used_gib()
-    learner.build()
-    memory["with_learner"] = used_gib()
+    group, length = config.num_generations, config.max_completion_length
+    prompt = tokenizer(prompts(config.prompts_per_step), padding=True, padding_side="left", return_tensors="pt")
+    rows = prompt.input_ids.shape[0] * group
+    completion = torch.randint(10, len(tokenizer), (rows, length))
+    batch = RolloutBatch(
+        prompt_ids=prompt.input_ids.repeat_interleave(group, 0),
+        prompt_mask=prompt.attention_mask.repeat_interleave(group, 0), completion_ids=completion,
+        completion_mask=torch.ones_like(completion), behaviour_logprobs=torch.zeros(rows, length),
+        prompt_index=torch.arange(rows) // group, sample_index=torch.arange(rows) % group,
+        truncated=torch.ones(rows, dtype=torch.bool), completions=[""] * rows,
+        adapter_version=learner.version, num_generations=group)
+    with torch.no_grad(), learner.mixed_precision():
+        batch.behaviour_logprobs = torch.cat([learner._forward_logprobs(batch.rows(i, i + 8))[1].cpu()
+                                              for i in range(0, rows, 8)])
+    return batch
+
+
+def profile_rollout(rollout, learner, config, out: dict) -> "RolloutBatch":
+    """vLLM's `generate` alone, then the rollout worker's, same engine and process; their batch."""
+    from rlactors import engine
+
     rollout.load_adapter(learner.export_adapter())
     tokenizer = rollout._engine.get_tokenizer()
-    group = config.num_generations
     ids = [tokenizer(p).input_ids for p in prompts(config.prompts_per_step)]
-    out: dict = {"rows": len(ids) * group, "completion_tokens": config.max_completion_length,
-                 "micro_batch_size": config.micro_batch_size}
-
-    # Rollout, same engine and process: vLLM's call alone, then the worker's.
-    fields = dict(n=group, max_tokens=config.max_completion_length, temperature=config.temperature,
+    fields = dict(n=config.num_generations, max_tokens=config.max_completion_length, temperature=config.temperature,
                   top_p=config.top_p, logprobs=0, **config.generation_kwargs)
     params = engine.sampling_params(**fields, **{k: v for k, v in (("flat_logprobs", True), ("detokenize", False))
                                                  if engine._has_field(k)})
@@ -172,6 +179,42 @@ def main() -> None:
     out.update(rollout_vllm_generate_s=round(vllm_s, 3), rollout_worker_generate_s=round(worker_s, 3),
                rollout_worker_vs_vllm=round(vllm_s / worker_s, 3), rollout_tok_s=round(tokens / worker_s, 1))
     out["generate_profile"] = kernel_summary(lambda: rollout.generate(ids, learner.version))
+    print(f"\nrollout ({batch.size} x {config.max_completion_length} tokens): vLLM generate {vllm_s:.3f} s, "
+          f"rollout worker {worker_s:.3f} s ({out['rollout_worker_vs_vllm']}x); "
+          f"GPU busy {out['generate_profile']['gpu_busy_share']}")
+    return batch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--gmu", type=float, default=0.2)
+    parser.add_argument("--micro-batch", type=int, default=32)
+    parser.add_argument("--update-only", action="store_true",
+                        help="no engine: the learner's update on a synthetic batch of the step's shape (piece profile_update)")
+    args = parser.parse_args()
+    import torch
+
+    from rlactors.workers.learner import LearnerWorker
+    from rlactors.workers.rollout import RolloutWorker
+
+    config = config_for(args.model, args.smoke, 1, args.gmu, checkpointing=False, micro=args.micro_batch)
+    rollout, learner = (None if args.update_only else RolloutWorker(config)), LearnerWorker(config)
+    memory = {"before": used_gib()}
+    if rollout is not None:
+        rollout.build()
+        memory["with_engine"] = used_gib()
+    learner.build()
+    memory["with_learner"] = used_gib()
+    out: dict = {"rows": config.samples_per_step, "completion_tokens": config.max_completion_length,
+                 "micro_batch_size": config.micro_batch_size}
+    if rollout is not None:
+        batch = profile_rollout(rollout, learner, config, out)
+    else:
+        from transformers import AutoTokenizer
+
+        batch = synthetic_batch(learner, config, AutoTokenizer.from_pretrained(config.model_name))
 
     # Update: the learner's default (bf16 LoRA matmuls for a bf16 base), then PEFT's fp32 LoRA math.
     batch.advantages = torch.randn(batch.size) * (1e-3 if args.smoke else 1.0)
@@ -189,10 +232,7 @@ def main() -> None:
     out["update_vs_fp32_lora"] = round(out["update_s"] / out["update_fp32_lora_s"], 3)
     out["update_by_checkpointing"] = {str(mode): checkpointed_update(learner, mode, update)
                                       for mode in (True, "unsloth")}
-    save_piece("profile", out)
-    print(f"\nrollout ({out['rows']} x {out['completion_tokens']} tokens): vLLM generate {vllm_s:.3f} s, "
-          f"rollout worker {worker_s:.3f} s ({out['rollout_worker_vs_vllm']}x); "
-          f"GPU busy {out['generate_profile']['gpu_busy_share']}")
+    save_piece("profile_update" if args.update_only else "profile", out)
     print(f"update: {out['update_s']} s (bf16 LoRA matmuls) vs {out['update_fp32_lora_s']} s (fp32 LoRA) "
           f"= {out['update_vs_fp32_lora']}x; GPU busy {out['update_profile']['gpu_busy_share']}, "
           f"kernel s by kind {out['update_profile']['kernel_s_by_kind']}")

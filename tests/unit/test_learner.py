@@ -33,7 +33,7 @@ def _batch(learner, version, seed=0, logprob_shift=0.0):
         adapter_version=version, num_generations=2, advantages=torch.tensor([1.0, -1.0, 0.5, -0.5]))
     with torch.no_grad():
         _, raw = learner._forward_logprobs(batch)
-    batch.behaviour_logprobs = (raw * completion_mask + logprob_shift).float()
+    batch.behaviour_logprobs = (raw.cpu() * completion_mask + logprob_shift).float()
     return batch
 
 
@@ -117,10 +117,11 @@ def test_bf16_base_trains_fp32_lora_with_bf16_matmuls(tiny_llama, tmp_path):
     for m in layers:
         m.cast_input_dtype_enabled = True
     with torch.no_grad():
-        reference = learner.model(input_ids=torch.cat([batch.prompt_ids, batch.completion_ids], 1)).logits
+        ids = torch.cat([batch.prompt_ids, batch.completion_ids], 1).to(learner.device)
+        reference = learner.model(input_ids=ids).logits.cpu()
     mask = batch.completion_mask.bool()
     ref_logp = torch.log_softmax(reference[:, 4:-1].float(), -1).gather(-1, batch.completion_ids.unsqueeze(-1))[..., 0]
-    assert torch.allclose(logp.detach()[mask], ref_logp[mask], atol=0.1)
+    assert torch.allclose(logp.detach().cpu()[mask], ref_logp[mask], atol=0.1)
     metrics = learner.update(batch, step=1)
     assert metrics.adapter_version == 1 and not metrics.skipped and metrics.logprob_mismatch < 1e-5
     assert all(p.dtype == torch.float32 for p in lora)
