@@ -4,7 +4,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -58,6 +58,12 @@ class RolloutBatch:
             raise ValueError(f"RolloutBatch of {b} samples is not whole groups of {self.num_generations}")
         if self.advantages is not None and self.advantages.shape != (b,):
             raise ValueError(f"RolloutBatch.advantages has shape {tuple(self.advantages.shape)}, expected ({b},)")
+
+    def to(self, device: Any) -> "RolloutBatch":
+        """The batch with every tensor on `device` (those already there are not copied)."""
+        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self)
+                 if isinstance(getattr(self, f.name), torch.Tensor)}
+        return replace(self, **moved)
 
     def with_advantages(self, advantages: torch.Tensor) -> "RolloutBatch":
         return replace(self, advantages=advantages.float())

@@ -137,7 +137,8 @@ class LearnerWorker:
             raise ValueError("RolloutBatch.advantages is None: score the batch before update")
         cfg = self.config
         whole = whole or BatchTotals.of([batch], cfg.micro_batch_size)
-        micro = [batch.rows(i, min(i + cfg.micro_batch_size, batch.size))
+        # On the device before any kernel is queued: a copy from pageable memory waits for the GPU.
+        micro = [batch.rows(i, min(i + cfg.micro_batch_size, batch.size)).to(self.device)
                  for i in range(0, batch.size, cfg.micro_batch_size)]
         old, ref = self._reference_passes(micro)
         weights: list = [None] * len(micro)  # importance weights, fixed by the first iteration
@@ -146,15 +147,12 @@ class LearnerWorker:
         skipped, grad_norm, mismatch = False, 0.0, 0.0
         for iteration in range(cfg.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
-            sums = dict.fromkeys(SUMMED, 0.0)
-            extremes = [-math.inf, -math.inf]  # max importance weight, -min importance weight
+            stats = []
             for i, mb in enumerate(micro):
-                loss, stats, weights[i] = self._micro_loss(mb, old[i], ref[i], weights[i], whole)
+                loss, mb_stats, weights[i] = self._micro_loss(mb, old[i], ref[i], weights[i], whole)
                 loss.backward()
-                for key in SUMMED:
-                    sums[key] += stats[key]
-                extremes = [max(extremes[0], stats["is_max"]), max(extremes[1], -stats["is_min"])]
-            totals = self._reduce(sums, extremes)
+                stats.append(mb_stats)
+            totals = self._reduce(*_sum_stats(stats))
             if iteration == 0:
                 mismatch = totals["mismatch"] / max(whole.num_items, 1.0)
                 self._check_mismatch(mismatch)
@@ -257,7 +255,9 @@ class LearnerWorker:
             )
 
     def _micro_loss(self, mb: RolloutBatch, old: Any, ref: Any, weights: Any,
-                    whole: BatchTotals) -> tuple[Any, dict[str, float], Any]:
+                    whole: BatchTotals) -> tuple[Any, dict[str, Any], Any]:
+        import torch
+
         cfg = self.config
         logp, raw = self._forward_logprobs(mb)
         mask = mb.completion_mask.to(self.device)
@@ -278,22 +278,21 @@ class LearnerWorker:
         scale = {"grpo": mb.size / whole.size, "dr_grpo": mb.size / whole.size,
                  "bnpo": 1.0 / whole.num_micro, "dapo": 1.0}[cfg.loss_type]
         loss = out.loss * scale
-        mask_f = mask.float()
-        real = mb.completion_mask.to(self.device).float()
+        real = mb.completion_mask.to(self.device).bool()
+        # Statistics stay on the device (0-d tensors): one transfer per optimizer step, not per micro-batch.
+        none = loss.new_zeros(())
         stats = {
-            "mismatch": float(((raw - behaviour).abs() * real).sum()),
-            "loss": float(loss.detach()),
-            "kl": float((out.kl.detach() * mask_f).sum()) if out.kl is not None else 0.0,
-            "clip_low": float(out.clipped_low.sum()),
-            "clip_high": float(out.clipped_high.sum()),
-            "is_sum": 0.0, "is_count": 0.0, "is_min": math.inf, "is_max": -math.inf,
+            "mismatch": torch.where(real, (raw - behaviour).abs(), 0.0).sum(),
+            "loss": loss.detach(),
+            "kl": (out.kl.detach() * mask).sum() if out.kl is not None else none,
+            "clip_low": out.clipped_low.sum(), "clip_high": out.clipped_high.sum(),
+            "is_sum": none, "is_count": none, "is_min": none + math.inf, "is_max": none - math.inf,
         }
         if weights is not None:
             token_level = cfg.vllm_importance_sampling_mode.startswith("token")
-            seen = weights[real.bool()] if token_level else weights[:, 0]
-            if seen.numel():
-                stats.update(is_sum=float(seen.sum()), is_count=float(seen.numel()),
-                             is_min=float(seen.min()), is_max=float(seen.max()))
+            w, seen = (weights.expand_as(raw), real) if token_level else (weights[:, 0], torch.ones_like(weights[:, 0]).bool())
+            stats.update(is_sum=torch.where(seen, w, 0.0).sum(), is_count=seen.sum(),
+                         is_min=torch.where(seen, w, math.inf).min(), is_max=torch.where(seen, w, -math.inf).max())
         return loss, stats, weights
 
     def _autocast_dtype(self) -> Any:
@@ -330,6 +329,17 @@ class LearnerWorker:
         load_learner_state(path, self)
         self._shared.clear()  # shared buffers are keyed by version: never serve pre-load weights under one
         return self.version
+
+
+def _sum_stats(stats: list[dict[str, Any]]) -> tuple[dict[str, float], list[float]]:
+    """Micro-batch statistics (0-d device tensors) -> their sums and [max, -min] importance
+    weight, read back in one transfer."""
+    import torch
+
+    rows = [torch.stack([s[key].double() for s in stats]).sum() for key in SUMMED]
+    rows += [torch.stack([s["is_max"] for s in stats]).max().double(), -torch.stack([s["is_min"] for s in stats]).min().double()]
+    values = torch.stack(rows).tolist()
+    return dict(zip(SUMMED, values[:len(SUMMED)])), values[len(SUMMED):]
 
 
 def _keep_inputs_in_base_dtype(model: Any) -> None:

@@ -155,3 +155,24 @@ def test_checkpointing_modes_take_the_same_step(tiny_llama, tmp_path, dtype, mon
     for mode in (True, "unsloth"):
         for name, tensor in adapters[False].items():
             assert torch.allclose(tensor, adapters[mode][name], atol=tolerance, rtol=0), (mode, name)
+
+
+@pytest.mark.parametrize("mode", ["token_truncate", "sequence_truncate"])
+def test_step_statistics_count_real_tokens_over_micro_batches(tiny_llama, tmp_path, mode):
+    """The mismatch and importance-weight statistics, summed on the device over two micro-batches,
+    equal the hand-computed ones: padded positions (row 1 has two) never count."""
+    import math
+
+    learner = LearnerWorker(_config(tiny_llama, tmp_path, vllm_importance_sampling_mode=mode,
+                                    max_logprob_mismatch=1.0))
+    learner.build()
+    shift = 0.05  # behaviour log-probs = the learner's + shift, so each token's weight is exp(-shift)
+    metrics = learner.update(_batch(learner, 0, logprob_shift=shift), step=1)
+    ratio = {key.rsplit("/", 1)[1]: value for key, value in metrics.extra.items()}
+    assert metrics.logprob_mismatch == pytest.approx(shift, rel=1e-4)
+    if mode.startswith("token"):
+        expected = [math.exp(-shift)] * 3
+    else:  # one weight per sequence: exp(-shift * its real tokens), rows of 6, 4, 6, 6 tokens
+        rows = [math.exp(-shift * n) for n in (6, 4, 6, 6)]
+        expected = [sum(rows) / 4, min(rows), max(rows)]
+    assert [ratio["mean"], ratio["min"], ratio["max"]] == pytest.approx(expected, rel=1e-4)
