@@ -43,9 +43,9 @@ def make_model(path: str, shape: str, tokenizer_dir: str) -> str:
                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                         torch_dtype="bfloat16", **spec)
     torch.manual_seed(0)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    with torch.device(device):
-        model = model_cls(config).to(torch.bfloat16)
+    # On the CPU: a CUDA context and cached blocks left in this process (run_all's, alive while
+    # every part runs) would count in each part's device-wide peak memory.
+    model = model_cls(config).to(torch.bfloat16)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     del model
