@@ -8,6 +8,10 @@ weights, plus AdamW's two moments of the adapter and a margin for CUDA contexts 
 fragmentation, is kept free; vLLM gets the rest of what is free then. Memory another process or
 an earlier object of this one holds is never promised to vLLM. On CPU there is nothing to
 measure: "auto" is 0.3 of RAM.
+
+With `vllm_enable_sleep_mode`, vLLM sleeps while the learner trains, so the update's activations
+never share the GPU with vLLM: vLLM's share then leaves out only what the learner keeps between
+updates (AdamW's moments and the adapter's gradients), and the update alone must fit.
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ class MemoryNeed:
     extra_bytes: int  # what a training micro-step allocates above the resident weights, plus AdamW
     free_bytes: int  # free on the device (all processes) after that step's memory was handed back
     total_bytes: int
+    kept_bytes: int = 0  # of extra_bytes, what stays allocated between updates: AdamW and the gradients
 
 
 def share_for_vllm(config: "GRPOConfig", learners: "LearnerGroup", use_gpus: bool) -> float:
@@ -48,20 +53,26 @@ def share_for_vllm(config: "GRPOConfig", learners: "LearnerGroup", use_gpus: boo
         share = ALONE_SHARE if use_gpus else CPU_SHARE
         print(f"rlactors: gpu_memory_utilization auto -> {share}", flush=True)
         return share
-    share = vllm_share(need)
+    asleep = config.vllm_enable_sleep_mode
+    share = vllm_share(need, asleep_while_training=asleep)
+    kept = f", keeps {need.kept_bytes / GIB:.1f} GiB while vLLM is awake" if asleep else ""
     print(f"rlactors: gpu_memory_utilization auto -> {share} (the learner needs {need.extra_bytes / GIB:.1f} GiB "
-          f"more to train; {need.free_bytes / GIB:.1f} of {need.total_bytes / GIB:.1f} GiB free)", flush=True)
+          f"more to train{kept}; {need.free_bytes / GIB:.1f} of {need.total_bytes / GIB:.1f} GiB free)", flush=True)
     return share
 
 
-def vllm_share(need: MemoryNeed, margin_bytes: int = MARGIN_BYTES) -> float:
+def vllm_share(need: MemoryNeed, margin_bytes: int = MARGIN_BYTES, asleep_while_training: bool = False) -> float:
     """The `gpu_memory_utilization` that leaves the learner's extra need and a margin free.
 
     vLLM's share is a fraction of the whole device that it may hold, so it is what is free now
-    less what the learner will still allocate, over the total.
+    less what the learner will still allocate beside it, over the total: all of the training
+    step's need, or, with vLLM asleep while the learner trains, what the learner keeps.
     """
-    usable = need.free_bytes - need.extra_bytes - margin_bytes
+    beside = need.kept_bytes if asleep_while_training else need.extra_bytes
+    usable = need.free_bytes - beside - margin_bytes
     share = int(usable / need.total_bytes * 100) / 100
+    if asleep_while_training and need.extra_bytes + margin_bytes > need.free_bytes:
+        share = 0.0  # the update alone does not fit, vLLM asleep or not
     if share < MIN_SHARE:
         raise MemoryPlanError(
             f"gpu_memory_utilization=auto: the learner needs {need.extra_bytes / GIB:.1f} GiB more while "
@@ -80,7 +91,8 @@ def measure_learner(learner: "LearnerWorker") -> MemoryNeed | None:
     cfg = learner.config
     model = learner.model
     params = [p for p in model.parameters() if p.requires_grad]
-    adam = 2 * sum(p.numel() * 4 for p in params)  # fp32 exp_avg and exp_avg_sq, made at the first step
+    adam = 2 * sum(p.numel() * p.element_size() for p in params)  # exp_avg and exp_avg_sq, made at the first step
+    grads = sum(p.numel() * p.element_size() for p in params)  # kept from one update to the next
     rows, length = cfg.micro_batch_size, cfg.max_prompt_length + cfg.max_completion_length
     ids = torch.randint(0, model.config.vocab_size, (rows, length), device=learner.device)
     torch.cuda.synchronize()
@@ -97,4 +109,4 @@ def measure_learner(learner: "LearnerWorker") -> MemoryNeed | None:
     del ids, logits, loss
     torch.cuda.empty_cache()  # hand the cached blocks back before vLLM looks at free memory
     free, total = torch.cuda.mem_get_info(learner.device)
-    return MemoryNeed(extra_bytes=peak - resident + adam, free_bytes=free, total_bytes=total)
+    return MemoryNeed(extra_bytes=peak - resident + adam, free_bytes=free, total_bytes=total, kept_bytes=adam + grads)

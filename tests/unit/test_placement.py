@@ -47,6 +47,13 @@ def test_auto_memory_share_leaves_the_learner_its_measured_need():
     with pytest.raises(MemoryPlanError, match=r"needs 75.0 GiB more while training, and 78.0 GiB of the GPU's "
                                               r"80.0 GiB are free.*lower micro_batch_size"):
         vllm_share(MemoryNeed(extra_bytes=75 * GIB, free_bytes=78 * GIB, total_bytes=80 * GIB))
+    # vLLM asleep while the learner trains: only what the learner keeps between updates stays beside vLLM
+    asleep = MemoryNeed(extra_bytes=28 * GIB, free_bytes=70 * GIB, total_bytes=140 * GIB, kept_bytes=2 * GIB)
+    assert vllm_share(asleep, margin_bytes=3 * GIB, asleep_while_training=True) == 0.46  # (70 - 2 - 3) / 140
+    assert vllm_share(asleep, margin_bytes=3 * GIB) == 0.27
+    with pytest.raises(MemoryPlanError, match=r"needs 76.0 GiB more while training"):  # the update alone does not fit
+        vllm_share(MemoryNeed(extra_bytes=76 * GIB, free_bytes=78 * GIB, total_bytes=80 * GIB, kept_bytes=GIB),
+                   asleep_while_training=True)
     with pytest.raises(ValueError, match=r'gpu_memory_utilization\n.*or "auto"'):
         GRPOConfig(**BASE, gpu_memory_utilization="half")
 
