@@ -192,7 +192,8 @@ def main() -> None:
     parser.add_argument("--gmu", type=float, default=0.2)
     parser.add_argument("--micro-batch", type=int, default=32)
     parser.add_argument("--update-only", action="store_true",
-                        help="no engine: the learner's update on a synthetic batch of the step's shape (piece profile_update)")
+                        help="no engine: the learner's update on a synthetic batch of the step's shape "
+                             "(piece profile_update)")
     args = parser.parse_args()
     import torch
 

@@ -280,17 +280,18 @@ class LearnerWorker:
         loss = out.loss * scale
         real = mb.completion_mask.to(self.device).bool()
         # Statistics stay on the device (0-d tensors): one transfer per optimizer step, not per micro-batch.
-        none = loss.new_zeros(())
+        zero = loss.new_zeros(())
         stats = {
             "mismatch": torch.where(real, (raw - behaviour).abs(), 0.0).sum(),
             "loss": loss.detach(),
-            "kl": (out.kl.detach() * mask).sum() if out.kl is not None else none,
+            "kl": (out.kl.detach() * mask).sum() if out.kl is not None else zero,
             "clip_low": out.clipped_low.sum(), "clip_high": out.clipped_high.sum(),
-            "is_sum": none, "is_count": none, "is_min": none + math.inf, "is_max": none - math.inf,
+            "is_sum": zero, "is_count": zero, "is_min": zero + math.inf, "is_max": zero - math.inf,
         }
         if weights is not None:
             token_level = cfg.vllm_importance_sampling_mode.startswith("token")
-            w, seen = (weights.expand_as(raw), real) if token_level else (weights[:, 0], torch.ones_like(weights[:, 0]).bool())
+            w = weights.expand_as(raw) if token_level else weights[:, 0]
+            seen = real if token_level else torch.ones_like(w, dtype=torch.bool)
             stats.update(is_sum=torch.where(seen, w, 0.0).sum(), is_count=seen.sum(),
                          is_min=torch.where(seen, w, math.inf).min(), is_max=torch.where(seen, w, -math.inf).max())
         return loss, stats, weights
@@ -337,7 +338,8 @@ def _sum_stats(stats: list[dict[str, Any]]) -> tuple[dict[str, float], list[floa
     import torch
 
     rows = [torch.stack([s[key].double() for s in stats]).sum() for key in SUMMED]
-    rows += [torch.stack([s["is_max"] for s in stats]).max().double(), -torch.stack([s["is_min"] for s in stats]).min().double()]
+    rows.append(torch.stack([s["is_max"] for s in stats]).max().double())
+    rows.append(-torch.stack([s["is_min"] for s in stats]).min().double())
     values = torch.stack(rows).tolist()
     return dict(zip(SUMMED, values[:len(SUMMED)])), values[len(SUMMED):]
 
