@@ -2,6 +2,7 @@
 
     python benchmarks/run_all.py                      # every part, in order (about 15 min on an H100)
     python benchmarks/run_all.py --parts bare,rlactors --model-shape llama-1b
+    python benchmarks/run_all.py --parts bare,bare_mp   # vLLM in-process (as a rollout worker) vs its default
     python benchmarks/run_all.py --parts async,profile  # one-step-off-policy; where the step's time goes
     python benchmarks/run_all.py --parts memory --memory-gmu 0.2  # all three at one vLLM share
     python benchmarks/run_all.py --report [--memory-gmu 0.1]  # the table and JSON from the parts run so far
@@ -28,9 +29,12 @@ from common import gpu_name, load_pieces, make_model, save_piece, versions  # no
 
 MODEL = "/tmp/model1b"  # the baselines' scripts read the model from here
 MEMORY_PARTS = ("memory_rlactors", "memory_trl", "memory_unsloth")
-PARTS = ("bare", "rlactors", "async", "profile", "trl", "unsloth") + MEMORY_PARTS
-SCRIPTS = {"bare": "bench_bare.py", "rlactors": "bench_rlactors.py", "async": "bench_async.py",
-           "profile": "profile_step.py"}
+PARTS = ("bare", "bare_mp", "rlactors", "async", "profile", "trl", "unsloth") + MEMORY_PARTS
+SCRIPTS = {"bare": "bench_bare.py", "bare_mp": "bench_bare.py", "rlactors": "bench_rlactors.py",
+           "async": "bench_async.py", "profile": "profile_step.py"}
+# bare_mp: bare vLLM with its engine core in a process of its own (vLLM's default), beside the
+# in-process engine every rollout worker runs (bare): what running in-process costs decoding.
+ARGS = {"bare_mp": ["--multiprocessing", "--skip-hf", "--batches", "256"]}
 # The memory comparison: the GRPO step of all three at one vLLM share, each framework's lowest-memory
 # learner setting (rlactors: vLLM asleep while the learner trains, activation checkpointing).
 MEMORY_RLACTORS = ["--step-only", "--sleep", "--checkpointing", "true"]
@@ -50,6 +54,7 @@ def run_part(part: str, model: str, smoke: bool, skip_hf: bool = False, baseline
     if base in SCRIPTS:
         cmd = [sys.executable, f"{HERE}/{SCRIPTS[base]}", "--model", model] + (["--smoke"] if smoke else [])
         cmd += ["--skip-hf"] if skip_hf and part == "bare" else []
+        cmd += ARGS.get(part, [])
         cmd += MEMORY_RLACTORS + ["--gmu", str(memory_gmu)] if part in MEMORY_PARTS else []
     else:
         cmd = [sys.executable, f"{HERE}/baselines/{base}_baseline.py"]
@@ -108,6 +113,10 @@ def report(shape: str, memory_gmu: float) -> dict:
         "trl_peak_memory_gib": trl.get("trl_peak_gpu_GiB"),
         "unsloth_peak_memory_gib": uns.get("unsloth_peak_gpu_GiB"),
     }
+    mp = pieces.get("bare_mp", {})
+    both = [key for key in mp if key.endswith("_lora_logprobs_tok_s") and key in bare]
+    same = max(both, key=lambda key: int(key.split("_")[2][2:]), default=None)  # the largest batch of both
+    result["bare_vllm_multiprocess_vs_in_process"] = ratio(mp.get(same), bare.get(same)) if same else None
     result["grpo_step_vs_trl"] = ratio(result["grpo_step_s"], result["trl_grpo_step_s"])
     result["grpo_step_vs_unsloth"] = ratio(result["grpo_step_s"], result["unsloth_grpo_step_s"])
     result["grpo_step_async_vs_trl"] = ratio(result["grpo_step_async_s"], result["trl_grpo_step_s"])
