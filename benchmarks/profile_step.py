@@ -1,7 +1,7 @@
 """Where the GRPO step's time goes on one GPU: a rollout worker and a learner in this one process
 (no Ray), the workload of `bench_rlactors.py`, timed and profiled with torch's profiler.
 
-    python benchmarks/profile_step.py --model DIR [--smoke] [--update-only]
+    python benchmarks/profile_step.py --model DIR [--smoke] [--update-only] [--sleep]
 
 Prints and saves (piece `profile`):
 - rollout, in-process: vLLM's `generate` with a rollout worker's sampling parameters, beside the
@@ -185,6 +185,34 @@ def profile_rollout(rollout, learner, config, out: dict) -> "RolloutBatch":
     return batch
 
 
+def profile_wake(rollout, learner, config, out: dict) -> None:
+    """With `--sleep`: the worker's `generate` right after a sleep and wake-up (vLLM level 1), the
+    wake-up's own time, and that generation's GPU busy share, beside the awake figures above."""
+    import torch
+
+    tokenizer = rollout._engine.get_tokenizer()
+    ids = [tokenizer(p).input_ids for p in prompts(config.prompts_per_step)]
+
+    def seconds(fn) -> float:
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    wakes, generations = [], []
+    for _ in range(REPEATS):
+        rollout.sleep()
+        wakes.append(seconds(rollout.ready))
+        generations.append(seconds(lambda: rollout.generate(ids, learner.version)))  # the first one after waking
+    rollout.sleep()
+    rollout.ready()
+    out.update(wake_s=round(median(wakes), 3), rollout_worker_generate_after_wake_s=round(median(generations), 3),
+               generate_after_wake_profile=kernel_summary(lambda: rollout.generate(ids, learner.version)))
+    print(f"after a sleep: wake-up {out['wake_s']} s, then the worker's generate "
+          f"{out['rollout_worker_generate_after_wake_s']} s; GPU busy {out['generate_after_wake_profile']['gpu_busy_share']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
@@ -194,13 +222,16 @@ def main() -> None:
     parser.add_argument("--update-only", action="store_true",
                         help="no engine: the learner's update on a synthetic batch of the step's shape "
                              "(piece profile_update)")
+    parser.add_argument("--sleep", action="store_true",
+                        help="vllm_enable_sleep_mode: also time generation right after a sleep and wake-up")
     args = parser.parse_args()
     import torch
 
     from rlactors.workers.learner import LearnerWorker
     from rlactors.workers.rollout import RolloutWorker
 
-    config = config_for(args.model, args.smoke, 1, args.gmu, checkpointing=False, micro=args.micro_batch)
+    config = config_for(args.model, args.smoke, 1, args.gmu, checkpointing=False, micro=args.micro_batch,
+                        sleep=args.sleep)
     rollout, learner = (None if args.update_only else RolloutWorker(config)), LearnerWorker(config)
     memory = {"before": used_gib()}
     if rollout is not None:
@@ -212,6 +243,8 @@ def main() -> None:
                  "micro_batch_size": config.micro_batch_size}
     if rollout is not None:
         batch = profile_rollout(rollout, learner, config, out)
+        if args.sleep:
+            profile_wake(rollout, learner, config, out)
     else:
         from transformers import AutoTokenizer
 
