@@ -40,6 +40,21 @@ def test_auto_memory_share_trains(ray_cluster, model_dir, tmp_path):
     assert all(r["sampling/logprob_mismatch"] < 0.05 for r in result.metrics)
 
 
+def test_auto_share_with_sleep_mode_leaves_out_only_what_the_learner_keeps(ray_cluster, model_dir, tmp_path):
+    """With vLLM asleep while the learner trains, `auto` gives vLLM what is free less what the
+    learner keeps between updates (and a margin), and training goes on, vLLM asleep in each update."""
+    config = _config(model_dir, tmp_path, gpu_memory_utilization="auto", vllm_enable_sleep_mode=True)
+    free_before, total = torch.cuda.mem_get_info()
+    trainer = GRPOTrainer(config, reward_funcs=[length_reward],
+                          train_dataset=[{"prompt": f"Tell a story about {i}."} for i in range(16)])
+    result = trainer.train()
+    share = trainer.rollouts.config.gpu_memory_utilization
+    print(f"auto share with sleep mode {share}, {free_before / 2**30:.0f} of {total / 2**30:.0f} GiB free before")
+    assert min(0.95, 0.9 * free_before / total) <= share <= free_before / total
+    assert [r["adapter_version"] for r in result.metrics] == [1, 2]
+    assert all(r["time/sleep_s"] > 0 and r["sampling/logprob_mismatch"] < 0.05 for r in result.metrics)
+
+
 def test_too_little_free_memory_names_the_worker_and_quotes_vllm(model_dir, tmp_path):
     from rlactors.workers.rollout import EngineStartError, RolloutWorker
 
