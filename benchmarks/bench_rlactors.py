@@ -22,7 +22,7 @@ def length_reward(prompts, completions, **_):
 
 
 def config_for(model: str, smoke: bool, steps: int, gmu: float, checkpointing: "bool | str", micro: int,
-               sleep: bool = False) -> "object":
+               sleep: bool = False, compile_learner: bool = False) -> "object":
     from rlactors import GRPOConfig
 
     tokens = 8 if smoke else 256
@@ -35,7 +35,7 @@ def config_for(model: str, smoke: bool, steps: int, gmu: float, checkpointing: "
         report_to=["jsonl"], micro_batch_size=micro, gradient_checkpointing=False if smoke else checkpointing,
         generation_kwargs={"min_tokens": tokens, "ignore_eos": True}, max_logprob_mismatch=5.0,
         engine_kwargs={"enforce_eager": True, "kv_cache_memory_bytes": 256 * 2**20} if smoke else {},
-        vllm_enable_sleep_mode=sleep,
+        vllm_enable_sleep_mode=sleep, torch_compile=compile_learner,
     )
 
 
@@ -138,15 +138,17 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=32)
     parser.add_argument("--step-only", action="store_true", help="only the GRPO steps and their peak memory")
     parser.add_argument("--sleep", action="store_true", help="vllm_enable_sleep_mode: vLLM sleeps while the learner trains")
+    parser.add_argument("--compile", action="store_true", help="torch_compile: the learner's decoder layers compiled")
     args = parser.parse_args()
     checkpointing = {"true": True, "false": False}.get(args.checkpointing, args.checkpointing)
     from rlactors import GRPOTrainer
 
     rows = [{"prompt": p} for p in prompts(4096)]
-    config = config_for(args.model, args.smoke, args.steps, args.gmu, checkpointing, args.micro_batch, args.sleep)
+    config = config_for(args.model, args.smoke, args.steps, args.gmu, checkpointing, args.micro_batch, args.sleep,
+                        args.compile)
     trainer = GRPOTrainer(config, reward_funcs=[length_reward],
                           train_dataset=rows)
-    out: dict = {"gpu_memory_utilization": config.gpu_memory_utilization, "sleep": args.sleep,
+    out: dict = {"gpu_memory_utilization": config.gpu_memory_utilization, "sleep": args.sleep, "compile": args.compile,
                  "gradient_checkpointing": config.gradient_checkpointing, "micro_batch_size": config.micro_batch_size}
     owns_ray = trainer._init_ray()
     try:

@@ -15,7 +15,8 @@ Prints and saves (piece `profile`):
 - GPU memory by holder: the engine (weights, KV cache, CUDA graphs), the learner at rest (weights,
   adapter, AdamW) and what the update adds at its peak (activations, logits, gradients), allocated
   and held by torch's caching allocator; and the update's time and memory with activation
-  checkpointing (`gradient_checkpointing` True and "unsloth").
+  checkpointing (`gradient_checkpointing` True and "unsloth"), then with the decoder layers
+  compiled (`torch_compile`).
 """
 from __future__ import annotations
 
@@ -209,8 +210,9 @@ def profile_wake(rollout, learner, config, out: dict) -> None:
     rollout.ready()
     out.update(wake_s=round(median(wakes), 3), rollout_worker_generate_after_wake_s=round(median(generations), 3),
                generate_after_wake_profile=kernel_summary(lambda: rollout.generate(ids, learner.version)))
+    busy = out["generate_after_wake_profile"]["gpu_busy_share"]
     print(f"after a sleep: wake-up {out['wake_s']} s, then the worker's generate "
-          f"{out['rollout_worker_generate_after_wake_s']} s; GPU busy {out['generate_after_wake_profile']['gpu_busy_share']}")
+          f"{out['rollout_worker_generate_after_wake_s']} s; GPU busy {busy}")
 
 
 def main() -> None:
@@ -227,7 +229,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from rlactors.workers.learner import LearnerWorker
+    from rlactors.workers.learner import LearnerWorker, compile_layers
     from rlactors.workers.rollout import RolloutWorker
 
     config = config_for(args.model, args.smoke, 1, args.gmu, checkpointing=False, micro=args.micro_batch,
@@ -266,12 +268,19 @@ def main() -> None:
     out["update_vs_fp32_lora"] = round(out["update_s"] / out["update_fp32_lora_s"], 3)
     out["update_by_checkpointing"] = {str(mode): checkpointed_update(learner, mode, update)
                                       for mode in (True, "unsloth")}
+    # Last, as it stays on: the decoder layers compiled (`torch_compile`); timed() leaves the compiling call out.
+    out["compiled_layers"] = compile_layers(learner.model)
+    out["update_compiled_s"] = round(timed(update)[0], 3)
+    out["update_compiled_memory"] = update_memory(update)
+    out["update_compiled_vs_eager"] = round(out["update_compiled_s"] / out["update_s"], 3)
     save_piece("profile_update" if args.update_only else "profile", out)
     print(f"update: {out['update_s']} s (bf16 LoRA matmuls) vs {out['update_fp32_lora_s']} s (fp32 LoRA) "
           f"= {out['update_vs_fp32_lora']}x; GPU busy {out['update_profile']['gpu_busy_share']}, "
           f"kernel s by kind {out['update_profile']['kernel_s_by_kind']}")
     print(f"GPU memory (GiB, device-wide unless 'extra'): {memory}")
     print(f"update with activation checkpointing: {out['update_by_checkpointing']}")
+    print(f"update with compiled decoder layers: {out['update_compiled_s']} s "
+          f"({out['update_compiled_vs_eager']}x eager), memory {out['update_compiled_memory']}")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ class GRPOConfig(BaseModel):
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     lora_target_modules: list[str] = Field(default_factory=lambda: list(ALL_PROJECTIONS))
     gradient_checkpointing: bool | Literal["unsloth"] = Field(True, description="learner activation checkpointing")
+    torch_compile: bool = Field(False, description="compile the learner's decoder layers with torch.compile "
+                                "(one graph shared by all layers; the first updates pay the compilation)")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra vLLM engine arguments")
 
     # data

@@ -177,3 +177,22 @@ def test_step_statistics_count_real_tokens_over_micro_batches(tiny_llama, tmp_pa
         rows = [math.exp(-shift * n) for n in (6, 4, 6, 6)]
         expected = [sum(rows) / 4, min(rows), max(rows)]
     assert [ratio["mean"], ratio["min"], ratio["max"]] == pytest.approx(expected, rel=1e-4)
+
+
+def test_torch_compile_compiles_the_decoder_layers_and_takes_the_same_step(tiny_llama, tmp_path):
+    """torch_compile: every decoder layer runs compiled (one shared graph), and on a batch whose
+    behaviour log-probs come from the eager learner, the compiled update's log-probs, loss and
+    gradient norm are the eager ones (float32: only the kernels' order differs)."""
+    eager = LearnerWorker(_config(tiny_llama, tmp_path))
+    eager.build()
+    batch = _batch(eager, 0)
+    fast = LearnerWorker(_config(tiny_llama, tmp_path, torch_compile=True))
+    fast.build()
+    for learner, compiled in ((eager, False), (fast, True)):
+        layers = learner.model.base_model.model.model.layers
+        assert all((layer._compiled_call_impl is not None) == compiled for layer in layers)
+    want, got = eager.update(batch, step=1), fast.update(batch, step=1)
+    assert got.logprob_mismatch < 1e-5  # |compiled - eager| log-prob per token
+    assert got.loss == pytest.approx(want.loss, rel=1e-4, abs=1e-6)
+    assert got.grad_norm == pytest.approx(want.grad_norm, rel=1e-3)
+    assert fast.update(_batch(fast, 1, seed=1), step=2).adapter_version == 2  # and it keeps training
