@@ -38,19 +38,22 @@ KINDS = (("matmul", ("gemm", "cutlass", "nvjet", "sm90_xmma", "cublas", "matmul"
          ("attention", ("flash", "fmha", "attention", "attn")))
 
 
-def timed(fn, repeats: int = REPEATS) -> tuple[float, object]:
-    """Median seconds of `repeats` calls after an untimed one; and the last call's result."""
+def seconds(fn) -> float:
+    """Wall seconds of one call, GPU work included."""
     import torch
 
-    result = fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return median(times), result
+    start = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def timed(fn, repeats: int = REPEATS) -> tuple[float, object]:
+    """Median seconds of `repeats` calls after an untimed one; and the last call's result."""
+    results = [fn()]
+    times = [seconds(lambda: results.append(fn())) for _ in range(repeats)]
+    return median(times), results[-1]
 
 
 def kernel_summary(fn) -> dict:
@@ -163,8 +166,9 @@ def synthetic_batch(learner, config, tokenizer) -> "RolloutBatch":
     return batch
 
 
-def profile_rollout(rollout, learner, config, out: dict) -> "RolloutBatch":
-    """vLLM's `generate` alone, then the rollout worker's, same engine and process; their batch."""
+def profile_rollout(rollout, learner, config, out: dict) -> tuple["RolloutBatch", list]:
+    """vLLM's `generate` alone, then the rollout worker's, same engine and process; their batch
+    and the prompts' token ids."""
     from rlactors import engine
 
     rollout.load_adapter(learner.export_adapter())
@@ -183,24 +187,12 @@ def profile_rollout(rollout, learner, config, out: dict) -> "RolloutBatch":
     print(f"\nrollout ({batch.size} x {config.max_completion_length} tokens): vLLM generate {vllm_s:.3f} s, "
           f"rollout worker {worker_s:.3f} s ({out['rollout_worker_vs_vllm']}x); "
           f"GPU busy {out['generate_profile']['gpu_busy_share']}")
-    return batch
+    return batch, ids
 
 
-def profile_wake(rollout, learner, config, out: dict) -> None:
+def profile_wake(rollout, learner, ids: list, out: dict) -> None:
     """With `--sleep`: the worker's `generate` right after a sleep and wake-up (vLLM level 1), the
     wake-up's own time, and that generation's GPU busy share, beside the awake figures above."""
-    import torch
-
-    tokenizer = rollout._engine.get_tokenizer()
-    ids = [tokenizer(p).input_ids for p in prompts(config.prompts_per_step)]
-
-    def seconds(fn) -> float:
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
     wakes, generations = [], []
     for _ in range(REPEATS):
         rollout.sleep()
@@ -244,9 +236,9 @@ def main() -> None:
     out: dict = {"rows": config.samples_per_step, "completion_tokens": config.max_completion_length,
                  "micro_batch_size": config.micro_batch_size}
     if rollout is not None:
-        batch = profile_rollout(rollout, learner, config, out)
+        batch, ids = profile_rollout(rollout, learner, config, out)
         if args.sleep:
-            profile_wake(rollout, learner, config, out)
+            profile_wake(rollout, learner, ids, out)
     else:
         from transformers import AutoTokenizer
 

@@ -80,11 +80,11 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
 
-def largest_batch(ours: dict, bare: dict) -> int | None:
-    """The largest rollout batch both rlactors and bare vLLM were measured at (256 on a GPU)."""
-    sizes = [int(key.split("_")[2][2:]) for key in ours
-             if key.startswith("rlactors_rollout_bs") and key.endswith("_lora_tok_s")]
-    return max((b for b in sizes if f"bare_vllm_bs{b}_lora_tok_s" in bare), default=None)
+def largest_batch(a: dict, a_prefix: str, b: dict, b_prefix: str, suffix: str) -> int | None:
+    """The largest batch N with both `{a_prefix}{N}{suffix}` in piece a and `{b_prefix}{N}{suffix}`
+    in piece b (256 on a GPU)."""
+    sizes = [int(key[len(a_prefix):-len(suffix)]) for key in a if key.startswith(a_prefix) and key.endswith(suffix)]
+    return max((n for n in sizes if f"{b_prefix}{n}{suffix}" in b), default=None)
 
 
 def report(shape: str, memory_gmu: float) -> dict:
@@ -94,7 +94,7 @@ def report(shape: str, memory_gmu: float) -> dict:
     overlapped, profile = pieces.get("async", {}), pieces.get("profile", {})
     result = {
         "gpu": gpu_name(), "date": datetime.date.today().isoformat(), "versions": versions(), "model_shape": shape,
-        "rollout_batch": (b := largest_batch(ours, bare)),
+        "rollout_batch": (b := largest_batch(ours, "rlactors_rollout_bs", bare, "bare_vllm_bs", "_lora_tok_s")),
         "rollout_vs_bare_vllm": ratio(ours.get(f"rlactors_rollout_bs{b}_lora_tok_s"),
                                       bare.get(f"bare_vllm_bs{b}_lora_tok_s")),
         "rollout_vs_bare_vllm_no_adapter": ratio(ours.get(f"rlactors_rollout_bs{b}_base_tok_s"),
@@ -114,9 +114,9 @@ def report(shape: str, memory_gmu: float) -> dict:
         "unsloth_peak_memory_gib": uns.get("unsloth_peak_gpu_GiB"),
     }
     mp = pieces.get("bare_mp", {})
-    both = [key for key in mp if key.endswith("_lora_logprobs_tok_s") and key in bare]
-    same = max(both, key=lambda key: int(key.split("_")[2][2:]), default=None)  # the largest batch of both
-    result["bare_vllm_multiprocess_vs_in_process"] = ratio(mp.get(same), bare.get(same)) if same else None
+    n = largest_batch(mp, "bare_vllm_bs", bare, "bare_vllm_bs", "_lora_logprobs_tok_s")
+    result["bare_vllm_multiprocess_vs_in_process"] = ratio(mp.get(f"bare_vllm_bs{n}_lora_logprobs_tok_s"),
+                                                           bare.get(f"bare_vllm_bs{n}_lora_logprobs_tok_s"))
     result["grpo_step_vs_trl"] = ratio(result["grpo_step_s"], result["trl_grpo_step_s"])
     result["grpo_step_vs_unsloth"] = ratio(result["grpo_step_s"], result["unsloth_grpo_step_s"])
     result["grpo_step_async_vs_trl"] = ratio(result["grpo_step_async_s"], result["trl_grpo_step_s"])

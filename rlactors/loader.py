@@ -258,11 +258,15 @@ def _set_gradient_checkpointing(model: Any, mode: bool | str) -> None:
         model.enable_input_require_grads()
     _config(model).use_cache = False
     if mode == "unsloth":
-        from transformers.modeling_layers import GradientCheckpointingLayer
-
         from rlactors.offload import offloaded_checkpoint
 
-        for module in model.modules():
-            if isinstance(module, GradientCheckpointingLayer):
-                module._gradient_checkpointing_func = offloaded_checkpoint
+        for layer in decoder_layers(model):
+            layer._gradient_checkpointing_func = offloaded_checkpoint
+
+
+def decoder_layers(model: Any) -> list[Any]:
+    """The model's decoder layers: the modules transformers checkpoints one by one."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
 

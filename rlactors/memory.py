@@ -69,15 +69,14 @@ def vllm_share(need: MemoryNeed, margin_bytes: int = MARGIN_BYTES, asleep_while_
     step's need, or, with vLLM asleep while the learner trains, what the learner keeps.
     """
     beside = need.kept_bytes if asleep_while_training else need.extra_bytes
-    usable = need.free_bytes - beside - margin_bytes
-    share = int(usable / need.total_bytes * 100) / 100
-    if asleep_while_training and need.extra_bytes + margin_bytes > need.free_bytes:
-        share = 0.0  # the update alone does not fit, vLLM asleep or not
-    if share < MIN_SHARE:
+    share = int((need.free_bytes - beside - margin_bytes) / need.total_bytes * 100) / 100
+    update_fits = need.extra_bytes + margin_bytes <= need.free_bytes  # implied by the share when vLLM stays awake
+    if share < MIN_SHARE or not update_fits:
+        left = f"leaving vLLM {share:.2f}" if update_fits else "too little for the update alone"
         raise MemoryPlanError(
             f"gpu_memory_utilization=auto: the learner needs {need.extra_bytes / GIB:.1f} GiB more while "
             f"training, and {need.free_bytes / GIB:.1f} GiB of the GPU's {need.total_bytes / GIB:.1f} GiB are "
-            f"free (less {margin_bytes / GIB:.0f} GiB margin), leaving vLLM {share:.2f}: lower "
+            f"free (less {margin_bytes / GIB:.0f} GiB margin), {left}: lower "
             "micro_batch_size, turn gradient_checkpointing on, free the GPU, or use placement: disaggregate")
     return min(share, 0.95)
 
@@ -91,8 +90,8 @@ def measure_learner(learner: "LearnerWorker") -> MemoryNeed | None:
     cfg = learner.config
     model = learner.model
     params = [p for p in model.parameters() if p.requires_grad]
-    adam = 2 * sum(p.numel() * p.element_size() for p in params)  # exp_avg and exp_avg_sq, made at the first step
-    grads = sum(p.numel() * p.element_size() for p in params)  # kept from one update to the next
+    adapter = sum(p.numel() * p.element_size() for p in params)
+    adam = 2 * adapter  # exp_avg and exp_avg_sq, made at the first step
     rows, length = cfg.micro_batch_size, cfg.max_prompt_length + cfg.max_completion_length
     ids = torch.randint(0, model.config.vocab_size, (rows, length), device=learner.device)
     torch.cuda.synchronize()
@@ -109,4 +108,5 @@ def measure_learner(learner: "LearnerWorker") -> MemoryNeed | None:
     del ids, logits, loss
     torch.cuda.empty_cache()  # hand the cached blocks back before vLLM looks at free memory
     free, total = torch.cuda.mem_get_info(learner.device)
-    return MemoryNeed(extra_bytes=peak - resident + adam, free_bytes=free, total_bytes=total, kept_bytes=adam + grads)
+    kept = adam + adapter  # AdamW's moments and the gradients stay between updates
+    return MemoryNeed(extra_bytes=peak - resident + adam, free_bytes=free, total_bytes=total, kept_bytes=kept)

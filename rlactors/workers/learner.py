@@ -261,17 +261,16 @@ class LearnerWorker:
         import torch
 
         cfg = self.config
-        logp, raw = self._forward_logprobs(mb)
-        mask = mb.completion_mask.to(self.device)
-        behaviour = mb.behaviour_logprobs.to(self.device)
+        logp, raw = self._forward_logprobs(mb)  # mb is on the device (see update)
+        mask, behaviour = mb.completion_mask, mb.behaviour_logprobs
         if cfg.vllm_importance_sampling_correction and weights is None:
             weights = algorithm.importance_weights(
                 raw, behaviour, mask, cfg.vllm_importance_sampling_mode,
                 cfg.vllm_importance_sampling_clip_min, cfg.vllm_importance_sampling_clip_max)
         if cfg.mask_truncated_completions:
-            mask = mask * (~mb.truncated.to(self.device)).unsqueeze(1).long()
+            mask = mask * (~mb.truncated).unsqueeze(1).long()
         out = algorithm.policy_loss(
-            logp, logp.detach() if old is None else old, mb.advantages.to(self.device), mask,
+            logp, logp.detach() if old is None else old, mb.advantages, mask,
             loss_type=cfg.loss_type, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
             importance_sampling_level=cfg.importance_sampling_level, beta=cfg.beta, ref_logp=ref,
             max_completion_length=cfg.max_completion_length, num_items=whole.num_items, is_weights=weights,
@@ -280,7 +279,7 @@ class LearnerWorker:
         scale = {"grpo": mb.size / whole.size, "dr_grpo": mb.size / whole.size,
                  "bnpo": 1.0 / whole.num_micro, "dapo": 1.0}[cfg.loss_type]
         loss = out.loss * scale
-        real = mb.completion_mask.to(self.device).bool()
+        real = mb.completion_mask.bool()
         # Statistics stay on the device (0-d tensors): one transfer per optimizer step, not per micro-batch.
         zero = loss.new_zeros(())
         stats = {
@@ -350,9 +349,9 @@ def compile_layers(model: Any) -> int:
     """torch.compile each decoder layer in place (regional compilation: the layers share one graph,
     so it compiles once, not once per layer); how many were compiled. Fuses the elementwise work
     around the matmuls (norms, activations, rotary, residual and LoRA adds) that runs unfused."""
-    from transformers.modeling_layers import GradientCheckpointingLayer
+    from rlactors.loader import decoder_layers
 
-    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    layers = decoder_layers(model)
     for layer in layers:
         layer.compile()
     return len(layers)
