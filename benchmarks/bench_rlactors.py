@@ -121,6 +121,7 @@ def grpo_steps(trainer, steps: int, out: dict) -> None:
                                                / r["step_time_s"] for r in rows[2:] or rows]), 1),
         "grpo_phase_s": {p: round(median([r[f"time/{p}_s"] for r in rows[2:] or rows]), 2)
                          for p in ("generate", "sleep", "score", "update", "sync")},
+        "grpo_phase_s_all": {p: [round(r[f"time/{p}_s"], 2) for r in rows] for p in ("generate", "update")},
         "grpo_tokens_per_step": int(median(tokens)),
         "peak_memory_gib": peak.peak_gib,
         "logprob_mismatch_mean": round(median([r["sampling/logprob_mismatch"] for r in rows]), 4),

@@ -1,6 +1,7 @@
 """GPU tests' model: random bf16 weights in a small Llama shape with a real tokenizer
 (RLACTORS_TOKENIZER_DIR, default models/smollm2)."""
 import os
+import time
 
 import pytest
 import torch
@@ -19,3 +20,17 @@ def model_dir(tmp_path_factory):
     LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def free_memory():
+    """(free, total) bytes of the GPU once its free memory has stopped rising: an earlier test's Ray
+    actors give theirs back when their processes exit, seconds after that test returned."""
+    free, total = torch.cuda.mem_get_info()
+    steady, deadline = 0, time.monotonic() + 90
+    while steady < 3 and time.monotonic() < deadline:
+        time.sleep(1)
+        now = torch.cuda.mem_get_info()[0]
+        steady = steady + 1 if now - free < 2**28 else 0
+        free = max(free, now)
+    return free, total

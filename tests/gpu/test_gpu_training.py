@@ -26,9 +26,9 @@ def _config(model_dir, tmp_path, **kw):
     return GRPOConfig(**values)
 
 
-def test_auto_memory_share_trains(ray_cluster, model_dir, tmp_path):
+def test_auto_memory_share_trains(ray_cluster, model_dir, tmp_path, free_memory):
     config = _config(model_dir, tmp_path, gpu_memory_utilization="auto")  # Ray actors: their memory goes with them
-    free_before, total = torch.cuda.mem_get_info()  # earlier tests of this process may hold some
+    free_before, total = free_memory  # earlier tests of this process may hold some
     trainer = GRPOTrainer(config, reward_funcs=[length_reward],
                           train_dataset=[{"prompt": f"Tell a story about {i}."} for i in range(16)])
     result = trainer.train()
@@ -40,11 +40,12 @@ def test_auto_memory_share_trains(ray_cluster, model_dir, tmp_path):
     assert all(r["sampling/logprob_mismatch"] < 0.05 for r in result.metrics)
 
 
-def test_auto_share_with_sleep_mode_leaves_out_only_what_the_learner_keeps(ray_cluster, model_dir, tmp_path):
+def test_auto_share_with_sleep_mode_leaves_out_only_what_the_learner_keeps(ray_cluster, model_dir, tmp_path,
+                                                                          free_memory):
     """With vLLM asleep while the learner trains, `auto` gives vLLM what is free less what the
     learner keeps between updates (and a margin), and training goes on, vLLM asleep in each update."""
     config = _config(model_dir, tmp_path, gpu_memory_utilization="auto", vllm_enable_sleep_mode=True)
-    free_before, total = torch.cuda.mem_get_info()
+    free_before, total = free_memory
     trainer = GRPOTrainer(config, reward_funcs=[length_reward],
                           train_dataset=[{"prompt": f"Tell a story about {i}."} for i in range(16)])
     result = trainer.train()
