@@ -5,6 +5,7 @@
     python benchmarks/run_all.py --parts bare,bare_mp   # vLLM in-process (as a rollout worker) vs its default
     python benchmarks/run_all.py --parts async,profile  # one-step-off-policy; where the step's time goes
     python benchmarks/run_all.py --parts memory --memory-gmu 0.2  # all three at one vLLM share
+    python benchmarks/run_all.py --parts step,trl,unsloth --rounds 3  # the step comparison, alternated
     python benchmarks/run_all.py --report [--memory-gmu 0.1]  # the table and JSON from the parts run so far
 
 Each part runs in its own process (each needs the whole GPU) and leaves a JSON piece in
@@ -19,22 +20,25 @@ import datetime
 import json
 import os
 import shutil
+import re
 import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from common import gpu_name, load_pieces, make_model, save_piece, versions  # noqa: E402
+from common import gpu_name, load_pieces, make_model, median, save_piece, versions  # noqa: E402
 
 MODEL = "/tmp/model1b"  # the baselines' scripts read the model from here
 MEMORY_PARTS = ("memory_rlactors", "memory_trl", "memory_unsloth")
 PARTS = ("bare", "bare_mp", "rlactors", "async", "profile", "trl", "unsloth") + MEMORY_PARTS
 SCRIPTS = {"bare": "bench_bare.py", "bare_mp": "bench_bare.py", "rlactors": "bench_rlactors.py",
-           "async": "bench_async.py", "profile": "profile_step.py"}
+           "step": "bench_rlactors.py", "async": "bench_async.py", "profile": "profile_step.py"}
 # bare_mp: bare vLLM with its engine core in a process of its own (vLLM's default), beside the
 # in-process engine every rollout worker runs (bare): what running in-process costs decoding.
-ARGS = {"bare_mp": ["--multiprocessing", "--skip-hf", "--batches", "256"]}
+# step: the GRPO steps alone in a fresh process (piece rlactors_step), the part `--rounds` alternates
+# with the baselines' steps.
+ARGS = {"bare_mp": ["--multiprocessing", "--skip-hf", "--batches", "256"], "step": ["--step-only", "--steps", "8"]}
 # The memory comparison: the GRPO step of all three at one vLLM share, each framework's lowest-memory
 # learner setting (rlactors: vLLM asleep while the learner trains, activation checkpointing).
 MEMORY_RLACTORS = ["--step-only", "--sleep", "--checkpointing", "true"]
@@ -47,10 +51,15 @@ def memory_pieces(gmu: float) -> str:
     return os.path.join(PIECES, f"memory-gmu{gmu}")
 
 
+def round_pieces(number: int) -> str:
+    """Round `number`'s pieces of an alternated comparison (`--rounds`)."""
+    return os.path.join(PIECES, f"round{number}")
+
+
 def run_part(part: str, model: str, smoke: bool, skip_hf: bool = False, baseline_gmu: float | None = None,
-             memory_gmu: float = 0.2) -> None:
+             memory_gmu: float = 0.2, out: str | None = None) -> None:
     base = part.removeprefix("memory_")
-    out = memory_pieces(memory_gmu) if part in MEMORY_PARTS else PIECES
+    out = out or (memory_pieces(memory_gmu) if part in MEMORY_PARTS else PIECES)
     if base in SCRIPTS:
         cmd = [sys.executable, f"{HERE}/{SCRIPTS[base]}", "--model", model] + (["--smoke"] if smoke else [])
         cmd += ["--skip-hf"] if skip_hf and part == "bare" else []
@@ -104,6 +113,7 @@ def report(shape: str, memory_gmu: float) -> dict:
         "adapter_sync_p50_ms": ours.get("adapter_sync_p50_ms"),
         "adapter_sync_speedup_vs_disk": ours.get("adapter_sync_speedup_vs_disk"),
         "grpo_step_s": ours.get("grpo_step_s"),
+        "grpo_step_only_s": pieces.get("rlactors_step", {}).get("grpo_step_s"),
         "trl_grpo_step_s": trl.get("trl_step_s_median_last4"),
         "unsloth_grpo_step_s": uns.get("unsloth_step_s_median_last4"),
         "grpo_step_async_s": overlapped.get("grpo_step_s_staleness1"),
@@ -121,6 +131,7 @@ def report(shape: str, memory_gmu: float) -> dict:
     result["grpo_step_vs_unsloth"] = ratio(result["grpo_step_s"], result["unsloth_grpo_step_s"])
     result["grpo_step_async_vs_trl"] = ratio(result["grpo_step_async_s"], result["trl_grpo_step_s"])
     result["grpo_step_async_vs_unsloth"] = ratio(result["grpo_step_async_s"], result["unsloth_grpo_step_s"])
+    result.update(rounds_report())
     result.update(memory_report(memory_gmu))
     result["pieces"] = pieces
     suffix = "" if shape == "llama-1b" else f"-{shape}"
@@ -131,6 +142,35 @@ def report(shape: str, memory_gmu: float) -> dict:
             json.dump(result, f, indent=1)
     print_table(result)
     return result
+
+
+def rounds_report() -> dict:
+    """The step comparison run in alternation (`--rounds N`: step, trl, unsloth, step, trl, ...):
+    each round's figures and ratios, and the median over rounds of each. The host-bound generation
+    drifts between runs on one machine; rounds put rlactors and its baselines through the same drift."""
+    numbers = sorted(int(m.group(1)) for name in os.listdir(PIECES) if (m := re.fullmatch(r"round(\d+)", name))) \
+        if os.path.isdir(PIECES) else []
+    rounds = []
+    for number in numbers:
+        pieces = load_pieces(round_pieces(number))
+        ours = pieces.get("rlactors_step", {})
+        row = {"round": number, "grpo_step_s": ours.get("grpo_step_s"), "grpo_phase_s": ours.get("grpo_phase_s"),
+               "trl_grpo_step_s": pieces.get("trl", {}).get("trl_step_s_median_last4"),
+               "unsloth_grpo_step_s": pieces.get("unsloth", {}).get("unsloth_step_s_median_last4")}
+        row["vs_trl"] = ratio(row["grpo_step_s"], row["trl_grpo_step_s"])
+        row["vs_unsloth"] = ratio(row["grpo_step_s"], row["unsloth_grpo_step_s"])
+        rounds.append(row)
+    if not rounds:
+        return {}
+
+    def over_rounds(key: str) -> float | None:
+        values = [row[key] for row in rounds if row[key] is not None]
+        return median(values) if values else None
+
+    return {"rounds": rounds, "rounds_grpo_step_s": over_rounds("grpo_step_s"),
+            "rounds_trl_grpo_step_s": over_rounds("trl_grpo_step_s"),
+            "rounds_unsloth_grpo_step_s": over_rounds("unsloth_grpo_step_s"),
+            "rounds_grpo_step_vs_trl": over_rounds("vs_trl"), "rounds_grpo_step_vs_unsloth": over_rounds("vs_unsloth")}
 
 
 def memory_report(gmu: float) -> dict:
@@ -155,9 +195,11 @@ def memory_report(gmu: float) -> dict:
 
 
 def print_table(result: dict) -> None:
-    rows = [(k, v) for k, v in result.items() if k not in ("pieces", "memory_pieces", "versions")]
+    rows = [(k, v) for k, v in result.items() if k not in ("pieces", "memory_pieces", "versions", "rounds")]
     width = max(len(k) for k, _ in rows)
     print("\n" + "\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+    for row in result.get("rounds", []):
+        print(f"{'round ' + str(row['round']):<{width}}  {row}")
     print(f"{'versions':<{width}}  {result['versions']}")
 
 
@@ -173,16 +215,25 @@ def main() -> None:
                         help="trl/unsloth parts: vLLM's gpu_memory_utilization (default 0.5, their scripts' own)")
     parser.add_argument("--memory-gmu", type=float, default=0.2,
                         help="memory parts: the one gpu_memory_utilization all three run at")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the parts this many times in alternation, each round's pieces apart")
     parser.add_argument("--fresh", action="store_true", help="forget pieces of earlier runs")
     args = parser.parse_args()
+    parts = [p for name in args.parts.split(",") for p in (MEMORY_PARTS if name == "memory" else [name])]
+    known = PARTS + ("step",)
+    if unknown := [p for p in parts if p not in known]:
+        parser.error(f"--parts: unknown part(s) {', '.join(unknown)}; choose from {', '.join(known)} or memory")
+    if args.rounds < 1:
+        parser.error(f"--rounds: {args.rounds} runs nothing; give 1 or more")
     if args.fresh:
         shutil.rmtree(PIECES, ignore_errors=True)
     if not args.report:
         model = make_model("/tmp/model-tiny" if args.smoke else MODEL, "tiny" if args.smoke else args.model_shape,
                            args.tokenizer)
-        parts = [p for name in args.parts.split(",") for p in (MEMORY_PARTS if name == "memory" else [name])]
-        for part in parts:
-            run_part(part, model, args.smoke, args.skip_hf, args.baseline_gmu, args.memory_gmu)
+        for number in range(1, args.rounds + 1):
+            for part in parts:
+                run_part(part, model, args.smoke, args.skip_hf, args.baseline_gmu, args.memory_gmu,
+                         out=round_pieces(number) if args.rounds > 1 else None)
     report("tiny" if args.smoke else args.model_shape, args.memory_gmu)
 
 

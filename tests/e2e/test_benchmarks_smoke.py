@@ -18,7 +18,7 @@ REPORT_KEYS = {"gpu", "date", "versions", "rollout_vs_bare_vllm", "adapter_sync_
 def test_run_all_smoke_runs_every_cpu_part_and_writes_the_report(smollm2, tmp_path):
     env = {**os.environ, "BENCH_PIECES": str(tmp_path / "pieces"), "BENCH_RESULTS": str(tmp_path / "results")}
     cmd = [sys.executable, "benchmarks/run_all.py", "--smoke", "--tokenizer", smollm2,
-           "--parts", "bare,bare_mp,rlactors,profile,memory_rlactors"]
+           "--parts", "bare,bare_mp,rlactors,profile,memory_rlactors,step"]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "_exit" not in " ".join(os.listdir(tmp_path / "pieces"))  # every part finished
@@ -29,6 +29,32 @@ def test_run_all_smoke_runs_every_cpu_part_and_writes_the_report(smollm2, tmp_pa
     assert report["rollout_batch"] == 16  # the smoke batch; 256 on a GPU
     for key in ("rollout_vs_bare_vllm", "adapter_sync_p50_ms", "adapter_sync_speedup_vs_disk", "grpo_step_s",
                 "rollout_worker_vs_vllm_in_process", "update_vs_fp32_lora", "memory_grpo_step_s",
-                "bare_vllm_multiprocess_vs_in_process"):
+                "bare_vllm_multiprocess_vs_in_process", "grpo_step_only_s"):
         assert report[key] is not None and report[key] > 0, key
     assert report["trl_grpo_step_s"] is None and report["grpo_step_vs_trl"] is None  # no figure is made up
+
+
+def test_rounds_report_pairs_each_round_and_takes_the_median_over_rounds(tmp_path, monkeypatch):
+    """`--rounds N` leaves each round's pieces in its own folder; the report pairs each round's
+    rlactors step with that round's baselines, and a round without a baseline gives no ratio."""
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    import run_all
+
+    monkeypatch.setattr(run_all, "PIECES", str(tmp_path))
+    steps = {1: (2.0, 4.0, 5.0), 2: (3.0, 4.0, None), 10: (2.5, 6.0, 5.0)}  # round 10 sorts after round 2
+    for number, (ours, trl, unsloth) in steps.items():
+        folder = run_all.round_pieces(number)
+        os.makedirs(folder)
+        pieces = {"rlactors_step": {"grpo_step_s": ours}, "trl": {"trl_step_s_median_last4": trl}}
+        if unsloth:
+            pieces["unsloth"] = {"unsloth_step_s_median_last4": unsloth}
+        for name, values in pieces.items():
+            with open(os.path.join(folder, f"{name}.json"), "w") as f:
+                json.dump(values, f)
+    report = run_all.rounds_report()
+    assert [row["round"] for row in report["rounds"]] == [1, 2, 10]
+    assert [row["vs_trl"] for row in report["rounds"]] == [0.5, 0.75, 0.417]
+    assert [row["vs_unsloth"] for row in report["rounds"]] == [0.4, None, 0.5]
+    assert report["rounds_grpo_step_s"] == 2.5 and report["rounds_trl_grpo_step_s"] == 4.0
+    assert report["rounds_grpo_step_vs_trl"] == 0.5  # the median of the rounds' ratios, not a ratio of medians
+    assert report["rounds_grpo_step_vs_unsloth"] == 0.5  # upper median of [0.4, 0.5]: the benchmarks' median
