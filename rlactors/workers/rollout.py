@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from rlactors.records import RolloutBatch
 
 
+FOLDER_LORA_IDS = 1 << 20  # vLLM ids of adapters loaded from folders start above this; in-memory ones are versions + 1
+
+
 class StaleAdapterError(RuntimeError):
     """The worker does not hold the adapter version the caller asked for."""
 
@@ -41,6 +44,7 @@ class RolloutWorker:
         self._request: Any = None  # LoRARequest of the loaded adapter; None = base model
         self._pad_id = 0
         self._asleep = False
+        self._folder_loads = 0
 
     def build(self) -> int:
         """Starts the vLLM engine; returns this process's pid (for fault injection and logs)."""
@@ -121,7 +125,11 @@ class RolloutWorker:
         from rlactors import engine
 
         self.ready()
-        self._request = engine.folder_request(f"rlactors-folder-v{version}", version + 1, path)
+        # An id no in-memory version has had, and a new one each call: vLLM loads from disk only
+        # the ids it does not hold (version + 1 would reuse the in-memory adapter of that version).
+        self._folder_loads += 1
+        lora_id = FOLDER_LORA_IDS + self._folder_loads
+        self._request = engine.folder_request(f"rlactors-folder-v{version}-{lora_id}", lora_id, path)
         engine.reset_prefix_cache(self._engine)
         self.adapter_version = version
         return version

@@ -154,3 +154,14 @@ def test_sleep_frees_the_engine_memory_and_wakes_with_the_adapter(model_dir, tmp
     after = worker.prompt_logprobs(probe, 8)  # wakes the engine first
     assert torch.cuda.mem_get_info()[0] < free_asleep
     assert max(abs(a - b) for a, b in zip(before, after)) < 1e-3  # same weights, same adapter
+    # A new version while asleep: the load wakes vLLM and copies it into the slots it restored
+    installed = worker._request.lora_int_id
+    with torch.no_grad():
+        for name, param in learner.model.named_parameters():
+            if "lora_B" in name:
+                param.add_(0.05)
+    assert worker.sleep()
+    worker.load_adapter(learner.export_adapter())
+    moved = worker.prompt_logprobs(probe, 8)
+    print(f"in-place update moved the log-probs by {max(abs(a - b) for a, b in zip(after, moved)):.3f}")
+    assert worker._request.lora_int_id == installed and max(abs(a - b) for a, b in zip(after, moved)) > 0.05

