@@ -55,7 +55,8 @@ def main() -> None:
     for staleness in (0, 1):
         print(f"  max_staleness {staleness}: phases {out[f'grpo_phase_s_staleness{staleness}']}, "
               f"completion tokens/s {out[f'grpo_completion_tok_s_staleness{staleness}']}, "
-              f"peak {out[f'peak_memory_gib_staleness{staleness}']} GiB, staleness {out[f'staleness_staleness{staleness}']}")
+              f"peak {out[f'peak_memory_gib_staleness{staleness}']} GiB, "
+              f"staleness {out[f'staleness_staleness{staleness}']}")
 
 
 if __name__ == "__main__":

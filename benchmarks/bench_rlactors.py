@@ -134,11 +134,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--gmu", type=float, default=0.2, help="vLLM's share: the KV cache needs about 2 GB here")
-    parser.add_argument("--checkpointing", nargs="?", const="true", default="false", choices=["true", "false", "unsloth"],
+    parser.add_argument("--checkpointing", nargs="?", const="true", default="false",
+                        choices=["true", "false", "unsloth"],
                         help="learner activation checkpointing; 'unsloth': checkpoints wait in pinned host memory")
     parser.add_argument("--micro-batch", type=int, default=32)
     parser.add_argument("--step-only", action="store_true", help="only the GRPO steps and their peak memory")
-    parser.add_argument("--sleep", action="store_true", help="vllm_enable_sleep_mode: vLLM sleeps while the learner trains")
+    parser.add_argument("--sleep", action="store_true",
+                        help="vllm_enable_sleep_mode: vLLM sleeps while the learner trains")
     parser.add_argument("--compile", action="store_true", help="torch_compile: the learner's decoder layers compiled")
     args = parser.parse_args()
     checkpointing = {"true": True, "false": False}.get(args.checkpointing, args.checkpointing)

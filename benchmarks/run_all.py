@@ -19,8 +19,8 @@ import argparse
 import datetime
 import json
 import os
-import shutil
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -148,8 +148,8 @@ def rounds_report() -> dict:
     """The step comparison run in alternation (`--rounds N`: step, trl, unsloth, step, trl, ...):
     each round's figures and ratios, and the median over rounds of each. The host-bound generation
     drifts between runs on one machine; rounds put rlactors and its baselines through the same drift."""
-    numbers = sorted(int(m.group(1)) for name in os.listdir(PIECES) if (m := re.fullmatch(r"round(\d+)", name))) \
-        if os.path.isdir(PIECES) else []
+    names = os.listdir(PIECES) if os.path.isdir(PIECES) else []
+    numbers = sorted(int(m.group(1)) for name in names if (m := re.fullmatch(r"round(\d+)", name)))
     rounds = []
     for number in numbers:
         pieces = load_pieces(round_pieces(number))

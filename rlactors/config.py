@@ -176,8 +176,9 @@ class GRPOConfig(BaseModel):
                 f"max_prompt_length ({self.max_prompt_length}) + max_completion_length "
                 f"({self.max_completion_length}) exceeds max_seq_length ({self.max_seq_length}): "
                 "raise max_seq_length or shorten one of them")
-        if self.placement == "colocate" and self.gpu_memory_utilization != "auto" and self.gpu_memory_utilization >= 1.0:
-            raise ValueError("gpu_memory_utilization=1.0 with placement: colocate leaves the learner no share "
+        share = self.gpu_memory_utilization
+        if self.placement == "colocate" and share != "auto" and share >= 1.0:
+            raise ValueError(f"gpu_memory_utilization={share} with placement: colocate leaves the learner no share "
                              "of the GPU: use < 1 (e.g. 0.5) or placement: disaggregate")
         if self.reward_weights is not None and self.reward_funcs and len(self.reward_weights) != len(self.reward_funcs):
             raise ValueError(f"reward_weights has {len(self.reward_weights)} entries but reward_funcs has "

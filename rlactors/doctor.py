@@ -65,7 +65,8 @@ def _four_bit_check(cuda: bool) -> Check:
     if bnb is None:
         return Check("4-bit", False, "bitsandbytes not installed", "pip install 'bitsandbytes>=0.45'")
     error = _imports("bitsandbytes")
-    return Check("4-bit", error is None, error or f"bitsandbytes {bnb}", "" if error is None else "pip install -U bitsandbytes")
+    fix = "" if error is None else "pip install -U bitsandbytes"
+    return Check("4-bit", error is None, error or f"bitsandbytes {bnb}", fix)
 
 
 def run_checks(model_dir: str = "models/smollm2") -> list[Check]:

@@ -81,7 +81,8 @@ def reserve(layout: Layout, timeout_s: float, name: str = "rlactors", strategy: 
         cluster = ray.cluster_resources()
         raise PlacementError(
             f"placement group of {len(layout.bundles)} bundle(s) {layout.bundles[0]} not granted within "
-            f"{timeout_s:.0f}s (strategy {strategy}): requested GPU={layout.total('GPU'):g} CPU={layout.total('CPU'):g}, the cluster "
+            f"{timeout_s:.0f}s (strategy {strategy}): requested GPU={layout.total('GPU'):g} "
+            f"CPU={layout.total('CPU'):g}, the cluster "
             f"has GPU={cluster.get('GPU', 0):g} CPU={cluster.get('CPU', 0):g} (available now: "
             f"{ray.available_resources()}). Lower num_rollout_workers / num_learner_workers, use placement: "
             "colocate, or add nodes (STRICT_SPREAD needs a node per bundle)"

