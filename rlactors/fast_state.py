@@ -71,7 +71,9 @@ def load_lora(model: Any, path: str | None = None) -> Any:
     """A `LoRARequest` for the adapter as it is in memory now (`path=None`), or for a PEFT folder.
 
     From memory the tensors go straight into vLLM's worker; a new adapter version is made only
-    when the weights changed since the last call, so calling it every step is cheap.
+    when the weights changed since the last call, so calling it every step is cheap. A new version
+    is copied into the LoRA slots of the one before (same id), so requests returned earlier
+    generate with the newest weights too.
     """
     from rlactors import engine as vllm_engine
 
