@@ -58,3 +58,14 @@ def test_rounds_report_pairs_each_round_and_takes_the_median_over_rounds(tmp_pat
     assert report["rounds_grpo_step_s"] == 2.5 and report["rounds_trl_grpo_step_s"] == 4.0
     assert report["rounds_grpo_step_vs_trl"] == 0.5  # the median of the rounds' ratios, not a ratio of medians
     assert report["rounds_grpo_step_vs_unsloth"] == 0.5  # upper median of [0.4, 0.5]: the benchmarks' median
+
+
+def test_lora_load_benchmark_runs_both_loads(smollm2):
+    """bench_lora_load.py on CPU: the in-place loads keep the installed id, the loads anew each take theirs
+    (the script checks both), and it prints both figures."""
+    cmd = [sys.executable, "benchmarks/bench_lora_load.py", "--model", smollm2, "--rank", "8", "--rounds", "4"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["device"] == "cpu" and out["adapter_mb"] > 0
+    assert out["lora_load_anew_p50_ms"] > 0 and out["lora_load_in_place_p50_ms"] > 0
