@@ -15,12 +15,11 @@ import dataclasses
 import json
 import os
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import median  # noqa: E402
+from common import median, seconds  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -28,16 +27,10 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 def timed_loads(llm, adapters: list, first_id: int) -> tuple[list[float], list[int]]:
     from rlactors import engine
 
-    seconds, ids = [], []
-    for i, adapter in enumerate(adapters):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        ids.append(engine.load_adapter(llm, adapter, first_id + i).lora_int_id)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()  # the copies have landed
-        seconds.append(time.perf_counter() - start)
-    return seconds, ids
+    ids: list[int] = []
+    times = [seconds(lambda: ids.append(engine.load_adapter(llm, adapter, first_id + i).lora_int_id))
+             for i, adapter in enumerate(adapters)]  # each until the copies have landed
+    return times, ids
 
 
 def main() -> None:

@@ -123,6 +123,17 @@ def prompts(count: int) -> list[str]:
     return [f"Question {i}: what is {i} plus {3 * i}? Think step by step." for i in range(count)]
 
 
+def seconds(fn) -> float:
+    """Wall seconds of one call, GPU work included."""
+    import torch
+
+    start = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def median(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[len(ordered) // 2]

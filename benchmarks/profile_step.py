@@ -24,29 +24,17 @@ import argparse
 import contextlib
 import os
 import sys
-import time
 from typing import TYPE_CHECKING
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_rlactors import config_for  # noqa: E402
-from common import REPEATS, median, prompts, save_piece  # noqa: E402
+from common import REPEATS, median, prompts, save_piece, seconds  # noqa: E402
 
 if TYPE_CHECKING:
     from rlactors.records import RolloutBatch
 
 KINDS = (("matmul", ("gemm", "cutlass", "nvjet", "sm90_xmma", "cublas", "matmul", "addmm", "mm")),
          ("attention", ("flash", "fmha", "attention", "attn")))
-
-
-def seconds(fn) -> float:
-    """Wall seconds of one call, GPU work included."""
-    import torch
-
-    start = time.perf_counter()
-    fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def timed(fn, repeats: int = REPEATS) -> tuple[float, object]:
@@ -65,21 +53,17 @@ def kernel_summary(fn) -> dict:
     cuda = torch.cuda.is_available()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
-        start = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        wall = time.perf_counter() - start
+        wall = seconds(fn)
     by_name: dict[str, float] = {}
     for event in prof.key_averages():
-        seconds = getattr(event, "self_device_time_total", 0.0) / 1e6
-        if seconds > 0 and event.device_type.name == "CUDA":
-            by_name[event.key] = by_name.get(event.key, 0.0) + seconds
+        kernel_s = getattr(event, "self_device_time_total", 0.0) / 1e6
+        if kernel_s > 0 and event.device_type.name == "CUDA":
+            by_name[event.key] = by_name.get(event.key, 0.0) + kernel_s
     kinds = dict.fromkeys([k for k, _ in KINDS] + ["other"], 0.0)
-    for name, seconds in by_name.items():
+    for name, kernel_s in by_name.items():
         low = name.lower()
         kind = next((k for k, words in KINDS if any(w in low for w in words)), "other")
-        kinds[kind] += seconds
+        kinds[kind] += kernel_s
     busy = sum(by_name.values())
     top = sorted(by_name.items(), key=lambda kv: -kv[1])[:5]
     return {"wall_s": round(wall, 3), "kernel_s": round(busy, 3), "gpu_busy_share": round(busy / wall, 3),

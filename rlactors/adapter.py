@@ -240,7 +240,7 @@ def _rebuild(version: int, flat: Any, dtype: str, layout: list, peft_config: dic
 
     import torch
 
-    with warnings.catch_warnings():  # Ray hands over a read-only buffer; vLLM gets a copy (engine.lora)
+    with warnings.catch_warnings():  # Ray hands over a read-only buffer; vLLM gets a copy (engine.load_adapter)
         warnings.simplefilter("ignore", UserWarning)
         raw = torch.from_numpy(flat)
     flat = raw.view(getattr(torch, dtype))

