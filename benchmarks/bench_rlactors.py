@@ -139,10 +139,13 @@ def main() -> None:
                         help="learner activation checkpointing; 'unsloth': checkpoints wait in pinned host memory")
     parser.add_argument("--micro-batch", type=int, default=32)
     parser.add_argument("--step-only", action="store_true", help="only the GRPO steps and their peak memory")
+    parser.add_argument("--sync-only", action="store_true", help="only the adapter sync (its paths and the disk's)")
     parser.add_argument("--sleep", action="store_true",
                         help="vllm_enable_sleep_mode: vLLM sleeps while the learner trains")
     parser.add_argument("--compile", action="store_true", help="torch_compile: the learner's decoder layers compiled")
     args = parser.parse_args()
+    if args.step_only and args.sync_only:
+        parser.error("--step-only and --sync-only: give one (each alone leaves out the other's figures)")
     checkpointing = {"true": True, "false": False}.get(args.checkpointing, args.checkpointing)
     from rlactors import GRPOTrainer
 
@@ -159,15 +162,18 @@ def main() -> None:
         trainer._start()
         out["rlactors_startup_s"] = round(time.perf_counter() - start, 1)
         batches = [16] if args.smoke else [64, 256]
-        if not args.step_only:
+        everything = not (args.step_only or args.sync_only)
+        if everything:
             rollout_throughput(trainer, batches, "base", out)
-        grpo_steps(trainer, args.steps, out)
-        if not args.step_only:
+        if not args.sync_only:
+            grpo_steps(trainer, args.steps, out)
+        if everything:
             rollout_throughput(trainer, batches, "lora", out)
+        if not args.step_only:
             adapter_sync(trainer, 4 if args.smoke else 8, out)
     finally:
         trainer._stop(owns_ray)
-    save_piece("rlactors" + ("_step" if args.step_only else ""), out)
+    save_piece("rlactors" + ("_step" if args.step_only else "_sync" if args.sync_only else ""), out)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@
     python benchmarks/run_all.py --parts async,profile  # one-step-off-policy; where the step's time goes
     python benchmarks/run_all.py --parts memory --memory-gmu 0.2  # all three at one vLLM share
     python benchmarks/run_all.py --parts step,trl,unsloth --rounds 3  # the step comparison, alternated
+    python benchmarks/run_all.py --parts step,trl --round 2  # one round of it (a comparison split over calls)
+    python benchmarks/run_all.py --parts sync         # the adapter sync alone (paths and disk), piece rlactors_sync
     python benchmarks/run_all.py --report [--memory-gmu 0.1]  # the table and JSON from the parts run so far
 
 Each part runs in its own process (each needs the whole GPU) and leaves a JSON piece in
@@ -33,12 +35,17 @@ MODEL = "/tmp/model1b"  # the baselines' scripts read the model from here
 MEMORY_PARTS = ("memory_rlactors", "memory_trl", "memory_unsloth")
 PARTS = ("bare", "bare_mp", "rlactors", "async", "profile", "trl", "unsloth") + MEMORY_PARTS
 SCRIPTS = {"bare": "bench_bare.py", "bare_mp": "bench_bare.py", "rlactors": "bench_rlactors.py",
-           "step": "bench_rlactors.py", "async": "bench_async.py", "profile": "profile_step.py"}
+           "step": "bench_rlactors.py", "sync": "bench_rlactors.py", "async": "bench_async.py",
+           "profile": "profile_step.py"}
 # bare_mp: bare vLLM with its engine core in a process of its own (vLLM's default), beside the
 # in-process engine every rollout worker runs (bare): what running in-process costs decoding.
 # step: the GRPO steps alone in a fresh process (piece rlactors_step), the part `--rounds` alternates
-# with the baselines' steps.
-ARGS = {"bare_mp": ["--multiprocessing", "--skip-hf", "--batches", "256"], "step": ["--step-only", "--steps", "8"]}
+# with the baselines' steps. sync: the adapter sync alone (piece rlactors_sync), which the report
+# takes over the rlactors part's.
+EXTRA_PARTS = ("step", "sync")
+ARGS = {"bare_mp": ["--multiprocessing", "--skip-hf", "--batches", "256"], "step": ["--step-only", "--steps", "8"],
+        "sync": ["--sync-only"]}
+PIECE_NAMES = {"step": "rlactors_step", "sync": "rlactors_sync", "memory_rlactors": "rlactors_step"}  # else the part's
 # The memory comparison: the GRPO step of all three at one vLLM share, each framework's lowest-memory
 # learner setting (rlactors: vLLM asleep while the learner trains, activation checkpointing).
 MEMORY_RLACTORS = ["--step-only", "--sleep", "--checkpointing", "true"]
@@ -80,7 +87,7 @@ def run_part(part: str, model: str, smoke: bool, skip_hf: bool = False, baseline
     if done.returncode != 0:
         # A part may save its figures and then die in interpreter teardown (vLLM's threads); the
         # record says which, so a figure is never taken from a run that did not finish.
-        piece = os.path.join(out, f"{base}.json")
+        piece = os.path.join(out, f"{PIECE_NAMES.get(part, base)}.json")
         saved = os.path.exists(piece) and os.path.getmtime(piece) >= started
         save_piece(f"{part}_exit", {"returncode": done.returncode, "figures_saved_before_exit": saved})
 
@@ -99,6 +106,7 @@ def largest_batch(a: dict, a_prefix: str, b: dict, b_prefix: str, suffix: str) -
 def report(shape: str, memory_gmu: float) -> dict:
     pieces = load_pieces()
     bare, ours = pieces.get("bare", {}), pieces.get("rlactors", {})
+    sync = pieces.get("rlactors_sync") or ours
     trl, uns = pieces.get("trl", {}), pieces.get("unsloth", {})
     overlapped, profile = pieces.get("async", {}), pieces.get("profile", {})
     result = {
@@ -110,8 +118,9 @@ def report(shape: str, memory_gmu: float) -> dict:
                                                  bare.get(f"bare_vllm_bs{b}_base_tok_s")),
         "rollout_vs_bare_vllm_same_logprobs": ratio(ours.get(f"rlactors_rollout_bs{b}_lora_tok_s"),
                                                     bare.get(f"bare_vllm_bs{b}_lora_logprobs_tok_s")),
-        "adapter_sync_p50_ms": ours.get("adapter_sync_p50_ms"),
-        "adapter_sync_speedup_vs_disk": ours.get("adapter_sync_speedup_vs_disk"),
+        "adapter_sync_p50_ms": sync.get("adapter_sync_p50_ms"),
+        "adapter_sync_speedup_vs_disk": sync.get("adapter_sync_speedup_vs_disk"),
+        "adapter_sync_piece": "rlactors_sync" if "rlactors_sync" in pieces else "rlactors",
         "grpo_step_s": ours.get("grpo_step_s"),
         "grpo_step_only_s": pieces.get("rlactors_step", {}).get("grpo_step_s"),
         "trl_grpo_step_s": trl.get("trl_step_s_median_last4"),
@@ -217,23 +226,28 @@ def main() -> None:
                         help="memory parts: the one gpu_memory_utilization all three run at")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run the parts this many times in alternation, each round's pieces apart")
+    parser.add_argument("--round", type=int, default=None,
+                        help="run the parts once as round N of an alternated comparison split over several calls")
     parser.add_argument("--fresh", action="store_true", help="forget pieces of earlier runs")
     args = parser.parse_args()
     parts = [p for name in args.parts.split(",") for p in (MEMORY_PARTS if name == "memory" else [name])]
-    known = PARTS + ("step",)
+    known = PARTS + EXTRA_PARTS
     if unknown := [p for p in parts if p not in known]:
         parser.error(f"--parts: unknown part(s) {', '.join(unknown)}; choose from {', '.join(known)} or memory")
     if args.rounds < 1:
         parser.error(f"--rounds: {args.rounds} runs nothing; give 1 or more")
+    if args.round is not None and (args.round < 1 or args.rounds > 1):
+        parser.error(f"--round: {args.round} with --rounds {args.rounds}; give --round N (N >= 1) without --rounds")
     if args.fresh:
         shutil.rmtree(PIECES, ignore_errors=True)
     if not args.report:
         model = make_model("/tmp/model-tiny" if args.smoke else MODEL, "tiny" if args.smoke else args.model_shape,
                            args.tokenizer)
-        for number in range(1, args.rounds + 1):
+        numbers = [args.round] if args.round else range(1, args.rounds + 1)
+        for number in numbers:
             for part in parts:
                 run_part(part, model, args.smoke, args.skip_hf, args.baseline_gmu, args.memory_gmu,
-                         out=round_pieces(number) if args.rounds > 1 else None)
+                         out=round_pieces(number) if args.rounds > 1 or args.round else None)
     report("tiny" if args.smoke else args.model_shape, args.memory_gmu)
 
 
