@@ -205,7 +205,8 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from rlactors.workers.learner import LearnerWorker, compile_layers
+    from rlactors.loader import compile_layers
+    from rlactors.workers.learner import LearnerWorker
     from rlactors.workers.rollout import RolloutWorker
 
     config = config_for(args.model, args.smoke, 1, args.gmu, checkpointing=False, micro=args.micro_batch,

@@ -8,6 +8,7 @@
     python benchmarks/run_all.py --parts step,trl,unsloth --rounds 3  # the step comparison, alternated
     python benchmarks/run_all.py --parts step,trl --round 2  # one round of it (a comparison split over calls)
     python benchmarks/run_all.py --parts sync         # the adapter sync alone (paths and disk), piece rlactors_sync
+    python benchmarks/run_all.py --parts overlap      # rewards scored while the learners run their log-prob passes
     python benchmarks/run_all.py --report [--memory-gmu 0.1]  # the table and JSON from the parts run so far
 
 Each part runs in its own process (each needs the whole GPU) and leaves a JSON piece in
@@ -36,15 +37,16 @@ MEMORY_PARTS = ("memory_rlactors", "memory_trl", "memory_unsloth")
 PARTS = ("bare", "bare_mp", "rlactors", "async", "profile", "trl", "unsloth") + MEMORY_PARTS
 SCRIPTS = {"bare": "bench_bare.py", "bare_mp": "bench_bare.py", "rlactors": "bench_rlactors.py",
            "step": "bench_rlactors.py", "sync": "bench_rlactors.py", "async": "bench_async.py",
-           "profile": "profile_step.py"}
+           "profile": "profile_step.py", "overlap": "bench_overlap.py"}
 # bare_mp: bare vLLM with its engine core in a process of its own (vLLM's default), beside the
 # in-process engine every rollout worker runs (bare): what running in-process costs decoding.
 # step: the GRPO steps alone in a fresh process (piece rlactors_step), the part `--rounds` alternates
 # with the baselines' steps. sync: the adapter sync alone (piece rlactors_sync), which the report
-# takes over the rlactors part's.
-EXTRA_PARTS = ("step", "sync")
+# takes over the rlactors part's. overlap: the step with beta > 0 and a reward that waits (a judge),
+# the learners' log-prob passes overlapped with the scoring or not, alternating step by step.
+EXTRA_PARTS = ("step", "sync", "overlap")
 ARGS = {"bare_mp": ["--multiprocessing", "--skip-hf", "--batches", "256"], "step": ["--step-only", "--steps", "8"],
-        "sync": ["--sync-only"]}
+        "sync": ["--sync-only"], "overlap": ["--steps", "8", "--judge-s", "0.5"]}
 PIECE_NAMES = {"step": "rlactors_step", "sync": "rlactors_sync", "memory_rlactors": "rlactors_step"}  # else the part's
 # The memory comparison: the GRPO step of all three at one vLLM share, each framework's lowest-memory
 # learner setting (rlactors: vLLM asleep while the learner trains, activation checkpointing).
@@ -128,6 +130,7 @@ def report(shape: str, memory_gmu: float) -> dict:
         "grpo_step_async_s": overlapped.get("grpo_step_s_staleness1"),
         "rollout_worker_vs_vllm_in_process": profile.get("rollout_worker_vs_vllm"),
         "update_vs_fp32_lora": profile.get("update_vs_fp32_lora"),
+        "step_overlap_scoring_vs_not": pieces.get("overlap", {}).get("overlapped_vs_one_after_other"),
         "peak_memory_gib": ours.get("peak_memory_gib"),
         "trl_peak_memory_gib": trl.get("trl_peak_gpu_GiB"),
         "unsloth_peak_memory_gib": uns.get("unsloth_peak_gpu_GiB"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -35,8 +36,9 @@ class Advantages:
     zero_std: torch.Tensor  # [B] bool, the sample's group has identical rewards
 
 
-def combine_rewards(per_function: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def combine_rewards(per_function: torch.Tensor, weights: torch.Tensor | Sequence[float]) -> torch.Tensor:
     """[B, F] rewards (NaN = missing) and [F] weights -> [B]; NaN where every function is missing."""
+    weights = torch.as_tensor(weights, dtype=per_function.dtype)
     total = (per_function * weights.unsqueeze(0)).nansum(dim=1)
     missing = torch.isnan(per_function).all(dim=1)
     return torch.where(missing, torch.full_like(total, float("nan")), total)

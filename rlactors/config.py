@@ -88,6 +88,9 @@ class GRPOConfig(BaseModel):
     num_iterations: int = Field(1, ge=1, description="optimizer steps per generated batch")
     mask_truncated_completions: bool = False
     max_skipped_steps: int = Field(3, ge=1, description="non-finite steps in a row before the run stops")
+    overlap_scoring: bool = Field(
+        True, description="with beta > 0 or num_iterations > 1: the learners compute the base model's and the old "
+        "log-probs while the rewards are scored, instead of after (false: one after the other)")
 
     # off-policy correction and asynchronous training
     max_staleness: int = Field(

@@ -248,6 +248,14 @@ class LearnerGroup(WorkerGroup):
         needs = [need for need in self._each(lambda w: w.memory_need) if need is not None]
         return min(needs, key=lambda need: need.free_bytes - need.extra_bytes, default=None)
 
+    def prepare(self, batch: "RolloutBatch", step: int) -> list[Any]:
+        """Starts every learner's passes ahead of `update` on its shard of `batch` (see
+        `LearnerWorker.prepare`) and returns at once: ObjectRefs to wait on before the update. A
+        learner in the driver process leaves them to its update (nothing would run alongside)."""
+        if self.local is not None:
+            return []
+        return [a.prepare.remote(s, step) for a, s in zip(self.actors, self._shards(batch))]
+
     def update(self, batch: "RolloutBatch", step: int) -> "StepMetrics":
         if len(self.actors) <= 1:
             return self._each(lambda w: w.update, batch, step)[0]
@@ -255,10 +263,16 @@ class LearnerGroup(WorkerGroup):
 
         from rlactors.records import BatchTotals
 
-        bounds = _split(list(range(batch.size)), len(self.actors))
-        shards = [batch.rows(rows[0], rows[-1] + 1) if rows else batch.rows(0, 0) for rows in bounds]
+        shards = self._shards(batch)
         whole = BatchTotals.of(shards, self.config.micro_batch_size)
         return ray.get([a.update.remote(s, step, whole) for a, s in zip(self.actors, shards)])[0]
+
+    def _shards(self, batch: "RolloutBatch") -> list["RolloutBatch"]:
+        """Each learner's rows of `batch` (the whole batch for one learner)."""
+        if len(self.actors) <= 1:
+            return [batch]
+        bounds = _split(list(range(batch.size)), len(self.actors))
+        return [batch.rows(rows[0], rows[-1] + 1) if rows else batch.rows(0, 0) for rows in bounds]
 
     def beside(self, rollouts: "RolloutGroup") -> bool:
         """Whether every rollout worker is an actor on a GPU that a learner actor of its node computes

@@ -270,3 +270,22 @@ def decoder_layers(model: Any) -> list[Any]:
 
     return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
 
+
+def compile_layers(model: Any) -> int:
+    """torch.compile each decoder layer in place (regional compilation: the layers share one graph,
+    so it compiles once, not once per layer); how many were compiled. Fuses the elementwise work
+    around the matmuls (norms, activations, rotary, residual and LoRA adds) that runs unfused."""
+    layers = decoder_layers(model)
+    for layer in layers:
+        layer.compile()
+    return len(layers)
+
+
+def keep_inputs_in_base_dtype(model: Any) -> None:
+    """Stops PEFT's LoRA layers from casting their inputs to the adapter's float32 (autocast
+    picks the matmul dtype instead); what `peft.helpers.disable_input_dtype_casting` sets."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = False

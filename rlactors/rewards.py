@@ -175,6 +175,11 @@ class Scores:
         return torch.tensor([[math.nan if v is None else v for v in col] for col in self.per_function],
                             dtype=torch.float32).T
 
+    def first_error(self) -> str:
+        """The last line of the first recorded error of any function."""
+        found = next((r.first_error for r in self.results if r.first_error), None)
+        return found.strip().splitlines()[-1] if found else "none recorded"
+
 
 def score(functions: Sequence[RewardFunction], prompts: list, completions: list,
           columns: dict[str, list], timeout_s: float) -> Scores:

@@ -179,14 +179,15 @@ class GRPOTrainer:
             self._load_published()  # async: the workers are idle now; they take the last update
         if cfg.max_staleness and step < cfg.max_steps:
             self._launch(step + 1)  # generates the next batch while this one is scored and trained on
+        prepared = self._prepare(batch, step)  # the learners' log-prob passes run while the rewards are scored
         with self._timed("score"):
             scores = self._score(indices, batch)
         per_function = scores.tensor()
-        combined = algorithm.combine_rewards(per_function, _tensor(self.reward_weights))
+        combined = algorithm.combine_rewards(per_function, self.reward_weights)
         self._check_reward_errors(combined, scores, step)
         adv = algorithm.group_advantages(combined, cfg.num_generations, cfg.scale_rewards)
         with self._timed("update"):
-            metrics = self._update(batch.with_advantages(adv.advantages), step)
+            metrics = self._update(batch.with_advantages(adv.advantages), step, prepared)
         with self._timed("sync"):
             self._publish(metrics.adapter_version)
             if not cfg.max_staleness:
@@ -229,10 +230,16 @@ class GRPOTrainer:
         columns = {key: [row[key] for row in rows] for key in rows[0] if key != cfg.prompt_column}
         return rewards.score(self.reward_functions, prompts, completions, columns, cfg.reward_timeout_s)
 
-    def _update(self, batch: Any, step: int) -> Any:
+    def _prepare(self, batch: Any, step: int) -> list[Any]:
+        cfg = self.config
+        needed = cfg.overlap_scoring and (cfg.beta > 0 or cfg.num_iterations > 1)
+        return self.learners.prepare(batch, step) if needed else []
+
+    def _update(self, batch: Any, step: int, prepared: list[Any]) -> Any:
         import ray
 
         try:
+            ray.get(prepared)  # an error of the passes ahead surfaces here, as the update's would
             return self.learners.update(batch, step)
         except ray.exceptions.RayActorError as err:
             raise TrainingError(
@@ -252,7 +259,7 @@ class GRPOTrainer:
         if missing > self.config.max_reward_error_rate:
             raise TrainingError(
                 f"step {step}: {missing:.0%} of samples have no reward (max_reward_error_rate="
-                f"{self.config.max_reward_error_rate}); first error: {_first_error(scores)}. Fix the reward "
+                f"{self.config.max_reward_error_rate}); first error: {scores.first_error()}. Fix the reward "
                 "function(s) or raise max_reward_error_rate")
 
     def _check_skipped(self, metrics: Any) -> None:
@@ -374,20 +381,7 @@ class GRPOTrainer:
         return adapter.save(os.path.join(self.config.output_dir, "final"))
 
 
-def _tensor(values: list[float]) -> Any:
-    import torch
-
-    return torch.tensor(values, dtype=torch.float32)
-
-
 def _os_reason(err: BaseException) -> str:
     """The OS error's own words (also when it arrives wrapped by Ray from an actor)."""
     cause = getattr(err, "cause", None) or err
     return getattr(cause, "strerror", None) or str(cause).strip().splitlines()[-1]
-
-
-def _first_error(scores: rewards.Scores) -> str:
-    for result in scores.results:
-        if result.first_error:
-            return result.first_error.strip().splitlines()[-1]
-    return "none recorded"

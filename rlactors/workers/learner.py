@@ -41,6 +41,7 @@ class LearnerWorker:
         self.scheduler: Any = None
         self.device = "cpu"
         self._shared: dict[int, tuple[DeviceAdapter, Any]] = {}  # version -> (record, its GPU buffer)
+        self._prepared: tuple[tuple[int, int, int], tuple[list, list]] | None = None  # see prepare
 
     def build(self) -> int:
         """Loads the base model with a fresh LoRA adapter, AdamW and the lr schedule."""
@@ -48,7 +49,7 @@ class LearnerWorker:
             return os.getpid()
         import torch
 
-        from rlactors.loader import FastLanguageModel
+        from rlactors.loader import FastLanguageModel, compile_layers, keep_inputs_in_base_dtype
         from rlactors.threads import use_all_cores
 
         use_all_cores()
@@ -67,7 +68,7 @@ class LearnerWorker:
         self.model.train()
         self.device = next(self.model.parameters()).device
         if self._autocast_dtype() is not None:
-            _keep_inputs_in_base_dtype(self.model)
+            keep_inputs_in_base_dtype(self.model)
         if cfg.torch_compile:
             compile_layers(self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -126,6 +127,22 @@ class LearnerWorker:
         """Writes the current adapter as a PEFT folder."""
         return self.export_adapter().save(path)
 
+    def prepare(self, batch: RolloutBatch, step: int) -> bool:
+        """The passes `update` needs before it trains on `batch` (old log-probs for `num_iterations`
+        > 1, the base model's for `beta` > 0), run now under the current weights and kept for the
+        update of the same step: the driver calls this before the rewards are in, so the passes run
+        while it scores. Whether there were passes to run."""
+        self.build()
+        self._check_version(batch)
+        passes = self._reference_passes(self._micro_batches(batch))
+        self._prepared = ((step, self.version, batch.size), passes)
+        return any(p is not None for p in passes[0] + passes[1])
+
+    def _micro_batches(self, batch: RolloutBatch) -> list[RolloutBatch]:
+        # On the device before any kernel is queued: a copy from pageable memory waits for the GPU.
+        size = self.config.micro_batch_size
+        return [batch.rows(i, min(i + size, batch.size)).to(self.device) for i in range(0, batch.size, size)]
+
     def update(self, batch: RolloutBatch, step: int, whole: BatchTotals | None = None) -> StepMetrics:
         """One GRPO update on `batch` (advantages set); `num_iterations` optimizer steps.
 
@@ -139,10 +156,10 @@ class LearnerWorker:
             raise ValueError("RolloutBatch.advantages is None: score the batch before update")
         cfg = self.config
         whole = whole or BatchTotals.of([batch], cfg.micro_batch_size)
-        # On the device before any kernel is queued: a copy from pageable memory waits for the GPU.
-        micro = [batch.rows(i, min(i + cfg.micro_batch_size, batch.size)).to(self.device)
-                 for i in range(0, batch.size, cfg.micro_batch_size)]
-        old, ref = self._reference_passes(micro)
+        micro = self._micro_batches(batch)
+        prepared, self._prepared = self._prepared, None
+        ahead = prepared is not None and prepared[0] == (step, self.version, batch.size)
+        old, ref = prepared[1] if ahead else self._reference_passes(micro)
         weights: list = [None] * len(micro)  # importance weights, fixed by the first iteration
         params = [p for p in self.model.parameters() if p.requires_grad]
         totals: dict[str, float] = {}
@@ -172,9 +189,9 @@ class LearnerWorker:
         if cfg.vllm_enable_sleep_mode and torch.cuda.is_available():
             torch.cuda.empty_cache()  # hand the update's cached blocks back before vLLM wakes beside us
         tokens = max(whole.num_items, 1.0)
-        extra = {}
+        extra = {"learner/reference_passes_ahead": float(ahead)} if cfg.num_iterations > 1 or cfg.beta > 0 else {}
         if cfg.vllm_importance_sampling_correction and totals["is_count"]:
-            extra = {"sampling/importance_sampling_ratio/mean": totals["is_sum"] / totals["is_count"],
+            extra |= {"sampling/importance_sampling_ratio/mean": totals["is_sum"] / totals["is_count"],
                      "sampling/importance_sampling_ratio/min": totals["is_min"],
                      "sampling/importance_sampling_ratio/max": totals["is_max"]}
         return StepMetrics(
@@ -343,28 +360,6 @@ def _sum_stats(stats: list[dict[str, Any]]) -> tuple[dict[str, float], list[floa
     rows.append(-torch.stack([s["is_min"] for s in stats]).min().double())
     values = torch.stack(rows).tolist()
     return dict(zip(SUMMED, values[:len(SUMMED)])), values[len(SUMMED):]
-
-
-def compile_layers(model: Any) -> int:
-    """torch.compile each decoder layer in place (regional compilation: the layers share one graph,
-    so it compiles once, not once per layer); how many were compiled. Fuses the elementwise work
-    around the matmuls (norms, activations, rotary, residual and LoRA adds) that runs unfused."""
-    from rlactors.loader import decoder_layers
-
-    layers = decoder_layers(model)
-    for layer in layers:
-        layer.compile()
-    return len(layers)
-
-
-def _keep_inputs_in_base_dtype(model: Any) -> None:
-    """Stops PEFT's LoRA layers from casting their inputs to the adapter's float32 (autocast
-    picks the matmul dtype instead); what `peft.helpers.disable_input_dtype_casting` sets."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    for module in model.modules():
-        if isinstance(module, BaseTunerLayer):
-            module.cast_input_dtype_enabled = False
 
 
 def _schedule(cfg: "GRPOConfig") -> Any:

@@ -57,13 +57,17 @@ def test_two_learners_on_halves_equal_one_learner_on_the_whole(ray_cluster, tiny
     group = LearnerGroup(LearnerWorker, config, [Share(0, 0.5, 0.0), Share(0, 0.5, 0.0)], None)
     try:
         group.build()
+        ahead = "learner/reference_passes_ahead"
         for step in (1, 2):
             batch = _batch(single, step - 1, seed=step)
             one = single.update(batch, step)
+            if "beta" in options:  # the group's learners run their passes ahead, each on its shard
+                assert ray.get(group.prepare(batch, step)) == [True, True]
             two = group.update(batch, step)
             assert two.adapter_version == one.adapter_version == step
             for key in ("loss", "grad_norm", "kl", "logprob_mismatch", "clip_ratio_low", "clip_ratio_high"):
                 assert getattr(two, key) == pytest.approx(getattr(one, key), rel=1e-4, abs=1e-7), key
+            assert two.extra.pop(ahead, 1.0) == 1.0 and one.extra.pop(ahead, 0.0) == 0.0
             assert two.extra == pytest.approx(one.extra, rel=1e-5)
         initial = LearnerWorker(config).export_adapter().tensors
         expected = single.export_adapter().tensors

@@ -57,7 +57,8 @@ def test_ray_actors_named_adapter_by_reference(ray_cluster, tiny_llama, tmp_path
     import ray
 
     # vllm_enable_sleep_mode: the sleep calls go through Ray and change nothing on CPU (no sleep mode there).
-    config = _config(tiny_llama, tmp_path, max_steps=2, save_steps=0, vllm_enable_sleep_mode=True)
+    # beta > 0: the learner actor computes the base model's log-probs while the rewards are scored.
+    config = _config(tiny_llama, tmp_path, max_steps=2, save_steps=0, vllm_enable_sleep_mode=True, beta=0.04)
     trainer = GRPOTrainer(config, reward_funcs=[count_vowels], train_dataset=_rows())
     exports = []
     trainer._init_ray()
@@ -97,6 +98,7 @@ def test_ray_actors_named_adapter_by_reference(ray_cluster, tiny_llama, tmp_path
         trainer._stop(owns_ray=False)
     rows = trainer.recorder.rows
     assert [r["adapter_version"] for r in rows] == [1, 2]
+    assert [r["learner/reference_passes_ahead"] for r in rows] == [1.0, 1.0] and rows[1]["kl"] > 0
     # The actor's time in vLLM crosses the Ray hop; the rest of generate_s is packing and transport.
     assert all(0 < r["time/generate_vllm_s"] <= r["time/generate_s"] for r in rows)
     assert all(r["time/sleep_s"] > 0 for r in rows)  # the phase ran (one Ray round trip each step)

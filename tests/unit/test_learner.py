@@ -52,6 +52,28 @@ def test_update_advances_version_and_refuses_stale_batches(tiny_llama, tmp_path)
         learner.update(_batch(learner, 0), step=2)
 
 
+def test_passes_prepared_ahead_give_the_same_step(tiny_llama, tmp_path):
+    """`prepare` (run while the driver scores) computes the old and base-model log-probs the update
+    would compute itself: the update that takes them trains to the same adapter, bit for bit; passes
+    prepared for another step are not taken."""
+    config = _config(tiny_llama, tmp_path, beta=0.04, num_iterations=2)
+    plain, ahead = LearnerWorker(config), LearnerWorker(config)
+    plain.build()
+    ahead.build()
+    for step in (1, 2):
+        batch = _batch(plain, step - 1, seed=step)
+        expected = plain.update(batch, step)
+        assert ahead.prepare(batch, step)
+        got = ahead.update(batch, step)
+        assert expected.extra.pop("learner/reference_passes_ahead") == 0.0
+        assert got.extra.pop("learner/reference_passes_ahead") == 1.0
+        assert (got.loss, got.kl, got.grad_norm, got.extra) == (expected.loss, expected.kl, expected.grad_norm,
+                                                                 expected.extra)
+    assert all(torch.equal(a, b) for a, b in zip(_adapter(plain).values(), _adapter(ahead).values()))
+    ahead.prepare(_batch(ahead, 2, seed=3), step=3)
+    assert ahead.update(_batch(ahead, 2, seed=4), step=4).extra["learner/reference_passes_ahead"] == 0.0
+
+
 def test_mismatch_guard_stops_before_the_step(tiny_llama, tmp_path):
     learner = LearnerWorker(_config(tiny_llama, tmp_path, max_logprob_mismatch=0.1))
     learner.build()
