@@ -19,9 +19,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import median, seconds  # noqa: E402
-
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+from common import TARGETS, median, seconds  # noqa: E402
 
 
 def timed_loads(llm, adapters: list, first_id: int) -> tuple[list[float], list[int]]:

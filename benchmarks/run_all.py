@@ -108,7 +108,9 @@ def largest_batch(a: dict, a_prefix: str, b: dict, b_prefix: str, suffix: str) -
 def report(shape: str, memory_gmu: float) -> dict:
     pieces = load_pieces()
     bare, ours = pieces.get("bare", {}), pieces.get("rlactors", {})
-    sync = pieces.get("rlactors_sync") or ours
+    # The sync part's figures, when it ran, over the rlactors part's.
+    sync_piece = "rlactors_sync" if "rlactors_sync" in pieces else "rlactors"
+    sync = pieces.get(sync_piece, {})
     trl, uns = pieces.get("trl", {}), pieces.get("unsloth", {})
     overlapped, profile = pieces.get("async", {}), pieces.get("profile", {})
     result = {
@@ -122,7 +124,7 @@ def report(shape: str, memory_gmu: float) -> dict:
                                                     bare.get(f"bare_vllm_bs{b}_lora_logprobs_tok_s")),
         "adapter_sync_p50_ms": sync.get("adapter_sync_p50_ms"),
         "adapter_sync_speedup_vs_disk": sync.get("adapter_sync_speedup_vs_disk"),
-        "adapter_sync_piece": "rlactors_sync" if "rlactors_sync" in pieces else "rlactors",
+        "adapter_sync_piece": sync_piece,
         "grpo_step_s": ours.get("grpo_step_s"),
         "grpo_step_only_s": pieces.get("rlactors_step", {}).get("grpo_step_s"),
         "trl_grpo_step_s": trl.get("trl_step_s_median_last4"),

@@ -197,6 +197,12 @@ class GRPOConfig(BaseModel):
         return self
 
     @property
+    def needs_logprob_passes(self) -> bool:
+        """Whether an update first needs log-probs of the batch under fixed weights: the old policy's
+        (num_iterations > 1) or the base model's (beta > 0)."""
+        return self.num_iterations > 1 or self.beta > 0
+
+    @property
     def samples_per_step(self) -> int:
         return self.prompts_per_step * self.num_generations
 

@@ -231,8 +231,7 @@ class GRPOTrainer:
         return rewards.score(self.reward_functions, prompts, completions, columns, cfg.reward_timeout_s)
 
     def _prepare(self, batch: Any, step: int) -> list[Any]:
-        cfg = self.config
-        needed = cfg.overlap_scoring and (cfg.beta > 0 or cfg.num_iterations > 1)
+        needed = self.config.overlap_scoring and self.config.needs_logprob_passes
         return self.learners.prepare(batch, step) if needed else []
 
     def _update(self, batch: Any, step: int, prepared: list[Any]) -> Any:

@@ -189,7 +189,7 @@ class LearnerWorker:
         if cfg.vllm_enable_sleep_mode and torch.cuda.is_available():
             torch.cuda.empty_cache()  # hand the update's cached blocks back before vLLM wakes beside us
         tokens = max(whole.num_items, 1.0)
-        extra = {"learner/reference_passes_ahead": float(ahead)} if cfg.num_iterations > 1 or cfg.beta > 0 else {}
+        extra = {"learner/reference_passes_ahead": float(ahead)} if cfg.needs_logprob_passes else {}
         if cfg.vllm_importance_sampling_correction and totals["is_count"]:
             extra |= {"sampling/importance_sampling_ratio/mean": totals["is_sum"] / totals["is_count"],
                      "sampling/importance_sampling_ratio/min": totals["is_min"],
@@ -253,7 +253,7 @@ class LearnerWorker:
         cfg = self.config
         old: list = [None] * len(micro)
         ref: list = [None] * len(micro)
-        if cfg.num_iterations == 1 and cfg.beta == 0:
+        if not cfg.needs_logprob_passes:
             return old, ref
         with torch.no_grad():
             for i, mb in enumerate(micro):
