@@ -4,6 +4,7 @@ process, one after the other.
 
     python benchmarks/bench_async.py --model DIR [--eager] [--smoke]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -11,8 +12,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_rlactors import config_for, grpo_steps, length_reward  # noqa: E402
-from common import prompts, save_piece  # noqa: E402
+from bench_rlactors import config_for, grpo_steps, length_reward
+from common import prompts, save_piece
 
 
 def run(config, steps: int) -> dict:
@@ -50,13 +51,17 @@ def main() -> None:
     sync, overlapped = out["grpo_step_s_staleness0"], out["grpo_step_s_staleness1"]
     out["async_step_vs_sync"] = round(overlapped / sync, 3)
     save_piece("async", out)
-    print(f"\nGRPO step, median of steps 3..{args.steps}: on-policy {sync} s, one-step-off-policy {overlapped} s "
-          f"({out['async_step_vs_sync']}x)")
+    print(
+        f"\nGRPO step, median of steps 3..{args.steps}: on-policy {sync} s, one-step-off-policy {overlapped} s "
+        f"({out['async_step_vs_sync']}x)"
+    )
     for staleness in (0, 1):
-        print(f"  max_staleness {staleness}: phases {out[f'grpo_phase_s_staleness{staleness}']}, "
-              f"completion tokens/s {out[f'grpo_completion_tok_s_staleness{staleness}']}, "
-              f"peak {out[f'peak_memory_gib_staleness{staleness}']} GiB, "
-              f"staleness {out[f'staleness_staleness{staleness}']}")
+        print(
+            f"  max_staleness {staleness}: phases {out[f'grpo_phase_s_staleness{staleness}']}, "
+            f"completion tokens/s {out[f'grpo_completion_tok_s_staleness{staleness}']}, "
+            f"peak {out[f'peak_memory_gib_staleness{staleness}']} GiB, "
+            f"staleness {out[f'staleness_staleness{staleness}']}"
+        )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ HF `generate`, on the same model, prompts, batch and length.
 
     python benchmarks/bench_bare.py --model DIR [--smoke]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -11,7 +12,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import REPEATS, TARGETS, median, prompts, save_piece  # noqa: E402
+from common import REPEATS, TARGETS, median, prompts, save_piece
 
 
 def hf_generate(path: str, batch: int, tokens: int) -> float:
@@ -25,8 +26,9 @@ def hf_generate(path: str, batch: int, tokens: int) -> float:
     model.generation_config.eos_token_id = None
     enc = tokenizer(prompts(batch), return_tensors="pt", padding=True).to(device)
     start = time.perf_counter()
-    model.generate(**enc, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=True,
-                   pad_token_id=tokenizer.pad_token_id)
+    model.generate(
+        **enc, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=True, pad_token_id=tokenizer.pad_token_id
+    )
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -65,8 +67,11 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for a CPU check of the script")
     parser.add_argument("--skip-hf", action="store_true", help="skip the (slow) HF generate baseline")
     parser.add_argument("--batches", default="64,256", help="rollout batch sizes (the last one also with log-probs)")
-    parser.add_argument("--multiprocessing", action="store_true",
-                        help="vLLM's engine core in a process of its own (vLLM's default; piece bare_mp)")
+    parser.add_argument(
+        "--multiprocessing",
+        action="store_true",
+        help="vLLM's engine core in a process of its own (vLLM's default; piece bare_mp)",
+    )
     args = parser.parse_args()
     # In-process, like a rollout worker's engine, unless asked for vLLM's default.
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if args.multiprocessing else "0"
@@ -81,8 +86,16 @@ def main() -> None:
 
     extra = {"enforce_eager": True, "kv_cache_memory_bytes": 256 * 2**20} if args.smoke else {}
     start = time.perf_counter()
-    llm = LLM(model=args.model, enable_lora=True, max_lora_rank=rank, max_loras=2, max_model_len=1024,
-              gpu_memory_utilization=0.5 if not args.smoke else 0.3, dtype="bfloat16", **extra)
+    llm = LLM(
+        model=args.model,
+        enable_lora=True,
+        max_lora_rank=rank,
+        max_loras=2,
+        max_model_len=1024,
+        gpu_memory_utilization=0.5 if not args.smoke else 0.3,
+        dtype="bfloat16",
+        **extra,
+    )
     result["vllm_startup_s"] = round(time.perf_counter() - start, 1)
     params = SamplingParams(n=group, max_tokens=tokens, min_tokens=tokens, ignore_eos=True, temperature=1.0)
     lora = LoRARequest("bench", 1, adapter)
@@ -90,8 +103,9 @@ def main() -> None:
     # no incremental detokenisation; splits vLLM's own cost of log-probs from rlactors' own.
     fields = getattr(SamplingParams, "__struct_fields__", ())
     same = {k: v for k, v in (("flat_logprobs", True), ("detokenize", False)) if k in fields}
-    with_logprobs = SamplingParams(n=group, max_tokens=tokens, min_tokens=tokens, ignore_eos=True,
-                                   temperature=1.0, logprobs=0, **same)
+    with_logprobs = SamplingParams(
+        n=group, max_tokens=tokens, min_tokens=tokens, ignore_eos=True, temperature=1.0, logprobs=0, **same
+    )
     runs = [(batch, "", params) for batch in batches] + [(batches[-1], "_logprobs", with_logprobs)]
     for batch, suffix, sampling in runs:
         for name, request in (("base", None), ("lora", lora)):

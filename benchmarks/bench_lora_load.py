@@ -8,6 +8,7 @@ activation into a slot: what every load cost before). Same engine, same adapter,
 An adapter is installed anew when its PEFT config differs from the installed one's, so the
 "anew" loads alternate two lora_alpha values; the in-place loads keep one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,15 +20,17 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import TARGETS, median, seconds  # noqa: E402
+from common import TARGETS, median, seconds
 
 
 def timed_loads(llm, adapters: list, first_id: int) -> tuple[list[float], list[int]]:
-    from rlactors import engine
+    from rlactors.engine import vllm_engine as engine
 
     ids: list[int] = []
-    times = [seconds(lambda: ids.append(engine.load_adapter(llm, adapter, first_id + i).lora_int_id))
-             for i, adapter in enumerate(adapters)]  # each until the copies have landed
+    times = [
+        seconds(lambda: ids.append(engine.load_adapter(llm, adapter, first_id + i).lora_int_id))  # noqa: B023
+        for i, adapter in enumerate(adapters)
+    ]  # each until the copies have landed
     return times, ids
 
 
@@ -38,14 +41,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     args = parser.parse_args()
     from rlactors import FastLanguageModel
-    from rlactors.adapter import export_adapter
-    from rlactors.fast_state import state_of
+    from rlactors.core.adapter import export_adapter
+    from rlactors.loader.fast_state import state_of
 
     cuda = torch.cuda.is_available()
     model, _ = FastLanguageModel.from_pretrained(
-        args.model, max_seq_length=512, load_in_4bit=False, fast_inference=True, gpu_memory_utilization=0.3,
-        max_lora_rank=args.rank, dtype="bfloat16" if cuda else "float32", enforce_eager=not cuda,
-        **({} if cuda else {"kv_cache_memory_bytes": 512 * 2**20}))
+        args.model,
+        max_seq_length=512,
+        load_in_4bit=False,
+        fast_inference=True,
+        gpu_memory_utilization=0.3,
+        max_lora_rank=args.rank,
+        dtype="bfloat16" if cuda else "float32",
+        enforce_eager=not cuda,
+        **({} if cuda else {"kv_cache_memory_bytes": 512 * 2**20}),
+    )
     model = FastLanguageModel.get_peft_model(model, r=args.rank, lora_alpha=args.rank, target_modules=TARGETS)
     with torch.no_grad():  # a trained-looking adapter: lora_B away from PEFT's zeros
         for name, param in model.named_parameters():

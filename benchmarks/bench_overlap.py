@@ -8,6 +8,7 @@ same trainer and process, alternating step by step so both see the same machine.
 reward stands in for a remote judge or a sandbox: it waits `--judge-s` seconds per call, as a
 request to one would, then scores by length.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_rlactors import config_for, length_reward  # noqa: E402
-from common import median, prompts, save_piece  # noqa: E402
+from bench_rlactors import config_for, length_reward
+from common import median, prompts, save_piece
 
 AHEAD = "learner/reference_passes_ahead"
 
@@ -47,8 +48,10 @@ def main() -> None:
     if args.prompts:
         values["prompts_per_step"] = args.prompts
     if args.tokens:
-        values.update(max_completion_length=args.tokens,
-                      generation_kwargs={**values["generation_kwargs"], "min_tokens": args.tokens})
+        values.update(
+            max_completion_length=args.tokens,
+            generation_kwargs={**values["generation_kwargs"], "min_tokens": args.tokens},
+        )
     config = GRPOConfig(**values)
     rows = [{"prompt": p} for p in prompts(4096)]
     trainer = GRPOTrainer(config, reward_funcs=[judge_reward(args.judge_s)], train_dataset=rows)
@@ -62,20 +65,27 @@ def main() -> None:
     finally:
         trainer._stop(owns_ray)
     steady = trainer.recorder.rows[2:]
-    out: dict = {"judge_s": args.judge_s, "beta": config.beta, "prompts_per_step": config.prompts_per_step,
-                 "completion_tokens": config.max_completion_length}
+    out: dict = {
+        "judge_s": args.judge_s,
+        "beta": config.beta,
+        "prompts_per_step": config.prompts_per_step,
+        "completion_tokens": config.max_completion_length,
+    }
     for tag, ahead in (("overlapped", 1.0), ("one_after_other", 0.0)):
         picked = [r for r in steady if r[AHEAD] == ahead]
         out[f"{tag}_step_s_all"] = [round(r["step_time_s"], 3) for r in picked]
         out[f"{tag}_step_s"] = round(median([r["step_time_s"] for r in picked]), 3)
-        out[f"{tag}_phase_s"] = {p: round(median([r[f"time/{p}_s"] for r in picked]), 3)
-                                 for p in ("generate", "score", "update", "sync")}
+        out[f"{tag}_phase_s"] = {
+            p: round(median([r[f"time/{p}_s"] for r in picked]), 3) for p in ("generate", "score", "update", "sync")
+        }
     out["overlapped_vs_one_after_other"] = round(out["overlapped_step_s"] / out["one_after_other_step_s"], 3)
     save_piece("overlap", out)
-    print(f"\nGRPO step with beta {config.beta} and a {args.judge_s} s reward, median of steps 3..{args.steps} "
-          f"by kind: overlapped {out['overlapped_step_s']} s {out['overlapped_phase_s']}, one after the other "
-          f"{out['one_after_other_step_s']} s {out['one_after_other_phase_s']}: "
-          f"{out['overlapped_vs_one_after_other']}x")
+    print(
+        f"\nGRPO step with beta {config.beta} and a {args.judge_s} s reward, median of steps 3..{args.steps} "
+        f"by kind: overlapped {out['overlapped_step_s']} s {out['overlapped_phase_s']}, one after the other "
+        f"{out['one_after_other_step_s']} s {out['one_after_other_phase_s']}: "
+        f"{out['overlapped_vs_one_after_other']}x"
+    )
 
 
 if __name__ == "__main__":

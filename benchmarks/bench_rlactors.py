@@ -6,6 +6,7 @@
 The GRPO workload matches the TRL and Unsloth baselines: 16 prompts x 8 generations x 256
 tokens (ignore_eos), LoRA r=64 on all seven projections, gpu_memory_utilization 0.5.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,28 +15,52 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import REPEATS, TARGETS, PeakMemory, median, percentile, prompts, save_piece  # noqa: E402
+from common import REPEATS, TARGETS, PeakMemory, median, percentile, prompts, save_piece
 
 
 def length_reward(prompts, completions, **_):
     return [-abs(100 - len(c)) / 100 for c in completions]
 
 
-def config_for(model: str, smoke: bool, steps: int, gmu: float, checkpointing: "bool | str", micro: int,
-               sleep: bool = False, compile_learner: bool = False) -> "object":
+def config_for(
+    model: str,
+    smoke: bool,
+    steps: int,
+    gmu: float,
+    checkpointing: bool | str,
+    micro: int,
+    sleep: bool = False,
+    compile_learner: bool = False,
+) -> object:
     from rlactors import GRPOConfig
 
     tokens = 8 if smoke else 256
     return GRPOConfig(
-        model_name=model, max_seq_length=1024, max_prompt_length=64, max_completion_length=tokens,
-        gpu_memory_utilization=0.3 if smoke else gmu, max_lora_rank=16 if smoke else 64,
-        lora_r=16 if smoke else 64, lora_alpha=16 if smoke else 64, lora_target_modules=TARGETS,
-        num_generations=8, prompts_per_step=2 if smoke else 16, learning_rate=1e-5, beta=0.0,
-        max_steps=steps, save_steps=0, output_dir="/tmp/rlactors-bench-run", progress_bar=False,
-        report_to=["jsonl"], micro_batch_size=micro, gradient_checkpointing=False if smoke else checkpointing,
-        generation_kwargs={"min_tokens": tokens, "ignore_eos": True}, max_logprob_mismatch=5.0,
+        model_name=model,
+        max_seq_length=1024,
+        max_prompt_length=64,
+        max_completion_length=tokens,
+        gpu_memory_utilization=0.3 if smoke else gmu,
+        max_lora_rank=16 if smoke else 64,
+        lora_r=16 if smoke else 64,
+        lora_alpha=16 if smoke else 64,
+        lora_target_modules=TARGETS,
+        num_generations=8,
+        prompts_per_step=2 if smoke else 16,
+        learning_rate=1e-5,
+        beta=0.0,
+        max_steps=steps,
+        save_steps=0,
+        output_dir="/tmp/rlactors-bench-run",
+        progress_bar=False,
+        report_to=["jsonl"],
+        micro_batch_size=micro,
+        gradient_checkpointing=False if smoke else checkpointing,
+        generation_kwargs={"min_tokens": tokens, "ignore_eos": True},
+        max_logprob_mismatch=5.0,
         engine_kwargs={"enforce_eager": True, "kv_cache_memory_bytes": 256 * 2**20} if smoke else {},
-        vllm_enable_sleep_mode=sleep, torch_compile=compile_learner,
+        vllm_enable_sleep_mode=sleep,
+        torch_compile=compile_learner,
     )
 
 
@@ -94,14 +119,16 @@ def adapter_sync(trainer, rounds: int, out: dict) -> None:
         trainer.rollouts.prompt_logprobs(probe, 1)
         disk.append(time.perf_counter() - start)
     best = "device" if trainer.on_device else "object_store"
-    out.update({
-        "adapter_mb": round(adapter.nbytes() / 2**20, 1),
-        "adapter_sync_path": best,
-        "adapter_sync_p50_ms": out[f"sync_{best}_p50_ms"],
-        "adapter_sync_p95_ms": out[f"sync_{best}_p95_ms"],
-        "disk_sync_ms_all": [round(x * 1000, 1) for x in disk],
-        "disk_sync_p50_ms": round(median(disk[1:] or disk) * 1000, 1),
-    })
+    out.update(
+        {
+            "adapter_mb": round(adapter.nbytes() / 2**20, 1),
+            "adapter_sync_path": best,
+            "adapter_sync_p50_ms": out[f"sync_{best}_p50_ms"],
+            "adapter_sync_p95_ms": out[f"sync_{best}_p95_ms"],
+            "disk_sync_ms_all": [round(x * 1000, 1) for x in disk],
+            "disk_sync_p50_ms": round(median(disk[1:] or disk) * 1000, 1),
+        }
+    )
     out["adapter_sync_speedup_vs_disk"] = round(out["disk_sync_p50_ms"] / out["adapter_sync_p50_ms"], 2)
     trainer.rollouts.load_adapter(trainer.learners.export_adapter(on_device=trainer.on_device))  # as trained
 
@@ -114,18 +141,29 @@ def grpo_steps(trainer, steps: int, out: dict) -> None:
     times = [r["step_time_s"] for r in rows]
     steady = times[2:] or times
     tokens = [r["num_tokens"] for r in rows]
-    out.update({
-        "grpo_step_s_all": [round(t, 2) for t in times],
-        "grpo_step_s": round(median(steady), 2),
-        "grpo_completion_tok_s": round(median([r["completions/mean_length"] * trainer.config.samples_per_step
-                                               / r["step_time_s"] for r in rows[2:] or rows]), 1),
-        "grpo_phase_s": {p: round(median([r[f"time/{p}_s"] for r in rows[2:] or rows]), 2)
-                         for p in ("generate", "sleep", "score", "update", "sync")},
-        "grpo_phase_s_all": {p: [round(r[f"time/{p}_s"], 2) for r in rows] for p in ("generate", "update")},
-        "grpo_tokens_per_step": int(median(tokens)),
-        "peak_memory_gib": peak.peak_gib,
-        "logprob_mismatch_mean": round(median([r["sampling/logprob_mismatch"] for r in rows]), 4),
-    })
+    out.update(
+        {
+            "grpo_step_s_all": [round(t, 2) for t in times],
+            "grpo_step_s": round(median(steady), 2),
+            "grpo_completion_tok_s": round(
+                median(
+                    [
+                        r["completions/mean_length"] * trainer.config.samples_per_step / r["step_time_s"]
+                        for r in rows[2:] or rows
+                    ]
+                ),
+                1,
+            ),
+            "grpo_phase_s": {
+                p: round(median([r[f"time/{p}_s"] for r in rows[2:] or rows]), 2)
+                for p in ("generate", "sleep", "score", "update", "sync")
+            },
+            "grpo_phase_s_all": {p: [round(r[f"time/{p}_s"], 2) for r in rows] for p in ("generate", "update")},
+            "grpo_tokens_per_step": int(median(tokens)),
+            "peak_memory_gib": peak.peak_gib,
+            "logprob_mismatch_mean": round(median([r["sampling/logprob_mismatch"] for r in rows]), 4),
+        }
+    )
 
 
 def main() -> None:
@@ -134,14 +172,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--gmu", type=float, default=0.2, help="vLLM's share: the KV cache needs about 2 GB here")
-    parser.add_argument("--checkpointing", nargs="?", const="true", default="false",
-                        choices=["true", "false", "unsloth"],
-                        help="learner activation checkpointing; 'unsloth': checkpoints wait in pinned host memory")
+    parser.add_argument(
+        "--checkpointing",
+        nargs="?",
+        const="true",
+        default="false",
+        choices=["true", "false", "unsloth"],
+        help="learner activation checkpointing; 'unsloth': checkpoints wait in pinned host memory",
+    )
     parser.add_argument("--micro-batch", type=int, default=32)
     parser.add_argument("--step-only", action="store_true", help="only the GRPO steps and their peak memory")
     parser.add_argument("--sync-only", action="store_true", help="only the adapter sync (its paths and the disk's)")
-    parser.add_argument("--sleep", action="store_true",
-                        help="vllm_enable_sleep_mode: vLLM sleeps while the learner trains")
+    parser.add_argument(
+        "--sleep", action="store_true", help="vllm_enable_sleep_mode: vLLM sleeps while the learner trains"
+    )
     parser.add_argument("--compile", action="store_true", help="torch_compile: the learner's decoder layers compiled")
     args = parser.parse_args()
     if args.step_only and args.sync_only:
@@ -150,12 +194,17 @@ def main() -> None:
     from rlactors import GRPOTrainer
 
     rows = [{"prompt": p} for p in prompts(4096)]
-    config = config_for(args.model, args.smoke, args.steps, args.gmu, checkpointing, args.micro_batch, args.sleep,
-                        args.compile)
-    trainer = GRPOTrainer(config, reward_funcs=[length_reward],
-                          train_dataset=rows)
-    out: dict = {"gpu_memory_utilization": config.gpu_memory_utilization, "sleep": args.sleep, "compile": args.compile,
-                 "gradient_checkpointing": config.gradient_checkpointing, "micro_batch_size": config.micro_batch_size}
+    config = config_for(
+        args.model, args.smoke, args.steps, args.gmu, checkpointing, args.micro_batch, args.sleep, args.compile
+    )
+    trainer = GRPOTrainer(config, reward_funcs=[length_reward], train_dataset=rows)
+    out: dict = {
+        "gpu_memory_utilization": config.gpu_memory_utilization,
+        "sleep": args.sleep,
+        "compile": args.compile,
+        "gradient_checkpointing": config.gradient_checkpointing,
+        "micro_batch_size": config.micro_batch_size,
+    }
     owns_ray = trainer._init_ray()
     try:
         start = time.perf_counter()

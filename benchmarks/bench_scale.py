@@ -16,6 +16,7 @@ Results accumulate in `$BENCH_PIECES/scale<N>.json` after every variant, so a ru
 several calls (`--only`) on one machine ends with one file and one table. Peak memory is that
 of GPU 0 (device-wide).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_rlactors import config_for, grpo_steps, length_reward  # noqa: E402
-from common import load_pieces, prompts, save_piece  # noqa: E402
+from bench_rlactors import config_for, grpo_steps, length_reward
+from common import load_pieces, prompts, save_piece
 
 
 def variants(gpus: int) -> list[tuple[str, int, dict]]:
@@ -34,10 +35,16 @@ def variants(gpus: int) -> list[tuple[str, int, dict]]:
         many = {"num_rollout_workers": gpus, "num_learner_workers": gpus}
         out += [(f"{gpus}gpu_colocate", gpus, many), (f"{gpus}gpu_colocate_async", gpus, {**many, "max_staleness": 1})]
         half = gpus // 2
-        apart = {"placement": "disaggregate", "num_rollout_workers": half, "num_learner_workers": half,
-                 "gpu_memory_utilization": 0.5}
-        out += [(f"{gpus}gpu_disaggregate", gpus, apart),
-                (f"{gpus}gpu_disaggregate_async", gpus, {**apart, "max_staleness": 1})]
+        apart = {
+            "placement": "disaggregate",
+            "num_rollout_workers": half,
+            "num_learner_workers": half,
+            "gpu_memory_utilization": 0.5,
+        }
+        out += [
+            (f"{gpus}gpu_disaggregate", gpus, apart),
+            (f"{gpus}gpu_disaggregate_async", gpus, {**apart, "max_staleness": 1}),
+        ]
     return out
 
 
@@ -98,9 +105,11 @@ def print_table(out: dict) -> None:
     print(f"\n{'variant':<26} {'GPUs':>4} {'step s':>7} {'tok/s':>9} {'tok/s/GPU':>10} {'eff.':>6} {'peak GiB':>9}")
     for name, r in out.items():
         if isinstance(r, dict):
-            print(f"{name:<26} {r['gpus_used']:>4} {r['grpo_step_s']:>7} {r['grpo_completion_tok_s']:>9} "
-                  f"{r['completion_tok_s_per_gpu']:>10.1f} {r.get('scaling_efficiency', float('nan')):>6.2f} "
-                  f"{r['peak_memory_gib']:>9}")
+            print(
+                f"{name:<26} {r['gpus_used']:>4} {r['grpo_step_s']:>7} {r['grpo_completion_tok_s']:>9} "
+                f"{r['completion_tok_s_per_gpu']:>10.1f} {r.get('scaling_efficiency', float('nan')):>6.2f} "
+                f"{r['peak_memory_gib']:>9}"
+            )
 
 
 if __name__ == "__main__":

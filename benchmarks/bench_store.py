@@ -4,6 +4,7 @@ of `bench_rlactors.py` into making the buffer and storing it.
 
     python benchmarks/bench_store.py [--mb 86] [--rounds 10]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,10 +15,10 @@ import time
 import ray
 import torch
 
-from rlactors.adapter import LoRAAdapter, unflatten
+from rlactors.core.adapter import LoRAAdapter, unflatten
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import median  # noqa: E402
+from common import median
 
 
 @ray.remote
@@ -60,8 +61,10 @@ def main() -> None:
         rows.append((ray.get(made_ref) * 1e3, stored * 1e3, read * 1e3))
         print(f"{i:>5} {rows[-1][0]:>8.1f} {rows[-1][1]:>14.1f} {rows[-1][2]:>8.1f}")
     made, stored, read = (median([r[k] for r in rows[1:]]) for k in range(3))
-    print(f"median of rounds 2-{args.rounds}: make {made:.1f} ms, store {stored - made:.1f} ms, read {read:.1f} ms "
-          f"for {args.mb:g} MB")
+    print(
+        f"median of rounds 2-{args.rounds}: make {made:.1f} ms, store {stored - made:.1f} ms, read {read:.1f} ms "
+        f"for {args.mb:g} MB"
+    )
     ray.shutdown()
 
 

@@ -1,5 +1,6 @@
 """Shared pieces of the benchmarks: random-weight models of real shapes, a device-wide peak-memory
 watcher, versions, and result files."""
+
 from __future__ import annotations
 
 import json
@@ -10,12 +11,30 @@ from typing import Any
 
 SHAPES = {
     # Llama-3.2-1B: with SmolLM2's 49,152-token vocabulary (tied) it has 1.07B parameters.
-    "llama-1b": dict(arch="llama", hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
-                     num_key_value_heads=8, intermediate_size=8192),
-    "qwen2.5-1.5b": dict(arch="qwen2", hidden_size=1536, num_hidden_layers=28, num_attention_heads=12,
-                         num_key_value_heads=2, intermediate_size=8960),
-    "tiny": dict(arch="llama", hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
-                 num_key_value_heads=1, intermediate_size=256),
+    "llama-1b": dict(
+        arch="llama",
+        hidden_size=2048,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=8192,
+    ),
+    "qwen2.5-1.5b": dict(
+        arch="qwen2",
+        hidden_size=1536,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        intermediate_size=8960,
+    ),
+    "tiny": dict(
+        arch="llama",
+        hidden_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=256,
+    ),
 }
 REPEATS = 3  # timed passes of a rollout throughput figure, after one untimed pass; the median is kept
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -39,9 +58,15 @@ def make_model(path: str, shape: str, tokenizer_dir: str) -> str:
     arch = spec.pop("arch")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[arch]
-    config = config_cls(vocab_size=len(tokenizer), max_position_embeddings=4096, tie_word_embeddings=True,
-                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                        torch_dtype="bfloat16", **spec)
+    config = config_cls(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        torch_dtype="bfloat16",
+        **spec,
+    )
     torch.manual_seed(0)
     # On the CPU: a CUDA context and cached blocks left in this process (run_all's, alive while
     # every part runs) would count in each part's device-wide peak memory.
@@ -68,7 +93,7 @@ class PeakMemory:
             self.peak = max(self.peak, total - free)
             time.sleep(0.05)
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         import torch
 
         if torch.cuda.is_available():
@@ -141,4 +166,4 @@ def median(values: list[float]) -> float:
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]

@@ -18,6 +18,7 @@ Prints and saves (piece `profile`):
   checkpointing (`gradient_checkpointing` True and "unsloth"), then with the decoder layers
   compiled (`torch_compile`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,14 +28,16 @@ import sys
 from typing import TYPE_CHECKING
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_rlactors import config_for  # noqa: E402
-from common import REPEATS, median, prompts, save_piece, seconds  # noqa: E402
+from bench_rlactors import config_for
+from common import REPEATS, median, prompts, save_piece, seconds
 
 if TYPE_CHECKING:
-    from rlactors.records import RolloutBatch
+    from rlactors.core.records import RolloutBatch
 
-KINDS = (("matmul", ("gemm", "cutlass", "nvjet", "sm90_xmma", "cublas", "matmul", "addmm", "mm")),
-         ("attention", ("flash", "fmha", "attention", "attn")))
+KINDS = (
+    ("matmul", ("gemm", "cutlass", "nvjet", "sm90_xmma", "cublas", "matmul", "addmm", "mm")),
+    ("attention", ("flash", "fmha", "attention", "attn")),
+)
 
 
 def timed(fn, repeats: int = REPEATS) -> tuple[float, object]:
@@ -66,9 +69,13 @@ def kernel_summary(fn) -> dict:
         kinds[kind] += kernel_s
     busy = sum(by_name.values())
     top = sorted(by_name.items(), key=lambda kv: -kv[1])[:5]
-    return {"wall_s": round(wall, 3), "kernel_s": round(busy, 3), "gpu_busy_share": round(busy / wall, 3),
-            "kernel_s_by_kind": {k: round(v, 3) for k, v in kinds.items()},
-            "top_kernels": [(name[:90], round(s, 4)) for name, s in top]}
+    return {
+        "wall_s": round(wall, 3),
+        "kernel_s": round(busy, 3),
+        "gpu_busy_share": round(busy / wall, 3),
+        "kernel_s_by_kind": {k: round(v, 3) for k, v in kinds.items()},
+        "top_kernels": [(name[:90], round(s, 4)) for name, s in top],
+    }
 
 
 def used_gib() -> float | None:
@@ -92,8 +99,10 @@ def update_memory(update) -> dict:
     torch.cuda.reset_peak_memory_stats()
     update()
     torch.cuda.synchronize()
-    return {"update_peak_allocated_extra": round((torch.cuda.max_memory_allocated() - allocated) / 2**30, 2),
-            "update_reserved_extra": round((torch.cuda.max_memory_reserved() - reserved) / 2**30, 2)}
+    return {
+        "update_peak_allocated_extra": round((torch.cuda.max_memory_allocated() - allocated) / 2**30, 2),
+        "update_reserved_extra": round((torch.cuda.max_memory_reserved() - reserved) / 2**30, 2),
+    }
 
 
 def fp32_lora_math(learner) -> contextlib.AbstractContextManager:
@@ -112,12 +121,13 @@ def fp32_lora_math(learner) -> contextlib.AbstractContextManager:
             learner.mixed_precision = before
             for m in layers:
                 m.cast_input_dtype_enabled = False
+
     return block()
 
 
-def checkpointed_update(learner, mode: "bool | str", update) -> dict:
+def checkpointed_update(learner, mode: bool | str, update) -> dict:
     """The update's time and memory with `gradient_checkpointing` set to `mode` (then off again)."""
-    from rlactors.loader import _set_gradient_checkpointing
+    from rlactors.loader.fast_language_model import _set_gradient_checkpointing
 
     _set_gradient_checkpointing(learner.model, mode)
     try:
@@ -126,12 +136,12 @@ def checkpointed_update(learner, mode: "bool | str", update) -> dict:
         learner.model.gradient_checkpointing_disable()
 
 
-def synthetic_batch(learner, config, tokenizer) -> "RolloutBatch":
+def synthetic_batch(learner, config, tokenizer) -> RolloutBatch:
     """The step's batch shape without an engine: random completions of full length, with the
     learner's own log-probs as the behaviour policy's (for `--update-only`)."""
     import torch
 
-    from rlactors.records import RolloutBatch
+    from rlactors.core.records import RolloutBatch
 
     group, length = config.num_generations, config.max_completion_length
     prompt = tokenizer(prompts(config.prompts_per_step), padding=True, padding_side="left", return_tensors="pt")
@@ -139,38 +149,58 @@ def synthetic_batch(learner, config, tokenizer) -> "RolloutBatch":
     completion = torch.randint(10, len(tokenizer), (rows, length))
     batch = RolloutBatch(
         prompt_ids=prompt.input_ids.repeat_interleave(group, 0),
-        prompt_mask=prompt.attention_mask.repeat_interleave(group, 0), completion_ids=completion,
-        completion_mask=torch.ones_like(completion), behaviour_logprobs=torch.zeros(rows, length),
-        prompt_index=torch.arange(rows) // group, sample_index=torch.arange(rows) % group,
-        truncated=torch.ones(rows, dtype=torch.bool), completions=[""] * rows,
-        adapter_version=learner.version, num_generations=group)
+        prompt_mask=prompt.attention_mask.repeat_interleave(group, 0),
+        completion_ids=completion,
+        completion_mask=torch.ones_like(completion),
+        behaviour_logprobs=torch.zeros(rows, length),
+        prompt_index=torch.arange(rows) // group,
+        sample_index=torch.arange(rows) % group,
+        truncated=torch.ones(rows, dtype=torch.bool),
+        completions=[""] * rows,
+        adapter_version=learner.version,
+        num_generations=group,
+    )
     with torch.no_grad(), learner.mixed_precision():
-        batch.behaviour_logprobs = torch.cat([learner._forward_logprobs(batch.rows(i, i + 8))[1].cpu()
-                                              for i in range(0, rows, 8)])
+        batch.behaviour_logprobs = torch.cat(
+            [learner._forward_logprobs(batch.rows(i, i + 8))[1].cpu() for i in range(0, rows, 8)]
+        )
     return batch
 
 
-def profile_rollout(rollout, learner, config, out: dict) -> tuple["RolloutBatch", list]:
+def profile_rollout(rollout, learner, config, out: dict) -> tuple[RolloutBatch, list]:
     """vLLM's `generate` alone, then the rollout worker's, same engine and process; their batch
     and the prompts' token ids."""
-    from rlactors import engine
+    from rlactors.engine import vllm_engine as engine
 
     rollout.load_adapter(learner.export_adapter())
     tokenizer = rollout._engine.get_tokenizer()
     ids = [tokenizer(p).input_ids for p in prompts(config.prompts_per_step)]
-    fields = dict(n=config.num_generations, max_tokens=config.max_completion_length, temperature=config.temperature,
-                  top_p=config.top_p, logprobs=0, **config.generation_kwargs)
-    params = engine.sampling_params(**fields, **{k: v for k, v in (("flat_logprobs", True), ("detokenize", False))
-                                                 if engine._has_field(k)})
+    fields = dict(
+        n=config.num_generations,
+        max_tokens=config.max_completion_length,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        logprobs=0,
+        **config.generation_kwargs,
+    )
+    params = engine.sampling_params(
+        **fields, **{k: v for k, v in (("flat_logprobs", True), ("detokenize", False)) if engine._has_field(k)}
+    )
     vllm_s, _ = timed(lambda: engine.generate(rollout._engine, ids, params, rollout._request))
     worker_s, batch = timed(lambda: rollout.generate(ids, learner.version))
     tokens = float(batch.completion_mask.sum())
-    out.update(rollout_vllm_generate_s=round(vllm_s, 3), rollout_worker_generate_s=round(worker_s, 3),
-               rollout_worker_vs_vllm=round(vllm_s / worker_s, 3), rollout_tok_s=round(tokens / worker_s, 1))
+    out.update(
+        rollout_vllm_generate_s=round(vllm_s, 3),
+        rollout_worker_generate_s=round(worker_s, 3),
+        rollout_worker_vs_vllm=round(vllm_s / worker_s, 3),
+        rollout_tok_s=round(tokens / worker_s, 1),
+    )
     out["generate_profile"] = kernel_summary(lambda: rollout.generate(ids, learner.version))
-    print(f"\nrollout ({batch.size} x {config.max_completion_length} tokens): vLLM generate {vllm_s:.3f} s, "
-          f"rollout worker {worker_s:.3f} s ({out['rollout_worker_vs_vllm']}x); "
-          f"GPU busy {out['generate_profile']['gpu_busy_share']}")
+    print(
+        f"\nrollout ({batch.size} x {config.max_completion_length} tokens): vLLM generate {vllm_s:.3f} s, "
+        f"rollout worker {worker_s:.3f} s ({out['rollout_worker_vs_vllm']}x); "
+        f"GPU busy {out['generate_profile']['gpu_busy_share']}"
+    )
     return batch, ids
 
 
@@ -184,11 +214,16 @@ def profile_wake(rollout, learner, ids: list, out: dict) -> None:
         generations.append(seconds(lambda: rollout.generate(ids, learner.version)))  # the first one after waking
     rollout.sleep()
     rollout.ready()
-    out.update(wake_s=round(median(wakes), 3), rollout_worker_generate_after_wake_s=round(median(generations), 3),
-               generate_after_wake_profile=kernel_summary(lambda: rollout.generate(ids, learner.version)))
+    out.update(
+        wake_s=round(median(wakes), 3),
+        rollout_worker_generate_after_wake_s=round(median(generations), 3),
+        generate_after_wake_profile=kernel_summary(lambda: rollout.generate(ids, learner.version)),
+    )
     busy = out["generate_after_wake_profile"]["gpu_busy_share"]
-    print(f"after a sleep: wake-up {out['wake_s']} s, then the worker's generate "
-          f"{out['rollout_worker_generate_after_wake_s']} s; GPU busy {busy}")
+    print(
+        f"after a sleep: wake-up {out['wake_s']} s, then the worker's generate "
+        f"{out['rollout_worker_generate_after_wake_s']} s; GPU busy {busy}"
+    )
 
 
 def main() -> None:
@@ -197,20 +232,26 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--gmu", type=float, default=0.2)
     parser.add_argument("--micro-batch", type=int, default=32)
-    parser.add_argument("--update-only", action="store_true",
-                        help="no engine: the learner's update on a synthetic batch of the step's shape "
-                             "(piece profile_update)")
-    parser.add_argument("--sleep", action="store_true",
-                        help="vllm_enable_sleep_mode: also time generation right after a sleep and wake-up")
+    parser.add_argument(
+        "--update-only",
+        action="store_true",
+        help="no engine: the learner's update on a synthetic batch of the step's shape (piece profile_update)",
+    )
+    parser.add_argument(
+        "--sleep",
+        action="store_true",
+        help="vllm_enable_sleep_mode: also time generation right after a sleep and wake-up",
+    )
     args = parser.parse_args()
     import torch
 
-    from rlactors.loader import compile_layers
+    from rlactors.loader.fast_language_model import compile_layers
     from rlactors.workers.learner import LearnerWorker
     from rlactors.workers.rollout import RolloutWorker
 
-    config = config_for(args.model, args.smoke, 1, args.gmu, checkpointing=False, micro=args.micro_batch,
-                        sleep=args.sleep)
+    config = config_for(
+        args.model, args.smoke, 1, args.gmu, checkpointing=False, micro=args.micro_batch, sleep=args.sleep
+    )
     rollout, learner = (None if args.update_only else RolloutWorker(config)), LearnerWorker(config)
     memory = {"before": used_gib()}
     if rollout is not None:
@@ -218,8 +259,11 @@ def main() -> None:
         memory["with_engine"] = used_gib()
     learner.build()
     memory["with_learner"] = used_gib()
-    out: dict = {"rows": config.samples_per_step, "completion_tokens": config.max_completion_length,
-                 "micro_batch_size": config.micro_batch_size}
+    out: dict = {
+        "rows": config.samples_per_step,
+        "completion_tokens": config.max_completion_length,
+        "micro_batch_size": config.micro_batch_size,
+    }
     if rollout is not None:
         batch, ids = profile_rollout(rollout, learner, config, out)
         if args.sleep:
@@ -243,21 +287,26 @@ def main() -> None:
     with fp32_lora_math(learner):
         out["update_fp32_lora_s"] = round(timed(update)[0], 3)
     out["update_vs_fp32_lora"] = round(out["update_s"] / out["update_fp32_lora_s"], 3)
-    out["update_by_checkpointing"] = {str(mode): checkpointed_update(learner, mode, update)
-                                      for mode in (True, "unsloth")}
+    out["update_by_checkpointing"] = {
+        str(mode): checkpointed_update(learner, mode, update) for mode in (True, "unsloth")
+    }
     # Last, as it stays on: the decoder layers compiled (`torch_compile`); timed() leaves the compiling call out.
     out["compiled_layers"] = compile_layers(learner.model)
     out["update_compiled_s"] = round(timed(update)[0], 3)
     out["update_compiled_memory"] = update_memory(update)
     out["update_compiled_vs_eager"] = round(out["update_compiled_s"] / out["update_s"], 3)
     save_piece("profile_update" if args.update_only else "profile", out)
-    print(f"update: {out['update_s']} s (bf16 LoRA matmuls) vs {out['update_fp32_lora_s']} s (fp32 LoRA) "
-          f"= {out['update_vs_fp32_lora']}x; GPU busy {out['update_profile']['gpu_busy_share']}, "
-          f"kernel s by kind {out['update_profile']['kernel_s_by_kind']}")
+    print(
+        f"update: {out['update_s']} s (bf16 LoRA matmuls) vs {out['update_fp32_lora_s']} s (fp32 LoRA) "
+        f"= {out['update_vs_fp32_lora']}x; GPU busy {out['update_profile']['gpu_busy_share']}, "
+        f"kernel s by kind {out['update_profile']['kernel_s_by_kind']}"
+    )
     print(f"GPU memory (GiB, device-wide unless 'extra'): {memory}")
     print(f"update with activation checkpointing: {out['update_by_checkpointing']}")
-    print(f"update with compiled decoder layers: {out['update_compiled_s']} s "
-          f"({out['update_compiled_vs_eager']}x eager), memory {out['update_compiled_memory']}")
+    print(
+        f"update with compiled decoder layers: {out['update_compiled_s']} s "
+        f"({out['update_compiled_vs_eager']}x eager), memory {out['update_compiled_memory']}"
+    )
 
 
 if __name__ == "__main__":

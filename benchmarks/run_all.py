@@ -16,6 +16,7 @@ $BENCH_PIECES (default /tmp/rlactors-bench); the report writes benchmarks/result
 ($BENCH_RESULTS to write elsewhere)
 (and a copy in $OUT when set). Ratios are rlactors over the baseline.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,14 +31,21 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from common import gpu_name, load_pieces, make_model, median, save_piece, versions  # noqa: E402
+from common import gpu_name, load_pieces, make_model, median, save_piece, versions
 
 MODEL = "/tmp/model1b"  # the baselines' scripts read the model from here
 MEMORY_PARTS = ("memory_rlactors", "memory_trl", "memory_unsloth")
 PARTS = ("bare", "bare_mp", "rlactors", "async", "profile", "trl", "unsloth") + MEMORY_PARTS
-SCRIPTS = {"bare": "bench_bare.py", "bare_mp": "bench_bare.py", "rlactors": "bench_rlactors.py",
-           "step": "bench_rlactors.py", "sync": "bench_rlactors.py", "async": "bench_async.py",
-           "profile": "profile_step.py", "overlap": "bench_overlap.py"}
+SCRIPTS = {
+    "bare": "bench_bare.py",
+    "bare_mp": "bench_bare.py",
+    "rlactors": "bench_rlactors.py",
+    "step": "bench_rlactors.py",
+    "sync": "bench_rlactors.py",
+    "async": "bench_async.py",
+    "profile": "profile_step.py",
+    "overlap": "bench_overlap.py",
+}
 # bare_mp: bare vLLM with its engine core in a process of its own (vLLM's default), beside the
 # in-process engine every rollout worker runs (bare): what running in-process costs decoding.
 # step: the GRPO steps alone in a fresh process (piece rlactors_step), the part `--rounds` alternates
@@ -45,8 +53,12 @@ SCRIPTS = {"bare": "bench_bare.py", "bare_mp": "bench_bare.py", "rlactors": "ben
 # takes over the rlactors part's. overlap: the step with beta > 0 and a reward that waits (a judge),
 # the learners' log-prob passes overlapped with the scoring or not, alternating step by step.
 EXTRA_PARTS = ("step", "sync", "overlap")
-ARGS = {"bare_mp": ["--multiprocessing", "--skip-hf", "--batches", "256"], "step": ["--step-only", "--steps", "8"],
-        "sync": ["--sync-only"], "overlap": ["--steps", "8", "--judge-s", "0.5"]}
+ARGS = {
+    "bare_mp": ["--multiprocessing", "--skip-hf", "--batches", "256"],
+    "step": ["--step-only", "--steps", "8"],
+    "sync": ["--sync-only"],
+    "overlap": ["--steps", "8", "--judge-s", "0.5"],
+}
 PIECE_NAMES = {"step": "rlactors_step", "sync": "rlactors_sync", "memory_rlactors": "rlactors_step"}  # else the part's
 # The memory comparison: the GRPO step of all three at one vLLM share, each framework's lowest-memory
 # learner setting (rlactors: vLLM asleep while the learner trains, activation checkpointing).
@@ -65,8 +77,15 @@ def round_pieces(number: int) -> str:
     return os.path.join(PIECES, f"round{number}")
 
 
-def run_part(part: str, model: str, smoke: bool, skip_hf: bool = False, baseline_gmu: float | None = None,
-             memory_gmu: float = 0.2, out: str | None = None) -> None:
+def run_part(
+    part: str,
+    model: str,
+    smoke: bool,
+    skip_hf: bool = False,
+    baseline_gmu: float | None = None,
+    memory_gmu: float = 0.2,
+    out: str | None = None,
+) -> None:
     base = part.removeprefix("memory_")
     out = out or (memory_pieces(memory_gmu) if part in MEMORY_PARTS else PIECES)
     if base in SCRIPTS:
@@ -101,7 +120,7 @@ def ratio(a: float | None, b: float | None) -> float | None:
 def largest_batch(a: dict, a_prefix: str, b: dict, b_prefix: str, suffix: str) -> int | None:
     """The largest batch N with both `{a_prefix}{N}{suffix}` in piece a and `{b_prefix}{N}{suffix}`
     in piece b (256 on a GPU)."""
-    sizes = [int(key[len(a_prefix):-len(suffix)]) for key in a if key.startswith(a_prefix) and key.endswith(suffix)]
+    sizes = [int(key[len(a_prefix) : -len(suffix)]) for key in a if key.startswith(a_prefix) and key.endswith(suffix)]
     return max((n for n in sizes if f"{b_prefix}{n}{suffix}" in b), default=None)
 
 
@@ -114,14 +133,20 @@ def report(shape: str, memory_gmu: float) -> dict:
     trl, uns = pieces.get("trl", {}), pieces.get("unsloth", {})
     overlapped, profile = pieces.get("async", {}), pieces.get("profile", {})
     result = {
-        "gpu": gpu_name(), "date": datetime.date.today().isoformat(), "versions": versions(), "model_shape": shape,
+        "gpu": gpu_name(),
+        "date": datetime.date.today().isoformat(),
+        "versions": versions(),
+        "model_shape": shape,
         "rollout_batch": (b := largest_batch(ours, "rlactors_rollout_bs", bare, "bare_vllm_bs", "_lora_tok_s")),
-        "rollout_vs_bare_vllm": ratio(ours.get(f"rlactors_rollout_bs{b}_lora_tok_s"),
-                                      bare.get(f"bare_vllm_bs{b}_lora_tok_s")),
-        "rollout_vs_bare_vllm_no_adapter": ratio(ours.get(f"rlactors_rollout_bs{b}_base_tok_s"),
-                                                 bare.get(f"bare_vllm_bs{b}_base_tok_s")),
-        "rollout_vs_bare_vllm_same_logprobs": ratio(ours.get(f"rlactors_rollout_bs{b}_lora_tok_s"),
-                                                    bare.get(f"bare_vllm_bs{b}_lora_logprobs_tok_s")),
+        "rollout_vs_bare_vllm": ratio(
+            ours.get(f"rlactors_rollout_bs{b}_lora_tok_s"), bare.get(f"bare_vllm_bs{b}_lora_tok_s")
+        ),
+        "rollout_vs_bare_vllm_no_adapter": ratio(
+            ours.get(f"rlactors_rollout_bs{b}_base_tok_s"), bare.get(f"bare_vllm_bs{b}_base_tok_s")
+        ),
+        "rollout_vs_bare_vllm_same_logprobs": ratio(
+            ours.get(f"rlactors_rollout_bs{b}_lora_tok_s"), bare.get(f"bare_vllm_bs{b}_lora_logprobs_tok_s")
+        ),
         "adapter_sync_p50_ms": sync.get("adapter_sync_p50_ms"),
         "adapter_sync_speedup_vs_disk": sync.get("adapter_sync_speedup_vs_disk"),
         "adapter_sync_piece": sync_piece,
@@ -139,8 +164,9 @@ def report(shape: str, memory_gmu: float) -> dict:
     }
     mp = pieces.get("bare_mp", {})
     n = largest_batch(mp, "bare_vllm_bs", bare, "bare_vllm_bs", "_lora_logprobs_tok_s")
-    result["bare_vllm_multiprocess_vs_in_process"] = ratio(mp.get(f"bare_vllm_bs{n}_lora_logprobs_tok_s"),
-                                                           bare.get(f"bare_vllm_bs{n}_lora_logprobs_tok_s"))
+    result["bare_vllm_multiprocess_vs_in_process"] = ratio(
+        mp.get(f"bare_vllm_bs{n}_lora_logprobs_tok_s"), bare.get(f"bare_vllm_bs{n}_lora_logprobs_tok_s")
+    )
     result["grpo_step_vs_trl"] = ratio(result["grpo_step_s"], result["trl_grpo_step_s"])
     result["grpo_step_vs_unsloth"] = ratio(result["grpo_step_s"], result["unsloth_grpo_step_s"])
     result["grpo_step_async_vs_trl"] = ratio(result["grpo_step_async_s"], result["trl_grpo_step_s"])
@@ -168,9 +194,13 @@ def rounds_report() -> dict:
     for number in numbers:
         pieces = load_pieces(round_pieces(number))
         ours = pieces.get("rlactors_step", {})
-        row = {"round": number, "grpo_step_s": ours.get("grpo_step_s"), "grpo_phase_s": ours.get("grpo_phase_s"),
-               "trl_grpo_step_s": pieces.get("trl", {}).get("trl_step_s_median_last4"),
-               "unsloth_grpo_step_s": pieces.get("unsloth", {}).get("unsloth_step_s_median_last4")}
+        row = {
+            "round": number,
+            "grpo_step_s": ours.get("grpo_step_s"),
+            "grpo_phase_s": ours.get("grpo_phase_s"),
+            "trl_grpo_step_s": pieces.get("trl", {}).get("trl_step_s_median_last4"),
+            "unsloth_grpo_step_s": pieces.get("unsloth", {}).get("unsloth_step_s_median_last4"),
+        }
         row["vs_trl"] = ratio(row["grpo_step_s"], row["trl_grpo_step_s"])
         row["vs_unsloth"] = ratio(row["grpo_step_s"], row["unsloth_grpo_step_s"])
         rounds.append(row)
@@ -181,10 +211,14 @@ def rounds_report() -> dict:
         values = [row[key] for row in rounds if row[key] is not None]
         return median(values) if values else None
 
-    return {"rounds": rounds, "rounds_grpo_step_s": over_rounds("grpo_step_s"),
-            "rounds_trl_grpo_step_s": over_rounds("trl_grpo_step_s"),
-            "rounds_unsloth_grpo_step_s": over_rounds("unsloth_grpo_step_s"),
-            "rounds_grpo_step_vs_trl": over_rounds("vs_trl"), "rounds_grpo_step_vs_unsloth": over_rounds("vs_unsloth")}
+    return {
+        "rounds": rounds,
+        "rounds_grpo_step_s": over_rounds("grpo_step_s"),
+        "rounds_trl_grpo_step_s": over_rounds("trl_grpo_step_s"),
+        "rounds_unsloth_grpo_step_s": over_rounds("unsloth_grpo_step_s"),
+        "rounds_grpo_step_vs_trl": over_rounds("vs_trl"),
+        "rounds_grpo_step_vs_unsloth": over_rounds("vs_unsloth"),
+    }
 
 
 def memory_report(gmu: float) -> dict:
@@ -225,14 +259,24 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="only merge the pieces and print the table")
     parser.add_argument("--smoke", action="store_true", help="tiny model and sizes: a CPU check of the scripts")
     parser.add_argument("--skip-hf", action="store_true", help="bare part: skip the slow HF generate baseline")
-    parser.add_argument("--baseline-gmu", type=float, default=None,
-                        help="trl/unsloth parts: vLLM's gpu_memory_utilization (default 0.5, their scripts' own)")
-    parser.add_argument("--memory-gmu", type=float, default=0.2,
-                        help="memory parts: the one gpu_memory_utilization all three run at")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="run the parts this many times in alternation, each round's pieces apart")
-    parser.add_argument("--round", type=int, default=None,
-                        help="run the parts once as round N of an alternated comparison split over several calls")
+    parser.add_argument(
+        "--baseline-gmu",
+        type=float,
+        default=None,
+        help="trl/unsloth parts: vLLM's gpu_memory_utilization (default 0.5, their scripts' own)",
+    )
+    parser.add_argument(
+        "--memory-gmu", type=float, default=0.2, help="memory parts: the one gpu_memory_utilization all three run at"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run the parts this many times in alternation, each round's pieces apart"
+    )
+    parser.add_argument(
+        "--round",
+        type=int,
+        default=None,
+        help="run the parts once as round N of an alternated comparison split over several calls",
+    )
     parser.add_argument("--fresh", action="store_true", help="forget pieces of earlier runs")
     args = parser.parse_args()
     parts = [p for name in args.parts.split(",") for p in (MEMORY_PARTS if name == "memory" else [name])]
@@ -246,13 +290,21 @@ def main() -> None:
     if args.fresh:
         shutil.rmtree(PIECES, ignore_errors=True)
     if not args.report:
-        model = make_model("/tmp/model-tiny" if args.smoke else MODEL, "tiny" if args.smoke else args.model_shape,
-                           args.tokenizer)
+        model = make_model(
+            "/tmp/model-tiny" if args.smoke else MODEL, "tiny" if args.smoke else args.model_shape, args.tokenizer
+        )
         numbers = [args.round] if args.round else range(1, args.rounds + 1)
         for number in numbers:
             for part in parts:
-                run_part(part, model, args.smoke, args.skip_hf, args.baseline_gmu, args.memory_gmu,
-                         out=round_pieces(number) if args.rounds > 1 or args.round else None)
+                run_part(
+                    part,
+                    model,
+                    args.smoke,
+                    args.skip_hf,
+                    args.baseline_gmu,
+                    args.memory_gmu,
+                    out=round_pieces(number) if args.rounds > 1 or args.round else None,
+                )
     report("tiny" if args.smoke else args.model_shape, args.memory_gmu)
 
 

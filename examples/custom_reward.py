@@ -5,6 +5,7 @@
 Rewards use TRL's signature: f(prompts, completions, **columns) -> list[float | None]; dataset
 columns arrive as keyword arguments; return None where a sample cannot be scored.
 """
+
 import argparse
 import json
 import re
@@ -34,14 +35,28 @@ def main() -> None:
     with open("examples/arithmetic.jsonl") as f:
         rows = [json.loads(line) for line in f][:256]
     config = GRPOConfig(
-        model_name="models/smollm2", max_seq_length=256, gpu_memory_utilization=0.3, max_lora_rank=16,
-        lora_r=16, lora_alpha=32, num_generations=8, prompts_per_step=4, max_prompt_length=96,
-        max_completion_length=32, learning_rate=2e-4, max_steps=args.steps, save_steps=0,
-        output_dir=args.output_dir, gradient_checkpointing=False, engine_kwargs={"enforce_eager": True},
+        model_name="models/smollm2",
+        max_seq_length=256,
+        gpu_memory_utilization=0.3,
+        max_lora_rank=16,
+        lora_r=16,
+        lora_alpha=32,
+        num_generations=8,
+        prompts_per_step=4,
+        max_prompt_length=96,
+        max_completion_length=32,
+        learning_rate=2e-4,
+        max_steps=args.steps,
+        save_steps=0,
+        output_dir=args.output_dir,
+        gradient_checkpointing=False,
+        engine_kwargs={"enforce_eager": True},
     )
     result = GRPOTrainer(config, reward_funcs=[brief_and_right], train_dataset=rows).train()
-    print(f"trained {result.steps} steps; adapter in {result.final_adapter}; "
-          f"reward {result.metrics[0]['reward']:.3f} -> {result.metrics[-1]['reward']:.3f}")
+    print(
+        f"trained {result.steps} steps; adapter in {result.final_adapter}; "
+        f"reward {result.metrics[0]['reward']:.3f} -> {result.metrics[-1]['reward']:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -7,13 +7,14 @@ MODEL defaults to the embedded SmolLM2 folder (models/smollm2); a hub id such as
 unsloth/Llama-3.2-1B-Instruct works where the hub is reachable. bitsandbytes 4-bit needs CUDA,
 so `load_in_4bit` is on only there.
 """
+
 import argparse
 import gc
 
 import torch
 
 from rlactors import FastLanguageModel, vLLMSamplingParams
-from rlactors import algorithm
+from rlactors.core import algorithm
 
 ON_GPU = torch.cuda.is_available()
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -22,9 +23,13 @@ SHARE = 0.6 if ON_GPU else 0.2
 
 
 def basic_loading(model_name: str) -> str:
-    model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=model_name, max_seq_length=2048, load_in_4bit=ON_GPU, fast_inference=True,
-        gpu_memory_utilization=SHARE)
+    model, _tokenizer = FastLanguageModel.from_pretrained(
+        model_name=model_name,
+        max_seq_length=2048,
+        load_in_4bit=ON_GPU,
+        fast_inference=True,
+        gpu_memory_utilization=SHARE,
+    )
     assert hasattr(model, "vllm_engine")
     out = model.fast_generate(["The capital of France is"], vLLMSamplingParams(temperature=0.0, max_tokens=16))
     return out[0].outputs[0].text
@@ -33,18 +38,29 @@ def basic_loading(model_name: str) -> str:
 def memory_split(model_name: str) -> str:
     # vLLM takes `gpu_memory_utilization` of the GPU; training uses what is left.
     model, _ = FastLanguageModel.from_pretrained(
-        model_name=model_name, max_seq_length=1024, load_in_4bit=ON_GPU, fast_inference=True,
-        gpu_memory_utilization=SHARE, max_lora_rank=64)
+        model_name=model_name,
+        max_seq_length=1024,
+        load_in_4bit=ON_GPU,
+        fast_inference=True,
+        gpu_memory_utilization=SHARE,
+        max_lora_rank=64,
+    )
     cache = model.vllm_engine.llm_engine.vllm_config.cache_config
     return f"vLLM gpu_memory_utilization={cache.gpu_memory_utilization}"
 
 
 def complete_grpo_setup(model_name: str) -> str:
     model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=model_name, max_seq_length=1024, load_in_4bit=ON_GPU, fast_inference=True,
-        max_lora_rank=64, gpu_memory_utilization=SHARE)
+        model_name=model_name,
+        max_seq_length=1024,
+        load_in_4bit=ON_GPU,
+        fast_inference=True,
+        max_lora_rank=64,
+        gpu_memory_utilization=SHARE,
+    )
     model = FastLanguageModel.get_peft_model(
-        model, r=64, lora_alpha=64, target_modules=TARGETS, use_gradient_checkpointing="unsloth")
+        model, r=64, lora_alpha=64, target_modules=TARGETS, use_gradient_checkpointing="unsloth"
+    )
     # One GRPO step by hand: a group of 8 answers, rewards, advantages, loss, optimizer step.
     question = [{"role": "user", "content": "What is 12 + 7? Reply with only the number."}]
     prompt = tokenizer.apply_chat_template(question, add_generation_prompt=True, tokenize=False)
@@ -57,7 +73,7 @@ def complete_grpo_setup(model_name: str) -> str:
     for completion, advantage in zip(group, advantages):
         ids = torch.tensor([prompt_ids + list(completion.token_ids)], device=model.device)
         n = len(completion.token_ids)
-        logits = model(input_ids=ids).logits[:, -n - 1:-1]
+        logits = model(input_ids=ids).logits[:, -n - 1 : -1]
         logp = algorithm.selective_logprobs(logits, ids[:, -n:])
         out = algorithm.policy_loss(logp, logp.detach(), advantage[None].to(logp.device), torch.ones_like(logp))
         (out.loss / len(group)).backward()
@@ -68,8 +84,12 @@ def complete_grpo_setup(model_name: str) -> str:
 
 def sampling_params(model_name: str) -> str:
     model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=model_name, max_seq_length=1024, load_in_4bit=ON_GPU, fast_inference=True,
-        gpu_memory_utilization=SHARE)
+        model_name=model_name,
+        max_seq_length=1024,
+        load_in_4bit=ON_GPU,
+        fast_inference=True,
+        gpu_memory_utilization=SHARE,
+    )
     params = vLLMSamplingParams(temperature=0.8, top_p=0.95, max_tokens=256)
     messages = [{"role": "user", "content": "Write a haiku about the sea."}]
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

@@ -3,6 +3,7 @@
     python examples/make_arithmetic.py
 Deterministic (seed 0). Columns: prompt (chat messages), answer (string).
 """
+
 import json
 import os
 import random

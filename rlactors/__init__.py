@@ -2,16 +2,17 @@
 
 Heavy libraries (torch, vLLM, transformers, Ray) load on first use of a name, never on import.
 """
+
 from importlib import import_module
 from typing import Any
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "FastLanguageModel": "rlactors.loader",
-    "vLLMSamplingParams": "rlactors.engine",
-    "GRPOConfig": "rlactors.config",
-    "GRPOTrainer": "rlactors.trainer",
+    "FastLanguageModel": "rlactors.loader.fast_language_model",
+    "vLLMSamplingParams": "rlactors.engine.vllm_engine",
+    "GRPOConfig": "rlactors.core.config",
+    "GRPOTrainer": "rlactors.trainer.grpo_trainer",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

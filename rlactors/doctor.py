@@ -1,4 +1,5 @@
 """`rlactors doctor`: what is installed and usable, and for what is missing, the command that fixes it."""
+
 from __future__ import annotations
 
 import importlib
@@ -80,11 +81,23 @@ def run_checks(model_dir: str = "models/smollm2") -> list[Check]:
         checks.append(Check(dist, found is not None, found or "not installed", "" if found else "pip install -e ."))
     for dist in ("torchvision", "torchaudio", "torchcodec"):
         if _version(dist) and not cuda and _imports(dist):
-            checks.append(Check(dist, False, "installed and broken beside the CPU torch; vLLM imports it",
-                                f"pip uninstall -y {dist}"))
+            checks.append(
+                Check(
+                    dist,
+                    False,
+                    "installed and broken beside the CPU torch; vLLM imports it",
+                    f"pip uninstall -y {dist}",
+                )
+            )
     has_model = os.path.isfile(os.path.join(model_dir, "config.json"))
-    checks.append(Check("embedded model", has_model, model_dir if has_model else f"{model_dir} missing",
-                        "" if has_model else f"rlactors prepare-model smollm2 --out {model_dir}"))
+    checks.append(
+        Check(
+            "embedded model",
+            has_model,
+            model_dir if has_model else f"{model_dir} missing",
+            "" if has_model else f"rlactors prepare-model smollm2 --out {model_dir}",
+        )
+    )
     return checks
 
 

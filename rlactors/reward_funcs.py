@@ -2,6 +2,7 @@
 
 Completions arrive as text, or for chat prompts as `[{"role": "assistant", "content": ...}]`.
 """
+
 from __future__ import annotations
 
 import re

@@ -16,6 +16,7 @@ where `nobody` may read). For hostile code at scale use a VM-grade sandbox (gVis
 Without a usable backend, `run_python` refuses, unless `allow_unsafe_local_exec=True`: then the
 code runs as a plain child process with the same limits, and a warning says it is not a sandbox.
 """
+
 from __future__ import annotations
 
 import functools
@@ -52,28 +53,45 @@ class RunResult:
 def namespaces_available() -> bool:
     """Whether the `namespaces` backend works here (probed once per process)."""
     unshare = shutil.which("unshare")
-    return bool(unshare) and subprocess.run(
-        [unshare, *_unshare_flags(), "true"], capture_output=True, timeout=30).returncode == 0
+    return (
+        bool(unshare)
+        and subprocess.run([unshare, *_unshare_flags(), "true"], capture_output=True, timeout=30).returncode == 0
+    )
 
 
-def run_python(code: str, *, stdin: str = "", timeout_s: float = 10.0, memory_mb: int = 512,
-               max_processes: int = 32, backend: str = "auto", allow_unsafe_local_exec: bool = False) -> RunResult:
+def run_python(
+    code: str,
+    *,
+    stdin: str = "",
+    timeout_s: float = 10.0,
+    memory_mb: int = 512,
+    max_processes: int = 32,
+    backend: str = "auto",
+    allow_unsafe_local_exec: bool = False,
+) -> RunResult:
     """Runs `code` with `python -I` under `backend`; returns its exit code and output."""
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}: use one of {BACKENDS}")
     if backend == "auto":
         backend = "namespaces" if namespaces_available() else "unsafe-local"
     if backend == "namespaces" and not namespaces_available():
-        raise SandboxError("backend='namespaces' needs util-linux `unshare` and root or unprivileged user "
-                           "namespaces, and cannot run here")
+        raise SandboxError(
+            "backend='namespaces' needs util-linux `unshare` and root or unprivileged user "
+            "namespaces, and cannot run here"
+        )
     if backend == "unsafe-local":
         if not allow_unsafe_local_exec:
             raise SandboxError(
                 "no sandbox backend can run here (the 'namespaces' backend needs util-linux `unshare` and root "
                 "or unprivileged user namespaces). Run rewards that execute code on a machine where it works, "
-                "or pass allow_unsafe_local_exec=True to run the code as a plain child process (NOT a sandbox)")
-        warnings.warn("rlactors.sandbox: running code with allow_unsafe_local_exec=True: a plain child process "
-                      "with resource limits, NOT a sandbox", RuntimeWarning, stacklevel=2)
+                "or pass allow_unsafe_local_exec=True to run the code as a plain child process (NOT a sandbox)"
+            )
+        warnings.warn(
+            "rlactors.sandbox: running code with allow_unsafe_local_exec=True: a plain child process "
+            "with resource limits, NOT a sandbox",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     workdir = tempfile.mkdtemp(prefix="rlactors-sandbox-")
     try:
         command = [_interpreter(backend), "-I", "-c", code]
@@ -82,9 +100,17 @@ def run_python(code: str, *, stdin: str = "", timeout_s: float = 10.0, memory_mb
                 os.chown(workdir, NOBODY, NOBODY)
             command = [shutil.which("unshare"), *_unshare_flags(), *command]
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir}
-        proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, cwd=workdir, env=env, start_new_session=True,
-                                preexec_fn=lambda: _limits(memory_mb, timeout_s, max_processes))
+        proc = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=workdir,
+            env=env,
+            start_new_session=True,
+            preexec_fn=lambda: _limits(memory_mb, timeout_s, max_processes),
+        )
         try:
             out, err = proc.communicate(stdin, timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -104,8 +130,10 @@ def _interpreter(backend: str) -> str:
     for path in candidates:
         if os.path.exists(path) and _everyone_may_run(os.path.realpath(path)):
             return path
-    raise SandboxError(f"no Python that user nobody may run: {candidates[0]} sits in a folder others cannot "
-                       "enter; install a system python3 (/usr/bin/python3)")
+    raise SandboxError(
+        f"no Python that user nobody may run: {candidates[0]} sits in a folder others cannot "
+        "enter; install a system python3 (/usr/bin/python3)"
+    )
 
 
 def _everyone_may_run(path: str) -> bool:

@@ -2,6 +2,7 @@
 
 Usage: python scripts/requirements_of.py DIST [--drop NAME ...]
 """
+
 import argparse
 from importlib.metadata import requires
 

@@ -1,4 +1,5 @@
 """Shared fixtures. Engines and Ray clusters are expensive (about 30 s each): session-scoped."""
+
 from __future__ import annotations
 
 import os
@@ -14,7 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def smollm2() -> str:
     path = smollm2_dir()
     if not os.path.isfile(os.path.join(path, "config.json")):
-        from rlactors.model_files import prepare_smollm2
+        from rlactors.loader.model_files import prepare_smollm2
 
         prepare_smollm2(path)
     return path
@@ -47,7 +48,14 @@ def fast_model(smollm2: str):
     from rlactors import FastLanguageModel
 
     model, tokenizer = FastLanguageModel.from_pretrained(
-        smollm2, max_seq_length=512, load_in_4bit=False, fast_inference=True, gpu_memory_utilization=0.3,
-        max_lora_rank=16, dtype="float32", enforce_eager=True, kv_cache_memory_bytes=512 * 2**20,
+        smollm2,
+        max_seq_length=512,
+        load_in_4bit=False,
+        fast_inference=True,
+        gpu_memory_utilization=0.3,
+        max_lora_rank=16,
+        dtype="float32",
+        enforce_eager=True,
+        kv_cache_memory_bytes=512 * 2**20,
     )
     return model, tokenizer

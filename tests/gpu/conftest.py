@@ -1,5 +1,6 @@
 """GPU tests' model: random bf16 weights in a small Llama shape with a real tokenizer
 (RLACTORS_TOKENIZER_DIR, default models/smollm2)."""
+
 import os
 import time
 
@@ -13,9 +14,17 @@ def model_dir(tmp_path_factory):
 
     path = str(tmp_path_factory.mktemp("gpu") / "llama")
     tokenizer = AutoTokenizer.from_pretrained(os.environ.get("RLACTORS_TOKENIZER_DIR", "models/smollm2"))
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=1024, intermediate_size=4096, num_hidden_layers=8,
-                         num_attention_heads=16, num_key_value_heads=4, tie_word_embeddings=True,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=8,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(path)
     tokenizer.save_pretrained(path)

@@ -3,6 +3,7 @@ with HF+PEFT. Skipped without a GPU; run on the lent GPU machine.
 
     RLACTORS_TOKENIZER_DIR=.bench/tok python -m pytest tests/gpu -s
 """
+
 import pytest
 import torch
 
@@ -15,11 +16,17 @@ BF16_MEAN_TOL, QLORA_MEAN_TOL = 0.05, 0.25
 
 def _check_adapter_agreement(model_dir, load_in_4bit, tolerance):
     from rlactors import FastLanguageModel
-    from rlactors import engine as vllm_engine
+    from rlactors.engine import vllm_engine
 
     model, tokenizer = FastLanguageModel.from_pretrained(
-        model_dir, max_seq_length=512, load_in_4bit=load_in_4bit, fast_inference=True,
-        gpu_memory_utilization=0.3, max_lora_rank=64, enforce_eager=True)
+        model_dir,
+        max_seq_length=512,
+        load_in_4bit=load_in_4bit,
+        fast_inference=True,
+        gpu_memory_utilization=0.3,
+        max_lora_rank=64,
+        enforce_eager=True,
+    )
     ids = tokenizer("The quick brown fox jumps over the lazy dog, again and again.").input_ids
     n = len(ids) // 2
     base = torch.tensor(vllm_engine.prompt_logprobs(model.vllm_engine, ids, n))
@@ -34,8 +41,10 @@ def _check_adapter_agreement(model_dir, load_in_4bit, tolerance):
         logits = model(torch.tensor([ids], device="cuda")).logits[0, :-1].float()
     hf = logits.log_softmax(-1).gather(-1, torch.tensor(ids[1:], device="cuda")[:, None])[:, 0][-n:].cpu()
     diff = (ours - hf).abs()
-    print(f"load_in_4bit={load_in_4bit}: |logp_vllm - logp_hf| mean {diff.mean():.4f} max {diff.max():.4f}; "
-          f"adapter moved vLLM by {(ours - base).abs().mean():.4f}")
+    print(
+        f"load_in_4bit={load_in_4bit}: |logp_vllm - logp_hf| mean {diff.mean():.4f} max {diff.max():.4f}; "
+        f"adapter moved vLLM by {(ours - base).abs().mean():.4f}"
+    )
     assert diff.mean() < tolerance
     assert (ours - base).abs().mean() > 3 * diff.mean(), "vLLM ignored the adapter"
     return model

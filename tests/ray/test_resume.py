@@ -1,11 +1,12 @@
 """resume_from_checkpoint: auto continues a stopped run where its newest complete checkpoint left it."""
+
 import json
 import os
 
 import pytest
 
 from rlactors import GRPOConfig, GRPOTrainer
-from rlactors.config import ConfigError
+from rlactors.core.config import ConfigError
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
 
@@ -15,11 +16,27 @@ def vowels(prompts, completions, **_):
 
 
 def _run(model, output_dir, **kw):
-    values = dict(model_name=model, max_seq_length=128, max_prompt_length=32, max_completion_length=8,
-                  max_lora_rank=16, lora_r=8, num_generations=2, prompts_per_step=2, learning_rate=1e-2,
-                  gradient_checkpointing=False, engine_kwargs={"enforce_eager": True, "kv_cache_memory_bytes": 2**28},
-                  output_dir=str(output_dir), save_steps=1, keep_last=2, progress_bar=False, report_to=["jsonl"],
-                  num_rollout_workers=0, num_learner_workers=0, resume_from_checkpoint="auto")
+    values = dict(
+        model_name=model,
+        max_seq_length=128,
+        max_prompt_length=32,
+        max_completion_length=8,
+        max_lora_rank=16,
+        lora_r=8,
+        num_generations=2,
+        prompts_per_step=2,
+        learning_rate=1e-2,
+        gradient_checkpointing=False,
+        engine_kwargs={"enforce_eager": True, "kv_cache_memory_bytes": 2**28},
+        output_dir=str(output_dir),
+        save_steps=1,
+        keep_last=2,
+        progress_bar=False,
+        report_to=["jsonl"],
+        num_rollout_workers=0,
+        num_learner_workers=0,
+        resume_from_checkpoint="auto",
+    )
     values.update(kw)
     rows = [{"prompt": f"Name a colour, number {i}."} for i in range(8)]
     return GRPOTrainer(GRPOConfig(**values), reward_funcs=[vowels], train_dataset=rows).train()
@@ -36,7 +53,10 @@ def test_resubmitted_run_continues_without_repeating_steps(ray_cluster, tiny_lla
     assert steps == [1, 2, 3, 4]  # steps 1-2 from the first run, 3-4 from the second: none repeated
     # keep_last=2, and the checkpoint resumed from is kept while the run lasts
     assert sorted(p for p in os.listdir(tmp_path) if p.startswith("checkpoint-")) == [
-        "checkpoint-2", "checkpoint-3", "checkpoint-4"]
+        "checkpoint-2",
+        "checkpoint-3",
+        "checkpoint-4",
+    ]
 
 
 def test_resume_refuses_a_changed_group_size(ray_cluster, tiny_llama, tmp_path):
@@ -51,10 +71,11 @@ def test_resume_diamond_with_real_vllm(ray_cluster, tiny_llama, tmp_path):
     deterministic_generation reseeds sampling per step."""
     import torch
 
-    from rlactors.adapter import LoRAAdapter
+    from rlactors.core.adapter import LoRAAdapter
 
-    options = dict(deterministic_generation=True, max_completion_length=16, num_rollout_workers=1,
-                   num_learner_workers=1)
+    options = dict(
+        deterministic_generation=True, max_completion_length=16, num_rollout_workers=1, num_learner_workers=1
+    )
     straight = _run(tiny_llama, tmp_path / "straight", max_steps=4, **options)
     _run(tiny_llama, tmp_path / "split", max_steps=2, **options)
     split = _run(tiny_llama, tmp_path / "split", max_steps=4, **options)

@@ -1,4 +1,5 @@
 """Rewards as Ray tasks: concurrent, and a hung one is killed at the timeout."""
+
 import asyncio
 import os
 import time
@@ -6,7 +7,7 @@ import time
 import psutil
 import pytest
 
-from rlactors.rewards import resolve, score
+from rlactors.distributed.scoring import resolve, score
 
 pytestmark = pytest.mark.ray
 
@@ -31,20 +32,21 @@ def raises(prompts, completions, **_):
 
 def _meets(mine: str, other: str, value: float):
     """A reward that marks itself started, then waits for `other` to start: only concurrent calls meet."""
+
     def reward(prompts, completions, **_):
         open(mine, "w").close()
         deadline = time.time() + 20
         while not os.path.exists(other) and time.time() < deadline:
             time.sleep(0.05)
         return [value if os.path.exists(other) else 0.0] * len(completions)
+
     reward.__name__ = f"meets_{value}"
     return reward
 
 
 def test_functions_run_concurrently(ray_cluster, tmp_path):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    out = score([resolve(_meets(a, b, 1.0)), resolve(_meets(b, a, 0.5))], ["p"] * 2, ["c"] * 2, {},
-                timeout_s=60)
+    out = score([resolve(_meets(a, b, 1.0)), resolve(_meets(b, a, 0.5))], ["p"] * 2, ["c"] * 2, {}, timeout_s=60)
     assert out.per_function == [[1.0, 1.0], [0.5, 0.5]], "the two reward functions did not run at once"
 
 
@@ -63,8 +65,11 @@ def test_hung_reward_is_killed_and_missing(ray_cluster):
     assert elapsed < 20, f"a 2 s reward timeout took {elapsed:.1f}s"
     deadline = time.time() + 20
     while time.time() < deadline:  # the killed task's worker process goes away
-        hung = [p for p in psutil.process_iter(["pid", "cmdline"]) if p.pid not in before
-                and any("hangs" in part for part in (p.info["cmdline"] or []))]
+        hung = [
+            p
+            for p in psutil.process_iter(["pid", "cmdline"])
+            if p.pid not in before and any("hangs" in part for part in (p.info["cmdline"] or []))
+        ]
         if not hung:
             break
         time.sleep(0.5)

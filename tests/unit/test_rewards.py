@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rlactors import reward_funcs
-from rlactors.rewards import RewardError, check_picklable, resolve, run_reward
+from rlactors.distributed.scoring import RewardError, check_picklable, resolve, run_reward
 
 pytestmark = pytest.mark.unit
 

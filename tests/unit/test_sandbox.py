@@ -1,5 +1,6 @@
 """Model-written code in the sandbox: no network, no host files, no secrets, bounded memory and
 processes, killed at the timeout; without a backend it refuses unless unsafe execution is allowed."""
+
 import os
 import socket
 import time
@@ -15,8 +16,9 @@ needs_namespaces = pytest.mark.skipif(not namespaces_available(), reason="no usa
 
 def prints_42(prompts, completions, **_):
     """A reward that runs each completion and checks what it prints."""
-    return [1.0 if (r := run_python(code, timeout_s=5)).ok and r.stdout.strip() == "42" else 0.0
-            for code in completions]
+    return [
+        1.0 if (r := run_python(code, timeout_s=5)).ok and r.stdout.strip() == "42" else 0.0 for code in completions
+    ]
 
 
 @needs_namespaces
@@ -43,8 +45,14 @@ def test_hostile_completions_score_the_failure_value_and_leave_the_host_alone(tm
     assert not host_file.exists()
     assert time.perf_counter() - start < 60
     time.sleep(1)
-    left = [p for p in psutil.process_iter(["pid", "uids", "status"]) if p.pid not in before and p.info["uids"]
-            and p.info["uids"].real == 65534 and p.info["status"] != psutil.STATUS_ZOMBIE]  # zombies: dead, unreaped
+    left = [
+        p
+        for p in psutil.process_iter(["pid", "uids", "status"])
+        if p.pid not in before
+        and p.info["uids"]
+        and p.info["uids"].real == 65534
+        and p.info["status"] != psutil.STATUS_ZOMBIE
+    ]  # zombies: dead, unreaped
     assert not left, f"sandboxed processes outlived their run: {left}"
     server.close()
 

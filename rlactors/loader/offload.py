@@ -13,9 +13,11 @@ checkpoint it needs the layer input to require grad (`enable_input_require_grads
 backward pass never reaches it. Layers must be deterministic (LoRA dropout 0) to be recomputed:
 the random state is not replayed.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -45,7 +47,8 @@ class _OffloadedLayer(torch.autograd.Function):
         with torch.enable_grad(), torch.autocast(ctx.device.type, dtype=dtype, enabled=enabled):
             out = ctx.run(hidden, *ctx.args)
         outs = out if isinstance(out, tuple) else (out,)
-        pairs = [(o, g) for o, g in zip(outs, grads)
-                 if isinstance(o, torch.Tensor) and o.requires_grad and g is not None]
+        pairs = [
+            (o, g) for o, g in zip(outs, grads) if isinstance(o, torch.Tensor) and o.requires_grad and g is not None
+        ]
         torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
         return (None, hidden.grad) + (None,) * len(ctx.args)

@@ -7,23 +7,34 @@
 With `fast_inference=True` the vLLM engine is `model.vllm_engine`. `model.load_lora()` hands vLLM
 the adapter as it is in memory now (no disk round-trip); a new version whenever weights changed.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from rlactors.fast_state import FastState, attach, state_of
-from rlactors.model_files import resolve_model_path
+from rlactors.loader.fast_state import FastState, attach, state_of
+from rlactors.loader.model_files import resolve_model_path
 
 DEFAULT_MODEL = "unsloth/Llama-3.2-1B-Instruct"
 CHECKPOINTING_CHOICES = (True, False, "unsloth")
 _MODEL_KWARGS = {
-    "attn_implementation", "revision", "trust_remote_code", "device_map", "cache_dir",
-    "low_cpu_mem_usage", "local_files_only", "subfolder", "max_memory", "rope_scaling",
+    "attn_implementation",
+    "revision",
+    "trust_remote_code",
+    "device_map",
+    "cache_dir",
+    "low_cpu_mem_usage",
+    "local_files_only",
+    "subfolder",
+    "max_memory",
+    "rope_scaling",
 }
 
 
-def _check_args(max_seq_length: Any, gpu_memory_utilization: Any, max_lora_rank: Any,
-                use_gradient_checkpointing: Any) -> None:
+def _check_args(
+    max_seq_length: Any, gpu_memory_utilization: Any, max_lora_rank: Any, use_gradient_checkpointing: Any
+) -> None:
     if not isinstance(max_seq_length, int) or isinstance(max_seq_length, bool) or max_seq_length <= 0:
         raise ValueError(f"max_seq_length={max_seq_length!r}: pass a positive int, e.g. 2048.")
     if not isinstance(gpu_memory_utilization, (int, float)) or not 0 < gpu_memory_utilization <= 1:
@@ -34,12 +45,10 @@ def _check_args(max_seq_length: Any, gpu_memory_utilization: Any, max_lora_rank:
     if not isinstance(max_lora_rank, int) or isinstance(max_lora_rank, bool) or max_lora_rank <= 0:
         raise ValueError(f"max_lora_rank={max_lora_rank!r}: pass a positive int such as 16, 32 or 64.")
     if use_gradient_checkpointing not in CHECKPOINTING_CHOICES:
-        raise ValueError(
-            f"use_gradient_checkpointing={use_gradient_checkpointing!r}: pass True, False or 'unsloth'."
-        )
+        raise ValueError(f"use_gradient_checkpointing={use_gradient_checkpointing!r}: pass True, False or 'unsloth'.")
 
 
-def resolve_dtype(dtype: Any) -> "Any":
+def resolve_dtype(dtype: Any) -> Any:
     """None -> bf16 on a GPU that has it (fp16 otherwise), fp32 on CPU; strings -> torch dtypes."""
     import torch
 
@@ -75,7 +84,9 @@ def _quantization_config(load_in_4bit: bool, dtype: Any) -> Any:
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=dtype,
     )
 
@@ -128,13 +139,29 @@ class FastLanguageModel:
         tokenizer = load_tokenizer(path)
         engine = None
         if fast_inference:
-            engine = load_engine(path, max_seq_length, torch_dtype, gpu_memory_utilization, max_lora_rank,
-                                 load_in_4bit=load_in_4bit, disable_log_stats=disable_log_stats,
-                                 **engine_kwargs)
+            engine = load_engine(
+                path,
+                max_seq_length,
+                torch_dtype,
+                gpu_memory_utilization,
+                max_lora_rank,
+                load_in_4bit=load_in_4bit,
+                disable_log_stats=disable_log_stats,
+                **engine_kwargs,
+            )
         model = _load_model(path, torch_dtype, quantization, model_kwargs)
         model.max_seq_length = max_seq_length
-        attach(model, FastState(engine=engine, tokenizer=tokenizer, max_lora_rank=max_lora_rank,
-                                max_seq_length=max_seq_length, model_path=path, dtype=torch_dtype))
+        attach(
+            model,
+            FastState(
+                engine=engine,
+                tokenizer=tokenizer,
+                max_lora_rank=max_lora_rank,
+                max_seq_length=max_seq_length,
+                model_path=path,
+                dtype=torch_dtype,
+            ),
+        )
         _set_gradient_checkpointing(model, use_gradient_checkpointing)
         return model, tokenizer
 
@@ -142,8 +169,15 @@ class FastLanguageModel:
     def get_peft_model(
         model: Any,
         r: int = 16,
-        target_modules: Sequence[str] | str = ("q_proj", "k_proj", "v_proj", "o_proj",
-                                               "gate_proj", "up_proj", "down_proj"),
+        target_modules: Sequence[str] | str = (
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ),
         lora_alpha: int = 16,
         lora_dropout: float = 0.0,
         bias: str = "none",
@@ -174,9 +208,13 @@ class FastLanguageModel:
             )
         torch.manual_seed(random_state)
         config = LoraConfig(
-            r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, bias=bias,
+            r=r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            bias=bias,
             target_modules=[target_modules] if isinstance(target_modules, str) else list(target_modules),
-            task_type="CAUSAL_LM", **kwargs,
+            task_type="CAUSAL_LM",
+            **kwargs,
         )
         if getattr(model, "is_loaded_in_4bit", False):
             from peft import prepare_model_for_kbit_training
@@ -207,16 +245,31 @@ def _config(model: Any) -> Any:
     return model.get_base_model().config if hasattr(model, "get_base_model") else model.config
 
 
-def load_engine(path: str, max_seq_length: int, dtype: Any, gpu_memory_utilization: float,
-                max_lora_rank: int, load_in_4bit: bool = False, disable_log_stats: bool = True,
-                deterministic: bool = False, sleep_mode: bool = False, **engine_kwargs: Any) -> Any:
+def load_engine(
+    path: str,
+    max_seq_length: int,
+    dtype: Any,
+    gpu_memory_utilization: float,
+    max_lora_rank: int,
+    load_in_4bit: bool = False,
+    disable_log_stats: bool = True,
+    deterministic: bool = False,
+    sleep_mode: bool = False,
+    **engine_kwargs: Any,
+) -> Any:
     """The vLLM engine of `from_pretrained(fast_inference=True)`, alone (rollout workers use it)."""
-    from rlactors import engine as vllm_engine
+    from rlactors.engine import vllm_engine
 
     spec = vllm_engine.EngineSpec(
-        model_path=path, max_seq_length=max_seq_length, gpu_memory_utilization=float(gpu_memory_utilization),
-        max_lora_rank=max_lora_rank, disable_log_stats=disable_log_stats, dtype=_vllm_dtype(dtype),
-        load_in_4bit=load_in_4bit, seed=int(engine_kwargs.pop("seed", 0)), deterministic=deterministic,
+        model_path=path,
+        max_seq_length=max_seq_length,
+        gpu_memory_utilization=float(gpu_memory_utilization),
+        max_lora_rank=max_lora_rank,
+        disable_log_stats=disable_log_stats,
+        dtype=_vllm_dtype(dtype),
+        load_in_4bit=load_in_4bit,
+        seed=int(engine_kwargs.pop("seed", 0)),
+        deterministic=deterministic,
         sleep_mode=sleep_mode,
     )
     return vllm_engine.create_engine(spec, **engine_kwargs)
@@ -249,7 +302,7 @@ def _set_gradient_checkpointing(model: Any, mode: bool | str) -> None:
     """True or "unsloth": checkpoint every decoder layer (non-reentrant); False: off.
 
     "unsloth" keeps the checkpointed layer inputs in pinned host memory instead of on the device
-    until the backward pass needs them (`rlactors.offload`).
+    until the backward pass needs them (`rlactors.loader.offload`).
     """
     if not mode:
         return
@@ -258,7 +311,7 @@ def _set_gradient_checkpointing(model: Any, mode: bool | str) -> None:
         model.enable_input_require_grads()
     _config(model).use_cache = False
     if mode == "unsloth":
-        from rlactors.offload import offloaded_checkpoint
+        from rlactors.loader.offload import offloaded_checkpoint
 
         for layer in decoder_layers(model):
             layer._gradient_checkpointing_func = offloaded_checkpoint

@@ -5,13 +5,14 @@ learner the rest (vLLM is told the same fraction of memory). disaggregate: a who
 On a cluster without GPUs the same layout is made of CPUs: a colocated pair shares one CPU
 bundle, leaving the other cores for reward tasks.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from rlactors.config import GRPOConfig
+    from rlactors.core.config import GRPOConfig
 
 CPUS_PER_GPU_BUNDLE = 1.0
 
@@ -40,7 +41,7 @@ class Layout:
         return sum(b.get(resource, 0.0) for b in self.bundles)
 
 
-def plan(config: "GRPOConfig", use_gpus: bool) -> Layout:
+def plan(config: GRPOConfig, use_gpus: bool) -> Layout:
     n_roll, n_learn = config.num_rollout_workers, config.num_learner_workers
     if config.placement == "colocate":
         count = max(n_roll, n_learn)

@@ -1,7 +1,8 @@
-"""The typed records that cross actor boundaries (besides `LoRAAdapter` in `rlactors.adapter`).
+"""The typed records that cross actor boundaries (besides `LoRAAdapter` in `rlactors.core.adapter`).
 
 `RolloutBatch`: rollout -> driver -> learner. `StepMetrics`: learner -> driver.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
@@ -59,31 +60,39 @@ class RolloutBatch:
         if self.advantages is not None and self.advantages.shape != (b,):
             raise ValueError(f"RolloutBatch.advantages has shape {tuple(self.advantages.shape)}, expected ({b},)")
 
-    def to(self, device: Any) -> "RolloutBatch":
+    def to(self, device: Any) -> RolloutBatch:
         """The batch with every tensor on `device` (those already there are not copied)."""
-        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self)
-                 if isinstance(getattr(self, f.name), torch.Tensor)}
+        moved = {
+            f.name: getattr(self, f.name).to(device)
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
         return replace(self, **moved)
 
-    def with_advantages(self, advantages: torch.Tensor) -> "RolloutBatch":
+    def with_advantages(self, advantages: torch.Tensor) -> RolloutBatch:
         return replace(self, advantages=advantages.float())
 
-    def rows(self, start: int, stop: int) -> "RolloutBatch":
+    def rows(self, start: int, stop: int) -> RolloutBatch:
         """Samples [start, stop) as a batch (whole groups only), trimmed to their own lengths."""
+
         def cut(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t[start:stop]
 
         c_len = int(self.completion_mask[start:stop].sum(-1).max().item()) if stop > start else 0
         p_len = int(self.prompt_mask[start:stop].sum(-1).max().item()) if stop > start else 0
         return RolloutBatch(
-            prompt_ids=self.prompt_ids[start:stop, self.prompt_ids.shape[1] - p_len:],
-            prompt_mask=self.prompt_mask[start:stop, self.prompt_mask.shape[1] - p_len:],
-            completion_ids=self.completion_ids[start:stop, :max(c_len, 1)],
-            completion_mask=self.completion_mask[start:stop, :max(c_len, 1)],
-            behaviour_logprobs=self.behaviour_logprobs[start:stop, :max(c_len, 1)],
-            prompt_index=cut(self.prompt_index), sample_index=cut(self.sample_index),
-            truncated=cut(self.truncated), completions=self.completions[start:stop],
-            adapter_version=self.adapter_version, num_generations=1, advantages=cut(self.advantages),
+            prompt_ids=self.prompt_ids[start:stop, self.prompt_ids.shape[1] - p_len :],
+            prompt_mask=self.prompt_mask[start:stop, self.prompt_mask.shape[1] - p_len :],
+            completion_ids=self.completion_ids[start:stop, : max(c_len, 1)],
+            completion_mask=self.completion_mask[start:stop, : max(c_len, 1)],
+            behaviour_logprobs=self.behaviour_logprobs[start:stop, : max(c_len, 1)],
+            prompt_index=cut(self.prompt_index),
+            sample_index=cut(self.sample_index),
+            truncated=cut(self.truncated),
+            completions=self.completions[start:stop],
+            adapter_version=self.adapter_version,
+            num_generations=1,
+            advantages=cut(self.advantages),
         )
 
 
@@ -127,10 +136,12 @@ class BatchTotals:
     num_micro: int  # micro-batches over all shards
 
     @classmethod
-    def of(cls, shards: list[RolloutBatch], micro_batch_size: int) -> "BatchTotals":
-        return cls(size=sum(s.size for s in shards),
-                   num_items=float(sum(float(s.completion_mask.sum()) for s in shards)),
-                   num_micro=sum(-(-s.size // micro_batch_size) for s in shards))
+    def of(cls, shards: list[RolloutBatch], micro_batch_size: int) -> BatchTotals:
+        return cls(
+            size=sum(s.size for s in shards),
+            num_items=float(sum(float(s.completion_mask.sum()) for s in shards)),
+            num_micro=sum(-(-s.size // micro_batch_size) for s in shards),
+        )
 
 
 @dataclass
@@ -155,3 +166,13 @@ class StepMetrics:
         out = {k: v for k, v in self.__dict__.items() if k != "extra"}
         out.update(self.extra)
         return out
+
+
+@dataclass(frozen=True)
+class MemoryNeed:
+    """One learner's GPU, measured after its model is resident and before vLLM starts."""
+
+    extra_bytes: int  # what a training micro-step allocates above the resident weights, plus AdamW
+    free_bytes: int  # free on the device (all processes) after that step's memory was handed back
+    total_bytes: int
+    kept_bytes: int = 0  # of extra_bytes, what stays allocated between updates: AdamW and the gradients

@@ -1,5 +1,5 @@
 """Where an installed adapter's tensors sit in vLLM's LoRA slots, so that a new version is copied
-straight in. Plain torch: `rlactors.engine` (the one module that imports vLLM) hands in vLLM's
+straight in. Plain torch: `rlactors.engine.vllm_engine` (the one module that imports vLLM) hands in vLLM's
 LoRA manager and model; this module only reads their tensors.
 
 vLLM builds an adapter's first version from views of one private buffer (`LoRAModel`) and
@@ -7,6 +7,7 @@ vLLM builds an adapter's first version from views of one private buffer (`LoRAMo
 adapter tensor with its slot view by storage address and checks every pair; `Slots.copy_in` then
 does for a new version what vLLM would, with multi-tensor copy kernels.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ class Slots:
     index: int  # the slot
     layout: list  # [(name, shape)] of the flat buffer
     peft_config: dict
-    private: "torch.Tensor"  # the flat buffer vLLM's LoRAModel was built on
+    private: torch.Tensor  # the flat buffer vLLM's LoRAModel was built on
     sources: list  # views of `private`, one per adapter tensor
     targets: list  # the slot view each source is copied into
     scaled: list  # the sources that vLLM holds multiplied by `scale` (its lora_B, alpha / r folded in)
@@ -36,7 +37,7 @@ class Slots:
         still in its slot (`slot_ids`: vLLM's lora id per slot)."""
         return layout == self.layout and peft_config == self.peft_config and slot_ids[self.index] == self.lora_id
 
-    def copy_in(self, flat: "torch.Tensor") -> None:
+    def copy_in(self, flat: torch.Tensor) -> None:
         """The new version into the private buffer too, so that a re-activation of vLLM's LoRAModel
         (after an eviction from its slot) copies this version and not the first."""
         import torch
@@ -48,8 +49,9 @@ class Slots:
             torch._foreach_copy_(self.targets, self.sources)
 
 
-def learn(manager: Any, lora: Any, private: "torch.Tensor", tensors: dict, unscaled: dict, scale: float,
-          peft_config: dict) -> Slots | None:
+def learn(
+    manager: Any, lora: Any, private: torch.Tensor, tensors: dict, unscaled: dict, scale: float, peft_config: dict
+) -> Slots | None:
     """The slots of the just activated `lora` (built on views `tensors` of `private`; `unscaled`:
     those tensors before vLLM folded `scale` into lora_B). None, so that every version is
     installed anew, where any pair does not hold what a direct copy would put there."""
@@ -81,7 +83,14 @@ def learn(manager: Any, lora: Any, private: "torch.Tensor", tensors: dict, unsca
     if not all(torch.equal(target, expected[n].to(target.dtype)) for n, (_, target) in pairs.items()):
         return None
     names = list(tensors)
-    return Slots(lora_id=lora.id, index=index, layout=[(n, tuple(tensors[n].shape)) for n in names],
-                 peft_config=dict(peft_config), private=private, sources=[tensors[n] for n in names],
-                 targets=[pairs[n][1] for n in names], scaled=[tensors[n] for n in b_names] if folded else [],
-                 scale=scale)
+    return Slots(
+        lora_id=lora.id,
+        index=index,
+        layout=[(n, tuple(tensors[n].shape)) for n in names],
+        peft_config=dict(peft_config),
+        private=private,
+        sources=[tensors[n] for n in names],
+        targets=[pairs[n][1] for n in names],
+        scaled=[tensors[n] for n in b_names] if folded else [],
+        scale=scale,
+    )

@@ -13,15 +13,16 @@ With `vllm_enable_sleep_mode`, vLLM sleeps while the learner trains, so the upda
 never share the GPU with vLLM: vLLM's share then leaves out only what the learner keeps between
 updates (AdamW's moments and the adapter's gradients), and the update alone must fit.
 """
+
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from rlactors.core.records import MemoryNeed
+
 if TYPE_CHECKING:
-    from rlactors.config import GRPOConfig
-    from rlactors.group import LearnerGroup
-    from rlactors.workers.learner import LearnerWorker
+    from rlactors.core.config import GRPOConfig
+    from rlactors.distributed.groups import LearnerGroup
 
 GIB = 2**30
 MARGIN_BYTES = 3 * GIB  # two CUDA contexts, NCCL and allocator fragmentation
@@ -34,17 +35,7 @@ class MemoryPlanError(RuntimeError):
     """The learner leaves vLLM too little of the GPU."""
 
 
-@dataclass(frozen=True)
-class MemoryNeed:
-    """One learner's GPU, measured after its model is resident and before vLLM starts."""
-
-    extra_bytes: int  # what a training micro-step allocates above the resident weights, plus AdamW
-    free_bytes: int  # free on the device (all processes) after that step's memory was handed back
-    total_bytes: int
-    kept_bytes: int = 0  # of extra_bytes, what stays allocated between updates: AdamW and the gradients
-
-
-def share_for_vllm(config: "GRPOConfig", learners: "LearnerGroup", use_gpus: bool) -> float:
+def share_for_vllm(config: GRPOConfig, learners: LearnerGroup, use_gpus: bool) -> float:
     """`gpu_memory_utilization` for vLLM: as configured, or measured ("auto") on the built learners."""
     if config.gpu_memory_utilization != "auto":
         return float(config.gpu_memory_utilization)
@@ -56,8 +47,11 @@ def share_for_vllm(config: "GRPOConfig", learners: "LearnerGroup", use_gpus: boo
     asleep = config.vllm_enable_sleep_mode
     share = vllm_share(need, asleep_while_training=asleep)
     kept = f", keeps {need.kept_bytes / GIB:.1f} GiB while vLLM is awake" if asleep else ""
-    print(f"rlactors: gpu_memory_utilization auto -> {share} (the learner needs {need.extra_bytes / GIB:.1f} GiB "
-          f"more to train{kept}; {need.free_bytes / GIB:.1f} of {need.total_bytes / GIB:.1f} GiB free)", flush=True)
+    print(
+        f"rlactors: gpu_memory_utilization auto -> {share} (the learner needs {need.extra_bytes / GIB:.1f} GiB "
+        f"more to train{kept}; {need.free_bytes / GIB:.1f} of {need.total_bytes / GIB:.1f} GiB free)",
+        flush=True,
+    )
     return share
 
 
@@ -77,36 +71,6 @@ def vllm_share(need: MemoryNeed, margin_bytes: int = MARGIN_BYTES, asleep_while_
             f"gpu_memory_utilization=auto: the learner needs {need.extra_bytes / GIB:.1f} GiB more while "
             f"training, and {need.free_bytes / GIB:.1f} GiB of the GPU's {need.total_bytes / GIB:.1f} GiB are "
             f"free (less {margin_bytes / GIB:.0f} GiB margin), {left}: lower "
-            "micro_batch_size, turn gradient_checkpointing on, free the GPU, or use placement: disaggregate")
+            "micro_batch_size, turn gradient_checkpointing on, free the GPU, or use placement: disaggregate"
+        )
     return min(share, 0.95)
-
-
-def measure_learner(learner: "LearnerWorker") -> MemoryNeed | None:
-    """The learner's `MemoryNeed` at the configured sizes; None without CUDA."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    cfg = learner.config
-    model = learner.model
-    params = [p for p in model.parameters() if p.requires_grad]
-    adapter = sum(p.numel() * p.element_size() for p in params)
-    adam = 2 * adapter  # exp_avg and exp_avg_sq, made at the first step
-    rows, length = cfg.micro_batch_size, cfg.max_prompt_length + cfg.max_completion_length
-    ids = torch.randint(0, model.config.vocab_size, (rows, length), device=learner.device)
-    torch.cuda.synchronize()
-    resident = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    with learner.mixed_precision():
-        logits = model(input_ids=ids, logits_to_keep=cfg.max_completion_length + 1).logits
-        loss = torch.log_softmax(logits.float(), -1).mean()
-    loss.backward()
-    torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated()
-    for p in params:
-        p.grad = None
-    del ids, logits, loss
-    torch.cuda.empty_cache()  # hand the cached blocks back before vLLM looks at free memory
-    free, total = torch.cuda.mem_get_info(learner.device)
-    kept = adam + adapter  # AdamW's moments and the gradients stay between updates
-    return MemoryNeed(extra_bytes=peak - resident + adam, free_bytes=free, total_bytes=total, kept_bytes=kept)

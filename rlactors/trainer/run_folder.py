@@ -1,6 +1,7 @@
 """The run folder: resolved config, metrics (JSONL, TensorBoard, W&B/MLflow when installed),
 the reward curve, and a console progress bar.
 """
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from rlactors.config import GRPOConfig
+    from rlactors.core.config import GRPOConfig
 
 METRICS_FILE = "metrics.jsonl"
 SECRET_HINTS = ("token", "api_key", "secret", "password")
@@ -21,7 +22,7 @@ def redact(values: dict[str, Any]) -> dict[str, Any]:
 
 
 class RunRecorder:
-    def __init__(self, config: "GRPOConfig", resume_step: int = 0):
+    def __init__(self, config: GRPOConfig, resume_step: int = 0):
         self.config = config
         self.dir = config.output_dir
         os.makedirs(self.dir, exist_ok=True)
@@ -93,10 +94,12 @@ class RunRecorder:
 
     @staticmethod
     def progress_line(row: dict[str, Any]) -> str:
-        return (f"step {row['step']}: reward={row['reward']:.3f} reward_std={row['reward_std']:.3f} "
-                f"loss={row['loss']:.4f} kl={row['kl']:.4f} len={row['completions/mean_length']:.1f} "
-                f"mismatch={row['sampling/logprob_mismatch']:.4f} v{row['adapter_version']} "
-                f"{row['step_time_s']:.1f}s")
+        return (
+            f"step {row['step']}: reward={row['reward']:.3f} reward_std={row['reward_std']:.3f} "
+            f"loss={row['loss']:.4f} kl={row['kl']:.4f} len={row['completions/mean_length']:.1f} "
+            f"mismatch={row['sampling/logprob_mismatch']:.4f} v{row['adapter_version']} "
+            f"{row['step_time_s']:.1f}s"
+        )
 
     def plot_rewards(self) -> str | None:
         """Writes reward.png: mean reward per step with a moving average."""
@@ -114,8 +117,10 @@ class RunRecorder:
         steps = [r["step"] for r in self.rows]
         rewards = [r["reward"] for r in self.rows]
         window = max(1, len(rewards) // 10)
-        smooth = [sum(rewards[max(0, i - window + 1):i + 1]) / len(rewards[max(0, i - window + 1):i + 1])
-                  for i in range(len(rewards))]
+        smooth = [
+            sum(rewards[max(0, i - window + 1) : i + 1]) / len(rewards[max(0, i - window + 1) : i + 1])
+            for i in range(len(rewards))
+        ]
         fig, ax = plt.subplots(figsize=(7, 4))
         ax.plot(steps, rewards, ".", alpha=0.5, label="reward (mean over the step's samples)")
         ax.plot(steps, smooth, "-", label=f"moving average ({window} steps)")

@@ -3,20 +3,22 @@
 With `count == 0` a group holds one in-process instance instead (tests, debugging): the same
 methods, no Ray. An actor's failure reaches the caller as the original exception.
 """
+
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from rlactors.placement import Share
+from rlactors.distributed.placement import Share
 from rlactors.workers.rollout import StaleAdapterError
 
 if TYPE_CHECKING:
-    from rlactors.adapter import LoRAAdapter
-    from rlactors.config import GRPOConfig
-    from rlactors.memory import MemoryNeed
-    from rlactors.records import RolloutBatch, StepMetrics
+    from rlactors.core.adapter import LoRAAdapter
+    from rlactors.core.config import GRPOConfig
+    from rlactors.core.records import RolloutBatch, StepMetrics
+    from rlactors.distributed.memory import MemoryNeed
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +28,7 @@ class WorkerGroup:
 
     role = "worker"
 
-    def __init__(self, cls: type, config: "GRPOConfig", shares: list[Share], placement_group: Any,
-                 max_restarts: int = 0):
+    def __init__(self, cls: type, config: GRPOConfig, shares: list[Share], placement_group: Any, max_restarts: int = 0):
         self.config = config
         self.local = None
         self.actors: list[Any] = []
@@ -41,10 +42,15 @@ class WorkerGroup:
             strategy = None
             if placement_group is not None:
                 strategy = PlacementGroupSchedulingStrategy(
-                    placement_group=placement_group, placement_group_bundle_index=share.bundle)
+                    placement_group=placement_group, placement_group_bundle_index=share.bundle
+                )
             actor_cls = ray.remote(
-                num_cpus=share.num_cpus, num_gpus=share.num_gpus, max_restarts=max_restarts,
-                max_task_retries=0, name=f"rlactors/{self.role}-{rank}", scheduling_strategy=strategy,
+                num_cpus=share.num_cpus,
+                num_gpus=share.num_gpus,
+                max_restarts=max_restarts,
+                max_task_retries=0,
+                name=f"rlactors/{self.role}-{rank}",
+                scheduling_strategy=strategy,
             )(cls)
             self.actors.append(actor_cls.remote(config, rank))
 
@@ -109,7 +115,7 @@ class RolloutGroup(WorkerGroup):
         self.restarts = 0
         self.republished = 0
 
-    def load_adapter(self, adapter: "LoRAAdapter | Any") -> list[int]:
+    def load_adapter(self, adapter: LoRAAdapter | Any) -> list[int]:
         """Every worker loads the adapter; `adapter` may be an ObjectRef (one `ray.put` for all) or
         the learners' `DeviceAdapter`s (each worker opens the one on its GPU)."""
         self.adapter = adapter
@@ -152,11 +158,12 @@ class RolloutGroup(WorkerGroup):
         """Every worker loads a PEFT folder from disk (shared storage) as `version`."""
         return self._each(lambda w: w.load_adapter_folder, path, version)
 
-    def generate(self, prompt_token_ids: list[list[int]], adapter_version: int,
-                 seed: int | None = None) -> "RolloutBatch":
+    def generate(
+        self, prompt_token_ids: list[list[int]], adapter_version: int, seed: int | None = None
+    ) -> RolloutBatch:
         """Splits prompts evenly over the workers; joins their batches in prompt order. With a
         `seed`, worker i samples from `seed + i` (a redone share draws the same samples)."""
-        from rlactors.records import concat_batches
+        from rlactors.core.records import concat_batches
 
         if self.local is not None:
             return self.local.generate(prompt_token_ids, adapter_version, seed)
@@ -166,8 +173,10 @@ class RolloutGroup(WorkerGroup):
         done: dict[int, Any] = {}
         budget = self.config.max_redispatches
         while pending:
-            refs = {i: self.actors[i].generate.remote(part, adapter_version, None if seed is None else seed + i)
-                    for i, part in pending.items()}
+            refs = {
+                i: self.actors[i].generate.remote(part, adapter_version, None if seed is None else seed + i)
+                for i, part in pending.items()
+            }
             deadline = time.monotonic() + self.config.rollout_timeout_s  # one watchdog for all workers
             results = {i: self._collect(ref, deadline) for i, ref in refs.items()}  # all in, then recover
             for i, error in results.items():
@@ -180,7 +189,8 @@ class RolloutGroup(WorkerGroup):
                 if budget < 0:
                     raise RolloutFailedError(
                         f"rollout worker rlactors/rollout-{i}: generation failed after "
-                        f"{self.config.max_redispatches} redispatches (max_redispatches); last error: {error}")
+                        f"{self.config.max_redispatches} redispatches (max_redispatches); last error: {error}"
+                    )
                 log.warning("rollout worker %d failed (%s); redispatching its %d prompts", i, error, len(pending[i]))
                 self._recover(i, error)
         batches = []
@@ -217,12 +227,14 @@ class RolloutGroup(WorkerGroup):
             if self.adapter is not None:
                 self._reload_if_lost(lambda: ray.get(actor.load_adapter.remote(self.adapter), timeout=limit))
         except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError) as err:
-            raise RolloutFailedError(f"rollout worker {name} did not come back within rollout_timeout_s={limit} "
-                                     f"after: {error}") from err
+            raise RolloutFailedError(
+                f"rollout worker {name} did not come back within rollout_timeout_s={limit} after: {error}"
+            ) from err
         except ray.exceptions.RayActorError as err:
             raise RolloutFailedError(
                 f"rollout worker {name} is dead and its restart budget (max_restarts={self.config.max_restarts}) "
-                f"is spent; last error: {error}") from err
+                f"is spent; last error: {error}"
+            ) from err
         self.restarts += 1  # dead, hung, or restarted while idle (a stale adapter says so)
 
     def prompt_logprobs(self, token_ids: list[int], num_scored: int) -> list[list[float]]:
@@ -243,12 +255,12 @@ class LearnerGroup(WorkerGroup):
             ray.get([actor.join_group.remote(address, len(self.actors)) for actor in self.actors])
         return super().build()
 
-    def memory_need(self) -> "MemoryNeed | None":
+    def memory_need(self) -> MemoryNeed | None:
         """The tightest learner's `MemoryNeed` (least left for vLLM); None without CUDA."""
         needs = [need for need in self._each(lambda w: w.memory_need) if need is not None]
         return min(needs, key=lambda need: need.free_bytes - need.extra_bytes, default=None)
 
-    def prepare(self, batch: "RolloutBatch", step: int) -> list[Any]:
+    def prepare(self, batch: RolloutBatch, step: int) -> list[Any]:
         """Starts every learner's passes ahead of `update` on its shard of `batch` (see
         `LearnerWorker.prepare`) and returns at once: ObjectRefs to wait on before the update. A
         learner in the driver process leaves them to its update (nothing would run alongside)."""
@@ -256,33 +268,34 @@ class LearnerGroup(WorkerGroup):
             return []
         return [a.prepare.remote(s, step) for a, s in zip(self.actors, self._shards(batch))]
 
-    def update(self, batch: "RolloutBatch", step: int) -> "StepMetrics":
+    def update(self, batch: RolloutBatch, step: int) -> StepMetrics:
         if len(self.actors) <= 1:
             return self._each(lambda w: w.update, batch, step)[0]
         import ray
 
-        from rlactors.records import BatchTotals
+        from rlactors.core.records import BatchTotals
 
         shards = self._shards(batch)
         whole = BatchTotals.of(shards, self.config.micro_batch_size)
         return ray.get([a.update.remote(s, step, whole) for a, s in zip(self.actors, shards)])[0]
 
-    def _shards(self, batch: "RolloutBatch") -> list["RolloutBatch"]:
+    def _shards(self, batch: RolloutBatch) -> list[RolloutBatch]:
         """Each learner's rows of `batch` (the whole batch for one learner)."""
         if len(self.actors) <= 1:
             return [batch]
         bounds = _split(list(range(batch.size)), len(self.actors))
         return [batch.rows(rows[0], rows[-1] + 1) if rows else batch.rows(0, 0) for rows in bounds]
 
-    def beside(self, rollouts: "RolloutGroup") -> bool:
+    def beside(self, rollouts: RolloutGroup) -> bool:
         """Whether every rollout worker is an actor on a GPU that a learner actor of its node computes
         on (colocated), so CUDA IPC can carry adapters to all of them."""
-        from rlactors.adapter import every_worker_beside_a_learner
+        from rlactors.core.adapter import every_worker_beside_a_learner
 
         if not self.actors or not rollouts.actors:
             return False
-        return every_worker_beside_a_learner(list(zip(rollouts.node_ids(), rollouts.gpus())),
-                                             list(zip(self.node_ids(), self.gpus())))
+        return every_worker_beside_a_learner(
+            list(zip(rollouts.node_ids(), rollouts.gpus())), list(zip(self.node_ids(), self.gpus()))
+        )
 
     def export_adapter(self, on_device: bool = False) -> Any:
         """The current adapter: an ObjectRef from an actor (stored once), or the record itself.
@@ -316,12 +329,6 @@ def _build_when_back(actor: Any, deadline: float) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
-
-
-def current_node_id() -> str:
-    import ray
-
-    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
 
 
 def _split(items: list, parts: int) -> list[list]:

@@ -5,6 +5,7 @@ hung one can be killed at `reward_timeout_s`). A call that raises is retried sam
 an exception, a timeout, None, NaN or inf leave that sample's reward missing (NaN), counted in
 the metrics, never 0. A result of the wrong length is a bug in the function and stops the run.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -15,8 +16,9 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 
 class RewardError(RuntimeError):
@@ -42,8 +44,10 @@ def resolve(spec: str | Callable[..., Any]) -> RewardFunction:
     try:
         module = importlib.import_module(module_name)
     except Exception as err:
-        raise RewardError(f"reward_funcs entry {spec!r}: cannot import {module_name!r} ({err}); "
-                          "put the module in the working directory or install it") from err
+        raise RewardError(
+            f"reward_funcs entry {spec!r}: cannot import {module_name!r} ({err}); "
+            "put the module in the working directory or install it"
+        ) from err
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise RewardError(f"reward_funcs entry {spec!r}: {module_name} has no function {attr!r}")
@@ -74,7 +78,8 @@ def check_picklable(functions: Sequence[RewardFunction]) -> None:
             raise RewardError(
                 f"reward function {reward.name!r} cannot be pickled for Ray ({type(err).__name__}: {err}); "
                 "it captures something process-bound (a lock, a file, a CUDA tensor): create that inside "
-                "the function, or at module level") from err
+                "the function, or at module level"
+            ) from err
 
 
 @dataclass
@@ -110,8 +115,9 @@ def _as_float(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def run_reward(name: str, fn: Callable[..., Any], prompts: list, completions: list,
-               columns: dict[str, list]) -> CallResult:
+def run_reward(
+    name: str, fn: Callable[..., Any], prompts: list, completions: list, columns: dict[str, list]
+) -> CallResult:
     """Calls `fn` on the whole batch; if it raises, once per sample. Runs inside a Ray task."""
     start = time.perf_counter()
     n = len(completions)
@@ -139,10 +145,11 @@ class _Failed:
     message: str
 
 
-def _call_one(fn: Callable[..., Any], prompts: list, completions: list, columns: dict[str, list],
-              i: int) -> Any:
+def _call_one(fn: Callable[..., Any], prompts: list, completions: list, columns: dict[str, list], i: int) -> Any:
     try:
-        one = list(_invoke(fn, prompts[i:i + 1], completions[i:i + 1], {k: v[i:i + 1] for k, v in columns.items()}))
+        one = list(
+            _invoke(fn, prompts[i : i + 1], completions[i : i + 1], {k: v[i : i + 1] for k, v in columns.items()})
+        )
     except Exception:
         return _Failed(traceback.format_exc(limit=5))
     return one[0] if len(one) == 1 else _Failed(f"returned {len(one)} values for 1 completion")
@@ -172,8 +179,9 @@ class Scores:
         """[B, F] float32, NaN where a reward is missing."""
         import torch
 
-        return torch.tensor([[math.nan if v is None else v for v in col] for col in self.per_function],
-                            dtype=torch.float32).T
+        return torch.tensor(
+            [[math.nan if v is None else v for v in col] for col in self.per_function], dtype=torch.float32
+        ).T
 
     def first_error(self) -> str:
         """The last line of the first recorded error of any function."""
@@ -181,8 +189,9 @@ class Scores:
         return found.strip().splitlines()[-1] if found else "none recorded"
 
 
-def score(functions: Sequence[RewardFunction], prompts: list, completions: list,
-          columns: dict[str, list], timeout_s: float) -> Scores:
+def score(
+    functions: Sequence[RewardFunction], prompts: list, completions: list, columns: dict[str, list], timeout_s: float
+) -> Scores:
     """Runs every function as a Ray task at once; kills those still running at `timeout_s`."""
     import ray
 
@@ -200,6 +209,13 @@ def score(functions: Sequence[RewardFunction], prompts: list, completions: list,
                     raise err.cause from None
                 raise
         ray.cancel(ref, force=True)
-        results.append(CallResult(values=[None] * len(completions), errors=len(completions), timed_out=True,
-                                  first_error=f"{reward.name} timed out after {timeout_s}s", seconds=timeout_s))
+        results.append(
+            CallResult(
+                values=[None] * len(completions),
+                errors=len(completions),
+                timed_out=True,
+                first_error=f"{reward.name} timed out after {timeout_s}s",
+                seconds=timeout_s,
+            )
+        )
     return Scores(per_function=[r.values for r in results], results=results)

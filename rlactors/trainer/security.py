@@ -1,9 +1,10 @@
 """A warning for a Ray cluster reached over the network without token authentication: whoever can
 reach a Ray cluster can run code on it (SECURITY.md)."""
+
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1", ""}
@@ -24,6 +25,8 @@ def insecure_address_warning(address: str, env: Mapping[str, str]) -> str | None
     host = urlsplit(address if "://" in address else f"tcp://{address}").hostname or ""
     if host in LOOPBACK or host.startswith("127.") or has_token(env):
         return None
-    return (f"rlactors: WARNING: connecting to the Ray cluster at {address} without token authentication "
-            "(RAY_AUTH_MODE=token and RAY_AUTH_TOKEN or ~/.ray/auth_token): anyone who can reach it can run "
-            "code on it. Turn token authentication on (cluster/ templates do) or keep it on a private network.")
+    return (
+        f"rlactors: WARNING: connecting to the Ray cluster at {address} without token authentication "
+        "(RAY_AUTH_MODE=token and RAY_AUTH_TOKEN or ~/.ray/auth_token): anyone who can reach it can run "
+        "code on it. Turn token authentication on (cluster/ templates do) or keep it on a private network."
+    )

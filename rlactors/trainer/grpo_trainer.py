@@ -6,20 +6,24 @@ prompts -> generate -> score -> advantages -> update -> sync -> record.
 
 Runs on whatever `ray.init()` the caller made, or makes a local one (and shuts it down).
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
-from rlactors import algorithm, checkpoint, memory, rewards
-from rlactors.config import ConfigError, GRPOConfig, load_config
-from rlactors.data import PromptSampler, PromptTable, load_rows
+from rlactors.core import algorithm
+from rlactors.core.config import ConfigError, GRPOConfig, load_config
+from rlactors.distributed import memory, scoring
+from rlactors.trainer import checkpoints
+from rlactors.trainer.prompts import PromptSampler, PromptTable, load_rows
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +51,12 @@ class TrainResult:
 
 
 class GRPOTrainer:
-    def __init__(self, config: GRPOConfig | dict | str, reward_funcs: Sequence[str | Callable] | None = None,
-                 train_dataset: Any = None):
+    def __init__(
+        self,
+        config: GRPOConfig | dict | str,
+        reward_funcs: Sequence[str | Callable] | None = None,
+        train_dataset: Any = None,
+    ):
         if isinstance(config, str):
             config = load_config(config)
         elif isinstance(config, dict):
@@ -56,15 +64,18 @@ class GRPOTrainer:
         self.config = config
         specs = list(reward_funcs) if reward_funcs is not None else list(config.reward_funcs)
         if not specs:
-            raise ConfigError('reward_funcs is empty: give at least one ("module:function" in YAML, '
-                              "a callable in Python)")
-        self.reward_functions = [rewards.resolve(spec) for spec in specs]
+            raise ConfigError(
+                'reward_funcs is empty: give at least one ("module:function" in YAML, a callable in Python)'
+            )
+        self.reward_functions = [scoring.resolve(spec) for spec in specs]
         weights = config.reward_weights or [1.0] * len(specs)
         if len(weights) != len(specs):
-            raise ConfigError(f"reward_weights has {len(weights)} entries for {len(specs)} reward functions: "
-                              "give one weight per function")
+            raise ConfigError(
+                f"reward_weights has {len(weights)} entries for {len(specs)} reward functions: "
+                "give one weight per function"
+            )
         self.reward_weights = weights
-        rewards.check_picklable(self.reward_functions)
+        scoring.check_picklable(self.reward_functions)
         self.train_dataset = train_dataset
         self.version = 0  # the adapter version the rollout workers hold
         self.published = 0  # the newest adapter version exported by the learner
@@ -94,7 +105,7 @@ class GRPOTrainer:
         if ray.is_initialized():
             return False
         if os.environ.get("RAY_ADDRESS"):  # set by `ray job submit`, or by the user for a cluster
-            from rlactors.security import insecure_address_warning
+            from rlactors.trainer.security import insecure_address_warning
 
             warning = insecure_address_warning(os.environ["RAY_ADDRESS"], os.environ)
             if warning:
@@ -105,22 +116,29 @@ class GRPOTrainer:
         return True
 
     def _start(self) -> int:
-        from rlactors.group import LearnerGroup, RolloutGroup
-        from rlactors.loader import load_tokenizer
-        from rlactors.model_files import resolve_model_path
-        from rlactors.placement import cluster_has_gpus, plan, reserve
-        from rlactors.run_folder import RunRecorder
+        from rlactors.distributed.groups import LearnerGroup, RolloutGroup
+        from rlactors.distributed.placement import cluster_has_gpus, plan, reserve
+        from rlactors.loader.fast_language_model import load_tokenizer
+        from rlactors.loader.model_files import resolve_model_path
+        from rlactors.trainer.run_folder import RunRecorder
         from rlactors.workers.learner import LearnerWorker
         from rlactors.workers.rollout import RolloutWorker
 
         cfg = self.config
         self.tokenizer = load_tokenizer(resolve_model_path(cfg.model_name))
-        rows = load_rows(self.train_dataset if self.train_dataset is not None else cfg.dataset,
-                         cfg.dataset_split, cfg.prompt_column, cfg.dataset_config)
+        rows = load_rows(
+            self.train_dataset if self.train_dataset is not None else cfg.dataset,
+            cfg.dataset_split,
+            cfg.prompt_column,
+            cfg.dataset_config,
+        )
         self.prompts = PromptTable.build(rows, self.tokenizer, cfg.prompt_column, cfg.max_prompt_length)
         if self.prompts.filtered_overlong:
-            print(f"rlactors: dropped {self.prompts.filtered_overlong} prompts longer than "
-                  f"max_prompt_length={cfg.max_prompt_length} tokens", flush=True)
+            print(
+                f"rlactors: dropped {self.prompts.filtered_overlong} prompts longer than "
+                f"max_prompt_length={cfg.max_prompt_length} tokens",
+                flush=True,
+            )
         self.sampler = PromptSampler(len(self.prompts), cfg.seed, cfg.shuffle)
         resume_from = self.resumed_from = self._resume_path()
         layout = plan(cfg, cluster_has_gpus())
@@ -130,8 +148,9 @@ class GRPOTrainer:
             learner_pids = self.learners.build()  # first: `gpu_memory_utilization: auto` measures it
             share = memory.share_for_vllm(cfg, self.learners, layout.use_gpus)
             rollout_cfg = cfg.model_copy(update={"gpu_memory_utilization": share})
-            self.rollouts = RolloutGroup(RolloutWorker, rollout_cfg, layout.rollout, self.placement_group,
-                                         cfg.max_restarts)
+            self.rollouts = RolloutGroup(
+                RolloutWorker, rollout_cfg, layout.rollout, self.placement_group, cfg.max_restarts
+            )
             rollout_pids = self.rollouts.build()
         self.rollouts.republish = self.learners.export_adapter  # if the adapter object is lost
         self.on_device = cfg.adapter_sync == "auto" and self.learners.beside(self.rollouts)
@@ -143,7 +162,7 @@ class GRPOTrainer:
         return start_step
 
     def _stop(self, owns_ray: bool) -> None:
-        from rlactors.placement import release
+        from rlactors.distributed.placement import release
 
         recorder = getattr(self, "recorder", None)
         if recorder is not None:
@@ -221,14 +240,14 @@ class GRPOTrainer:
             return None
         return (self.config.seed * 1_000_003 + step * 10_007) % 2**62
 
-    def _score(self, indices: list[int], batch: Any) -> rewards.Scores:
+    def _score(self, indices: list[int], batch: Any) -> scoring.Scores:
         cfg = self.config
         rows = [self.prompts.rows[indices[int(p)]] for p in batch.prompt_index]
         prompts = [row[cfg.prompt_column] for row in rows]
         chat = isinstance(prompts[0], list)
         completions = [[{"role": "assistant", "content": text}] if chat else text for text in batch.completions]
         columns = {key: [row[key] for row in rows] for key in rows[0] if key != cfg.prompt_column}
-        return rewards.score(self.reward_functions, prompts, completions, columns, cfg.reward_timeout_s)
+        return scoring.score(self.reward_functions, prompts, completions, columns, cfg.reward_timeout_s)
 
     def _prepare(self, batch: Any, step: int) -> list[Any]:
         needed = self.config.overlap_scoring and self.config.needs_logprob_passes
@@ -244,29 +263,34 @@ class GRPOTrainer:
             raise TrainingError(
                 f"the learner actor rlactors/learner-0 died during step {step}; learner state is never rebuilt "
                 "from fresh weights, so the run stops. Re-run with resume_from_checkpoint: auto to continue "
-                f"from the newest checkpoint in {self.config.output_dir}. Cause: {err}") from err
+                f"from the newest checkpoint in {self.config.output_dir}. Cause: {err}"
+            ) from err
 
-    def _check_reward_errors(self, combined: Any, scores: rewards.Scores, step: int) -> None:
+    def _check_reward_errors(self, combined: Any, scores: scoring.Scores, step: int) -> None:
         import torch
 
         missing = float(torch.isnan(combined).float().mean())
         for reward, result in zip(self.reward_functions, scores.results):
             if result.errors:
-                print(f"rlactors: step {step}: reward {reward.name!r}: {result.errors} sample(s) without a reward; "
-                      f"first: {result.first_error.strip().splitlines()[-1] if result.first_error else '?'}",
-                      flush=True)
+                print(
+                    f"rlactors: step {step}: reward {reward.name!r}: {result.errors} sample(s) without a reward; "
+                    f"first: {result.first_error.strip().splitlines()[-1] if result.first_error else '?'}",
+                    flush=True,
+                )
         if missing > self.config.max_reward_error_rate:
             raise TrainingError(
                 f"step {step}: {missing:.0%} of samples have no reward (max_reward_error_rate="
                 f"{self.config.max_reward_error_rate}); first error: {scores.first_error()}. Fix the reward "
-                "function(s) or raise max_reward_error_rate")
+                "function(s) or raise max_reward_error_rate"
+            )
 
     def _check_skipped(self, metrics: Any) -> None:
         self.skipped_in_row = self.skipped_in_row + 1 if metrics.skipped else 0
         if self.skipped_in_row >= self.config.max_skipped_steps:
             raise TrainingError(
                 f"{self.skipped_in_row} steps in a row had a non-finite loss or gradient and were skipped "
-                f"(max_skipped_steps={self.config.max_skipped_steps}): lower learning_rate or check the rewards")
+                f"(max_skipped_steps={self.config.max_skipped_steps}): lower learning_rate or check the rewards"
+            )
 
     def _publish(self, version: int) -> None:
         """Exports the learner's adapter once per version (one object in the store for all workers,
@@ -288,8 +312,9 @@ class GRPOTrainer:
         self._publish(version)
         self._load_published()
 
-    def _row(self, step: int, batch: Any, scores: rewards.Scores, per_function: Any, adv: Any,
-             metrics: Any, seconds: float) -> dict[str, Any]:
+    def _row(
+        self, step: int, batch: Any, scores: scoring.Scores, per_function: Any, adv: Any, metrics: Any, seconds: float
+    ) -> dict[str, Any]:
         import torch
 
         lengths = batch.completion_mask.sum(-1).float()
@@ -307,9 +332,12 @@ class GRPOTrainer:
             "completions/max_length": float(lengths.max()),
             "completions/clipped_ratio": float(batch.truncated.float().mean()),
             "num_tokens": int(batch.completion_mask.sum() + batch.prompt_mask.sum()),
-            "loss": metrics.loss, "kl": metrics.kl, "grad_norm": metrics.grad_norm,
+            "loss": metrics.loss,
+            "kl": metrics.kl,
+            "grad_norm": metrics.grad_norm,
             "learning_rate": metrics.learning_rate,
-            "clip_ratio/low_mean": metrics.clip_ratio_low, "clip_ratio/high_mean": metrics.clip_ratio_high,
+            "clip_ratio/low_mean": metrics.clip_ratio_low,
+            "clip_ratio/high_mean": metrics.clip_ratio_high,
             "sampling/logprob_mismatch": metrics.logprob_mismatch,
             "train/skipped": int(metrics.skipped),
             "rollout/redispatches": self.rollouts.redispatches,
@@ -332,39 +360,49 @@ class GRPOTrainer:
     def _resume_path(self) -> str | None:
         target = self.config.resume_from_checkpoint
         if target == "auto":
-            return checkpoint.latest_checkpoint(self.config.output_dir)
+            return checkpoints.latest_checkpoint(self.config.output_dir)
         return target
 
     def _save_checkpoint(self, step: int) -> str:
         cfg = self.config
         try:
-            tmp = checkpoint.temp_dir(cfg.output_dir, step)
+            tmp = checkpoints.temp_dir(cfg.output_dir, step)
             self.learners.save_state(tmp)
-            checkpoint.write_json(os.path.join(tmp, checkpoint.STATE_DIR, "driver.json"), {
-                "step": step, "dataset_fingerprint": self.prompts.fingerprint,
-                # prompts drawn for a generation still in flight are drawn again after a resume
-                "sampler": self.inflight.sampler_state if self.inflight else self.sampler.state(),
-                "num_generations": cfg.num_generations, "prompts_per_step": cfg.prompts_per_step,
-            })
+            checkpoints.write_json(
+                os.path.join(tmp, checkpoints.STATE_DIR, "driver.json"),
+                {
+                    "step": step,
+                    "dataset_fingerprint": self.prompts.fingerprint,
+                    # prompts drawn for a generation still in flight are drawn again after a resume
+                    "sampler": self.inflight.sampler_state if self.inflight else self.sampler.state(),
+                    "num_generations": cfg.num_generations,
+                    "prompts_per_step": cfg.prompts_per_step,
+                },
+            )
         except OSError as err:  # a full disk, a lost mount: the partial folder goes, the previous one stays
-            shutil.rmtree(checkpoint.temp_path(cfg.output_dir, step), ignore_errors=True)
-            previous = checkpoint.latest_checkpoint(cfg.output_dir)
+            shutil.rmtree(checkpoints.temp_path(cfg.output_dir, step), ignore_errors=True)
+            previous = checkpoints.latest_checkpoint(cfg.output_dir)
             raise TrainingError(
                 f"could not write checkpoint-{step} to output_dir={cfg.output_dir} ({_os_reason(err)}); the "
                 f"previous checkpoint {previous or '(none yet)'} is intact. Free space or point output_dir at a "
-                "larger volume, then re-run with resume_from_checkpoint: auto") from err
-        return checkpoint.commit(cfg.output_dir, tmp, step, cfg.keep_last, protect=self.resumed_from)
+                "larger volume, then re-run with resume_from_checkpoint: auto"
+            ) from err
+        return checkpoints.commit(cfg.output_dir, tmp, step, cfg.keep_last, protect=self.resumed_from)
 
     def _resume(self, path: str) -> int:
         cfg = self.config
-        driver = checkpoint.read_json(os.path.join(path, checkpoint.STATE_DIR, "driver.json"))
+        driver = checkpoints.read_json(os.path.join(path, checkpoints.STATE_DIR, "driver.json"))
         for key in ("num_generations", "prompts_per_step"):
             if driver[key] != getattr(cfg, key):
-                raise ConfigError(f"{key}={getattr(cfg, key)} but the checkpoint {path} was trained with "
-                                  f"{driver[key]}: resume with the same value, or start a new output_dir")
+                raise ConfigError(
+                    f"{key}={getattr(cfg, key)} but the checkpoint {path} was trained with "
+                    f"{driver[key]}: resume with the same value, or start a new output_dir"
+                )
         if driver["dataset_fingerprint"] != self.prompts.fingerprint:
-            raise ConfigError(f"the dataset differs from the one checkpoint {path} was trained on: resume "
-                              "with the same dataset, or start a new output_dir")
+            raise ConfigError(
+                f"the dataset differs from the one checkpoint {path} was trained on: resume "
+                "with the same dataset, or start a new output_dir"
+            )
         self.sampler.restore(driver["sampler"])
         version = self.learners.load_state(path)
         self._sync(version)

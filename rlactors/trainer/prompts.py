@@ -4,6 +4,7 @@ A prompt is text (tokenized as is) or a list of chat messages (`apply_chat_templ
 `add_generation_prompt=True`, exactly once). Prompts longer than `max_prompt_length` tokens are
 dropped at load with a count, so vLLM never meets one mid-run.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,7 +31,8 @@ def load_rows(dataset: Any, split: str, prompt_column: str, config_name: str | N
     if prompt_column not in rows[0]:
         raise DatasetError(
             f"prompt_column={prompt_column!r} is not a column of the dataset (columns: {sorted(rows[0])}); "
-            "set prompt_column to the column that holds the prompts")
+            "set prompt_column to the column that holds the prompts"
+        )
     return rows
 
 
@@ -47,7 +49,8 @@ def _load_named(name: str, split: str, config_name: str | None) -> Any:
     except Exception as err:
         raise DatasetError(
             f"dataset={name!r} split={split!r} could not be loaded ({type(err).__name__}: {str(err)[:200]}); "
-            "pass a local .json/.jsonl/.parquet file or a reachable HF dataset id") from err
+            "pass a local .json/.jsonl/.parquet file or a reachable HF dataset id"
+        ) from err
 
 
 def tokenize_prompt(tokenizer: Any, prompt: Any) -> list[int]:
@@ -55,8 +58,10 @@ def tokenize_prompt(tokenizer: Any, prompt: Any) -> list[int]:
         return list(tokenizer(prompt).input_ids)
     if isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m for m in prompt):
         if not getattr(tokenizer, "chat_template", None):
-            raise DatasetError("prompts are chat messages but the tokenizer has no chat template; "
-                               "use a chat model or give prompts as plain text")
+            raise DatasetError(
+                "prompts are chat messages but the tokenizer has no chat template; "
+                "use a chat model or give prompts as plain text"
+            )
         ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
         return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
     raise DatasetError(f"prompt {str(prompt)[:80]!r} is neither text nor a list of {{'role', 'content'}} messages")
@@ -72,8 +77,9 @@ class PromptTable:
     fingerprint: str
 
     @classmethod
-    def build(cls, rows: list[dict[str, Any]], tokenizer: Any, prompt_column: str,
-              max_prompt_length: int) -> "PromptTable":
+    def build(
+        cls, rows: list[dict[str, Any]], tokenizer: Any, prompt_column: str, max_prompt_length: int
+    ) -> PromptTable:
         kept_rows, kept_ids, dropped = [], [], 0
         for row in rows:
             ids = tokenize_prompt(tokenizer, row[prompt_column])
@@ -85,7 +91,8 @@ class PromptTable:
         if not kept_rows:
             raise DatasetError(
                 f"all {len(rows)} prompts are longer than max_prompt_length={max_prompt_length} tokens; "
-                "raise max_prompt_length (and max_seq_length) or shorten the prompts")
+                "raise max_prompt_length (and max_seq_length) or shorten the prompts"
+            )
         digest = hashlib.sha256(json.dumps(kept_ids).encode()).hexdigest()[:16]
         return cls(kept_rows, kept_ids, dropped, digest)
 
@@ -123,7 +130,7 @@ class PromptSampler:
                 self.epoch, self.position = self.epoch + 1, 0
                 self._order = self._permutation(self.epoch)
             take = min(count - len(out), self.size - self.position)
-            out += self._order[self.position:self.position + take]
+            out += self._order[self.position : self.position + take]
             self.position += take
         return out
 
@@ -134,6 +141,7 @@ class PromptSampler:
         if state["size"] != self.size:
             raise DatasetError(
                 f"the checkpoint was taken on a dataset of {state['size']} usable prompts, this one has "
-                f"{self.size}: resume with the same dataset, or start a new output_dir")
+                f"{self.size}: resume with the same dataset, or start a new output_dir"
+            )
         self.epoch, self.position = state["epoch"], state["position"]
         self._order = self._permutation(self.epoch)

@@ -4,11 +4,12 @@ Shapes: B samples (prompts x num_generations, grouped contiguously: the G sample
 rows i*G .. i*G+G-1), T completion tokens (right-padded, `mask` 1 on real tokens).
 Formulas follow TRL's `GRPOTrainer` (`_compute_loss`, `_generate_and_score_completions`).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -148,9 +149,14 @@ def policy_loss(
 IS_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 
 
-def importance_weights(learner_logp: torch.Tensor, behaviour_logp: torch.Tensor, mask: torch.Tensor,
-                       mode: str = "token_truncate", clip_min: float | None = None,
-                       clip_max: float | None = 3.0) -> torch.Tensor:
+def importance_weights(
+    learner_logp: torch.Tensor,
+    behaviour_logp: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str = "token_truncate",
+    clip_min: float | None = None,
+    clip_max: float | None = 3.0,
+) -> torch.Tensor:
     """pi_learner / pi_behaviour per token ([B, T]) or per sequence ([B, 1]), truncated to
     [clip_min, clip_max] or zeroed outside it (TRL's `vllm_importance_sampling_*`)."""
     if mode not in IS_MODES:
@@ -166,8 +172,13 @@ def importance_weights(learner_logp: torch.Tensor, behaviour_logp: torch.Tensor,
     return ratio.masked_fill((ratio < low) | (ratio > high), 0.0)
 
 
-def _reduce(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str,
-            max_completion_length: int | None, num_items: float | None) -> torch.Tensor:
+def _reduce(
+    per_token: torch.Tensor,
+    mask: torch.Tensor,
+    loss_type: str,
+    max_completion_length: int | None,
+    num_items: float | None,
+) -> torch.Tensor:
     masked = per_token * mask
     if loss_type == "grpo":  # mean over each sequence's tokens, then over sequences
         return (masked.sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()

@@ -1,0 +1,63 @@
+"""Checkpoints: PEFT adapter folders plus the state to resume exactly. Safetensors + JSON only.
+
+    output_dir/checkpoint-<step>/
+        adapter_model.safetensors, adapter_config.json   <- PeftModel / vLLM load this folder as is
+        trainer_state/optimizer.safetensors              <- AdamW moments and step counters
+        trainer_state/learner.json                       <- version, param groups, schedule, RNG
+        trainer_state/driver.json                        <- step, data position, run fingerprint
+
+A checkpoint is written under a temporary name and renamed into place when complete, so a
+crash mid-write never leaves a folder that `latest_checkpoint` would pick.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+from rlactors.workers.learner_state import STATE_DIR, read_json, write_json
+
+__all__ = ["STATE_DIR", "commit", "latest_checkpoint", "list_checkpoints", "read_json", "temp_dir", "write_json"]
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def temp_path(output_dir: str, step: int) -> str:
+    return os.path.join(output_dir, f".tmp-checkpoint-{step}")
+
+
+def temp_dir(output_dir: str, step: int) -> str:
+    path = temp_path(output_dir, step)
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(os.path.join(path, STATE_DIR))
+    return path
+
+
+def commit(output_dir: str, tmp: str, step: int, keep_last: int, protect: str | None = None) -> str:
+    """Renames `tmp` to checkpoint-<step>, then keeps only the newest `keep_last` (never `protect`)."""
+    final = os.path.join(output_dir, f"checkpoint-{step}")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for _, old in list_checkpoints(output_dir)[:-keep_last]:
+        if protect is None or os.path.abspath(old) != os.path.abspath(protect):
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:
+    """Complete checkpoints as (step, path), oldest first."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = []
+    for name in os.listdir(output_dir):
+        match = CHECKPOINT_RE.match(name)
+        path = os.path.join(output_dir, name)
+        if match and os.path.isfile(os.path.join(path, STATE_DIR, "driver.json")):
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(output_dir: str) -> str | None:
+    found = list_checkpoints(output_dir)
+    return found[-1][1] if found else None
