@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
+CLIPPED_SURROGATE = ("grpo", "dr_grpo", "dapo", "bnpo", "luspo")
 SCALE_REWARDS = ("group", "batch", "none")
 IS_LEVELS = ("token", "sequence")
 STD_EPS = 1e-4  # TRL's epsilon in (r - mean) / (std + eps)
@@ -72,6 +73,25 @@ def group_advantages(rewards: torch.Tensor, num_generations: int, scale_rewards:
     return Advantages(advantages, rewards, std, group_zero.repeat_interleave(num_generations))
 
 
+def normalized_then_summed(per_function: torch.Tensor, weights: Sequence[float], num_generations: int) -> Advantages:
+    """TRL's `multi_objective_aggregation="normalize_then_sum"`: each reward function's values are
+    normalised within their group, the weighted sum is normalised over the batch.
+
+    per_function: [B, F] with NaN for missing values. `Advantages.rewards` stays the plain weighted
+    sum (`combine_rewards`), which is what the logs report as the reward.
+    """
+    b, f = per_function.shape
+    grouped = per_function.view(-1, num_generations, f)
+    mean = torch.nanmean(grouped, dim=1, keepdim=True)
+    std = _nanstd(grouped, dim=1).unsqueeze(1)
+    normalised = ((grouped - mean) / (std + STD_EPS)).view(b, f)
+    summed = combine_rewards(normalised, weights)
+    batch_std = _nanstd(summed).expand_as(summed)
+    advantages = torch.nan_to_num((summed - torch.nanmean(summed)) / (batch_std + STD_EPS), nan=0.0)
+    zero = torch.isclose(batch_std, torch.zeros(()))
+    return Advantages(advantages, combine_rewards(per_function, weights), batch_std, zero)
+
+
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Per-token KL(pi || ref) estimate k3 = exp(ref - logp) - (ref - logp) - 1 (>= 0)."""
     delta = ref_logp - logp
@@ -86,6 +106,20 @@ class LossOutput:
     clipped_low: torch.Tensor  # [B, T] bool: ratio < 1-eps where the advantage is negative
     clipped_high: torch.Tensor  # [B, T] bool: ratio > 1+eps_high where the advantage is positive
     kl: torch.Tensor | None  # [B, T]
+
+
+@dataclass(frozen=True)
+class LossShape:
+    """The parameters of the loss types beyond PPO's clip (TRL's names)."""
+
+    delta: float | None = None  # two-sided clipping: the ratio capped at delta (clipped-surrogate types)
+    sapo_temperature_pos: float = 1.0
+    sapo_temperature_neg: float = 1.05
+    vespo_k_pos: float = 2.0
+    vespo_lambda_pos: float = 3.0
+    vespo_k_neg: float = 3.0
+    vespo_lambda_neg: float = 2.0
+    use_bias_correction_kl: bool = False  # the KL term times the importance ratio
 
 
 def policy_loss(
@@ -103,35 +137,52 @@ def policy_loss(
     max_completion_length: int | None = None,
     num_items: float | None = None,
     is_weights: torch.Tensor | None = None,
+    shape: LossShape | None = None,
 ) -> LossOutput:
-    """The clipped-surrogate loss of GRPO / Dr. GRPO / DAPO / BNPO, with an optional KL term.
+    """The policy loss of GRPO / Dr. GRPO / DAPO / BNPO / LUSPO (PPO's clipped surrogate), CISPO
+    (clipped, detached importance weights on the log-prob), SAPO (a sigmoid gate instead of the clip)
+    or VESPO (a gamma-shaped sequence weight on the log-prob), with an optional KL term.
 
     logp, old_logp, ref_logp, mask: [B, T]; advantages: [B]. `num_items` is the number of real
-    completion tokens in the whole optimizer batch (DAPO's normaliser; defaults to this batch's)
-    so that micro-batches accumulate to the full-batch loss. `max_completion_length` is Dr. GRPO's
-    constant normaliser (defaults to T). `is_weights` ([B, T] or [B, 1], no gradient) multiply
-    the clipped surrogate before the KL term: the correction for samples from another policy.
+    completion tokens in the whole optimizer batch (DAPO's, CISPO's and VESPO's normaliser; defaults
+    to this batch's) so that micro-batches accumulate to the full-batch loss. `max_completion_length`
+    is Dr. GRPO's constant normaliser (defaults to T). `is_weights` ([B, T] or [B, 1], no gradient)
+    multiply the per-token loss before the KL term (VESPO folds them into its weight instead): the
+    correction for samples from another policy.
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type={loss_type!r}: use one of {LOSS_TYPES}.")
     if importance_sampling_level not in IS_LEVELS:
         raise ValueError(f"importance_sampling_level={importance_sampling_level!r}: use one of {IS_LEVELS}.")
+    shape = shape or LossShape()
     mask = mask.to(logp.dtype)
     eps_high = epsilon if epsilon_high is None else epsilon_high
-    log_ratio = logp - old_logp
+    token_log_ratio = logp - old_logp
+    log_ratio = token_log_ratio
     if importance_sampling_level == "sequence":
         log_ratio = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)
     ratio = torch.exp(log_ratio)
-    clipped = torch.clamp(ratio, 1 - epsilon, 1 + eps_high)
     adv = advantages.unsqueeze(1)
-    per_token = -torch.min(ratio * adv, clipped * adv)
-    if is_weights is not None:
+    if loss_type == "cispo":
+        per_token = -torch.clamp(ratio, max=eps_high).detach() * adv * logp
+    elif loss_type == "sapo":
+        temperature = torch.where(adv > 0, shape.sapo_temperature_pos, shape.sapo_temperature_neg)
+        per_token = -torch.sigmoid(temperature * (ratio - 1)) * 4 / temperature * adv
+    elif loss_type == "vespo":
+        per_token = -vespo_weights(adv, token_log_ratio, mask, is_weights, shape) * adv * logp
+    else:
+        clipped = torch.clamp(ratio, 1 - epsilon, 1 + eps_high)
+        capped = ratio if shape.delta is None else torch.clamp(ratio, max=shape.delta)
+        per_token = -torch.min(capped * adv, clipped * adv)
+    if is_weights is not None and loss_type != "vespo":
         per_token = per_token * is_weights
     kl = None
     if beta != 0.0:
         if ref_logp is None:
             raise ValueError("beta != 0 needs ref_logp (the log-probs with the adapter disabled).")
         kl = k3_kl(logp, ref_logp)
+        if shape.use_bias_correction_kl:
+            kl = kl * ratio
         per_token = per_token + beta * kl
     per_token = per_token.expand_as(logp)
     loss = _reduce(per_token, mask, loss_type, max_completion_length, num_items)
@@ -144,6 +195,29 @@ def policy_loss(
         clipped_high=(ratio_full > 1 + eps_high) & (adv > 0) & mask.bool(),
         kl=kl,
     )
+
+
+LOG_1E_8 = math.log(1e-8)
+
+
+@torch.no_grad()
+def vespo_weights(
+    adv: torch.Tensor,
+    token_log_ratio: torch.Tensor,
+    mask: torch.Tensor,
+    is_weights: torch.Tensor | None,
+    shape: LossShape,
+) -> torch.Tensor:
+    """VESPO's sequence weight phi(w) = e^lambda w^k e^(-lambda w) ([B, 1], no gradient; phi(1) = 1),
+    w the sequence's importance ratio times the sampler correction; k, lambda by the advantage's sign."""
+    log_w = torch.sum(torch.clamp(token_log_ratio, -20.0, 20.0) * mask, dim=-1, keepdim=True)
+    if is_weights is not None:
+        log_w = log_w + torch.sum(torch.clamp(torch.log(is_weights), LOG_1E_8, 20.0), dim=-1, keepdim=True)
+    log_w = torch.clamp(log_w, LOG_1E_8, 20.0)
+    positive = adv >= 0
+    k = torch.where(positive, shape.vespo_k_pos, shape.vespo_k_neg)
+    lam = torch.where(positive, shape.vespo_lambda_pos, shape.vespo_lambda_neg).clamp(min=1e-4)
+    return torch.exp(lam + k * log_w - lam * torch.exp(log_w)).nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
 
 
 IS_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
@@ -180,14 +254,16 @@ def _reduce(
     num_items: float | None,
 ) -> torch.Tensor:
     masked = per_token * mask
-    if loss_type == "grpo":  # mean over each sequence's tokens, then over sequences
+    if loss_type == "luspo":  # sum over each sequence's tokens, mean over sequences
+        return masked.sum(-1).mean()
+    if loss_type in ("grpo", "sapo"):  # mean over each sequence's tokens, then over sequences
         return (masked.sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
     if loss_type == "bnpo":  # mean over this batch's tokens
         return masked.sum() / mask.sum().clamp(min=1.0)
     if loss_type == "dr_grpo":  # constant normaliser: B * max_completion_length
         return masked.sum() / (per_token.size(0) * (max_completion_length or per_token.size(1)))
     total = mask.sum() if num_items is None else torch.tensor(float(num_items))
-    return masked.sum() / total.clamp(min=1.0)  # dapo: mean over the whole optimizer batch's tokens
+    return masked.sum() / total.clamp(min=1.0)  # dapo, cispo, vespo: mean over the whole optimizer batch's tokens
 
 
 def selective_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -12,6 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rlactors.core import trl_fields
+
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -71,10 +73,18 @@ class GRPOConfig(BaseModel):
     # sampling
     num_generations: int = Field(8, description="completions per prompt (the GRPO group)")
     prompts_per_step: int = Field(8, gt=0)
-    max_prompt_length: int = Field(256, gt=0)
+    max_prompt_length: int = Field(
+        256,
+        gt=0,
+        description="longer prompts are dropped at load (default: 256, or max_seq_length - "
+        "max_completion_length when only max_seq_length is given)",
+    )
     max_completion_length: int = Field(256, gt=0)
     temperature: float = Field(1.0, gt=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=-1, description="sample from the k likeliest tokens; 0 or -1: all")
+    min_p: float | None = Field(None, ge=0.0, le=1.0, description="drop tokens below min_p x the likeliest's")
+    repetition_penalty: float = Field(1.0, gt=0.0, description="vLLM's: > 1 discourages repeated tokens")
     deterministic_generation: bool = Field(
         False,
         description="reseed sampling at every step from (seed, step, worker): a resumed run, or a "
@@ -88,15 +98,36 @@ class GRPOConfig(BaseModel):
     # optimisation
     learning_rate: float = Field(1e-5, gt=0.0)
     lr_scheduler_type: Literal["constant", "linear", "cosine"] = "constant"
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: float = Field(0, ge=0, description="linear warm-up, optimizer steps; below 1: a fraction of them")
     weight_decay: float = Field(0.0, ge=0.0)
     max_grad_norm: float = Field(1.0, gt=0.0)
+    optim: Literal[
+        "adamw_torch", "adamw_torch_fused", "adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit"
+    ] = Field("adamw_torch", description="AdamW from torch, or bitsandbytes' 8-bit / paged AdamW (CUDA; on CPU: AdamW)")
+    adam_beta1: float = Field(0.9, ge=0.0, lt=1.0)
+    adam_beta2: float = Field(0.999, ge=0.0, lt=1.0)
+    adam_epsilon: float = Field(1e-8, gt=0.0)
     micro_batch_size: int = Field(16, gt=0, description="samples per learner forward/backward")
     beta: float = Field(0.0, ge=0.0, description="KL coefficient to the base model (adapter disabled)")
     epsilon: float = Field(0.2, gt=0.0)
     epsilon_high: float | None = Field(None, description="upper clip; defaults to epsilon")
-    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = "dapo"
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"] = "dapo"
+    delta: float | None = Field(
+        None, gt=1.0, description="two-sided clipping: the ratio is capped at delta (grpo, bnpo, dr_grpo, dapo, luspo)"
+    )
+    sapo_temperature_pos: float = Field(1.0, gt=0.0, description="SAPO's gate temperature for positive advantages")
+    sapo_temperature_neg: float = Field(1.05, gt=0.0, description="SAPO's gate temperature for negative advantages")
+    vespo_k_pos: float = Field(2.0, description="VESPO's gamma shape k for non-negative advantages")
+    vespo_lambda_pos: float = Field(3.0, description="VESPO's gamma rate lambda for non-negative advantages")
+    vespo_k_neg: float = Field(3.0, description="VESPO's gamma shape k for negative advantages")
+    vespo_lambda_neg: float = Field(2.0, description="VESPO's gamma rate lambda for negative advantages")
+    use_bias_correction_kl: bool = Field(True, description="multiply the KL term by the importance ratio, as TRL")
     scale_rewards: Literal["group", "batch", "none"] = "group"
+    multi_objective_aggregation: Literal["sum_then_normalize", "normalize_then_sum"] = Field(
+        "sum_then_normalize",
+        description="weighted sum of the rewards then group-normalised, or each reward "
+        "group-normalised then summed and batch-normalised (TRL's)",
+    )
     importance_sampling_level: Literal["token", "sequence"] = "token"
     num_iterations: int = Field(1, ge=1, description="optimizer steps per generated batch")
     mask_truncated_completions: bool = False
@@ -131,7 +162,16 @@ class GRPOConfig(BaseModel):
     )
 
     # run
-    max_steps: int = Field(20, gt=0)
+    max_steps: int | None = Field(20, gt=0, description="training steps; null: from num_train_epochs")
+    num_train_epochs: float | None = Field(None, gt=0.0, description="with max_steps null: passes over the prompts")
+    logging_steps: float = Field(
+        1,
+        gt=0,
+        description="console and report_to every N steps (below 1: a fraction of "
+        "max_steps); metrics.jsonl gets every step",
+    )
+    log_completions: bool = Field(False, description="print a table of prompts, completions and rewards at each log")
+    num_completions_to_print: int | None = Field(None, gt=0, description="rows of that table (default: all)")
     save_steps: int = Field(10, ge=0, description="checkpoint every N steps; 0: only final/")
     keep_last: int = Field(3, ge=1)
     output_dir: str = "runs/grpo"
@@ -162,6 +202,28 @@ class GRPOConfig(BaseModel):
     max_restarts: int = Field(3, ge=0, description="restarts allowed per rollout actor")
     max_redispatches: int = Field(5, ge=0, description="failed generation attempts redone per step")
     placement_timeout_s: float = Field(60.0, gt=0, description="fail if resources are not granted in time")
+
+    def __init__(self, **values: Any):
+        """Keyword construction, as TRL's `GRPOConfig(...)`: errors are `ConfigError`s naming each field."""
+        try:
+            super().__init__(**values)
+        except ValidationError as err:
+            raise ConfigError(format_errors(err, values, "GRPOConfig")) from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _trl_names_and_lengths(cls, values: Any) -> Any:
+        """TRL's field names turned into rlactors' (`trl_fields`), then the length defaults: given
+        max_seq_length, the completion defaults to min(256, half of it) and the prompt to the rest."""
+        if not isinstance(values, dict):
+            return values
+        values = trl_fields.translate(values)
+        context = values.get("max_seq_length")
+        if isinstance(context, int) and "max_prompt_length" not in values:
+            values.setdefault("max_completion_length", min(256, context // 2))
+            if isinstance(values["max_completion_length"], int):
+                values["max_prompt_length"] = max(1, context - values["max_completion_length"])
+        return values
 
     @field_validator("gpu_memory_utilization", mode="before")
     @classmethod
@@ -233,13 +295,37 @@ class GRPOConfig(BaseModel):
             )
         if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
             raise ValueError("epsilon_high must be >= epsilon (or null for the same value)")
+        if self.max_steps is None and self.num_train_epochs is None:
+            raise ValueError("max_steps is null and num_train_epochs is not set: give one of them")
+        for name in ("warmup_steps", "logging_steps"):
+            value = getattr(self, name)
+            if value >= 1 and not float(value).is_integer():
+                raise ValueError(f"{name}={value}: give a whole number of steps, or a fraction below 1")
+        if self.loss_type == "vespo" and not self.vllm_importance_sampling_mode.startswith("token"):
+            raise ValueError(
+                f"loss_type vespo needs vllm_importance_sampling_mode token_truncate or token_mask (TRL's rule), "
+                f"not {self.vllm_importance_sampling_mode}"
+            )
         return self
+
+    def steps_of(self, value: float) -> int:
+        """A step count given as a count, or below 1 as a fraction of max_steps (TRL's reading of
+        warmup_steps and logging_steps)."""
+        return trl_fields.steps_of(value, self.max_steps or 1)
 
     @property
     def needs_logprob_passes(self) -> bool:
         """Whether an update first needs log-probs of the batch under fixed weights: the old policy's
         (num_iterations > 1) or the base model's (beta > 0)."""
         return self.num_iterations > 1 or self.beta > 0
+
+    def sampling_extras(self) -> dict[str, Any]:
+        """vLLM SamplingParams fields beyond n, max_tokens, temperature and top_p: TRL's top_k, min_p
+        and repetition_penalty, then `generation_kwargs` (which win, as in TRL)."""
+        extras = {"top_k": self.top_k, "min_p": self.min_p, "repetition_penalty": self.repetition_penalty}
+        # Left out when unset: vLLM's own defaults for them differ between versions.
+        unset = {"top_k": (0, -1), "min_p": (None, 0.0), "repetition_penalty": (1.0,)}
+        return {**{k: v for k, v in extras.items() if v not in unset[k]}, **self.generation_kwargs}
 
     @property
     def samples_per_step(self) -> int:
@@ -251,7 +337,7 @@ class GRPOConfig(BaseModel):
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> GRPOConfig:
         try:
-            return cls(**values)
+            return cls.model_validate(values)
         except ValidationError as err:
             raise ConfigError(format_errors(err, values, source)) from None
 
@@ -269,8 +355,11 @@ def format_errors(err: ValidationError, values: dict[str, Any], source: str) -> 
         if problem["type"] == "missing":
             lines.append(f"{source}: {field} is required: {GRPOConfig.model_fields[field].description or ''}")
             continue
-        value = values.get(problem["loc"][0], "(default)") if problem["loc"] else "-"
         message = problem["msg"].removeprefix("Value error, ")
+        if not problem["loc"]:  # a rule over several fields: the message names them
+            lines.append(f"{source}: {message}")
+            continue
+        value = values.get(problem["loc"][0], "(default)")
         lines.append(f"{source}: {field}={value!r}: {message}")
     return "\n".join(lines)
 

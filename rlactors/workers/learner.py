@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
 from rlactors.core import algorithm
@@ -20,6 +21,7 @@ from rlactors.workers import collective
 from rlactors.workers.host import current_node_id, use_all_cores
 from rlactors.workers.learner_memory import measure_learner
 from rlactors.workers.learner_state import load_learner_state, save_learner_state
+from rlactors.workers.optim import make_optimizer, schedule
 
 SHARED_VERSIONS = 3  # device buffers kept for rollout workers: the newest and two older (async, restarts)
 SUMMED = ("loss", "kl", "clip_low", "clip_high", "mismatch", "is_sum", "is_count")
@@ -37,25 +39,46 @@ class LogprobMismatchError(RuntimeError):
 
 
 class LearnerWorker:
-    def __init__(self, config: GRPOConfig, rank: int = 0):
+    def __init__(self, config: GRPOConfig, rank: int = 0, model: Any = None):
+        """`model`: a caller's PEFT model (from `FastLanguageModel`) to train in place, in this process;
+        None: `build` loads one from `config`."""
         self.config = config
         self.rank = rank
         self.version = 0
         self.optimizer_steps = 0
-        self.model: Any = None
+        self.model: Any = model
         self.optimizer: Any = None
         self.scheduler: Any = None
         self.device = "cpu"
         self._shared: dict[int, tuple[DeviceAdapter, Any]] = {}  # version -> (record, its GPU buffer)
         self._prepared: tuple[tuple[int, int, int], tuple[list, list]] | None = None  # see prepare
+        self.loss_shape = algorithm.LossShape(**{f.name: getattr(config, f.name) for f in fields(algorithm.LossShape)})
 
     def build(self) -> int:
-        """Loads the base model with a fresh LoRA adapter, AdamW and the lr schedule."""
-        if self.model is not None:
+        """Loads the base model with a fresh LoRA adapter (unless given one), AdamW and the lr schedule."""
+        if self.optimizer is not None:
             return os.getpid()
         import torch
 
         use_all_cores()
+        cfg = self.config
+        if self.model is None:
+            self.model = self._load_model()
+        self.model.train()
+        self.device = next(self.model.parameters()).device
+        if self._autocast_dtype() is not None:
+            keep_inputs_in_base_dtype(self.model)
+        if cfg.torch_compile:
+            compile_layers(self.model)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(cfg, params)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule(cfg))
+        collective.broadcast_params(params)  # every data-parallel learner starts from rank 0's adapter
+        return os.getpid()
+
+    def _load_model(self) -> Any:
+        import torch
+
         cfg = self.config
         torch.manual_seed(cfg.seed)
         model, _ = FastLanguageModel.from_pretrained(
@@ -67,7 +90,7 @@ class LearnerWorker:
             max_lora_rank=cfg.max_lora_rank,
             use_gradient_checkpointing=cfg.gradient_checkpointing,
         )
-        self.model = FastLanguageModel.get_peft_model(
+        return FastLanguageModel.get_peft_model(
             model,
             r=cfg.lora_r,
             lora_alpha=cfg.lora_alpha,
@@ -76,17 +99,6 @@ class LearnerWorker:
             use_gradient_checkpointing=cfg.gradient_checkpointing,
             random_state=cfg.seed,
         )
-        self.model.train()
-        self.device = next(self.model.parameters()).device
-        if self._autocast_dtype() is not None:
-            keep_inputs_in_base_dtype(self.model)
-        if cfg.torch_compile:
-            compile_layers(self.model)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(cfg))
-        collective.broadcast_params(params)  # every data-parallel learner starts from rank 0's adapter
-        return os.getpid()
 
     def rendezvous_address(self) -> str:
         return collective.rendezvous_address()
@@ -319,6 +331,7 @@ class LearnerWorker:
             max_completion_length=cfg.max_completion_length,
             num_items=whole.num_items,
             is_weights=weights,
+            shape=self.loss_shape,
         )
         # Scale so that micro-batches (of every learner) add up to the loss of the whole batch.
         scale = {
@@ -394,21 +407,3 @@ def _sum_stats(stats: list[dict[str, Any]]) -> tuple[dict[str, float], list[floa
     rows.append(-torch.stack([s["is_min"] for s in stats]).min().double())
     values = torch.stack(rows).tolist()
     return dict(zip(SUMMED, values[: len(SUMMED)])), values[len(SUMMED) :]
-
-
-def _schedule(cfg: GRPOConfig) -> Any:
-    """lr multiplier by optimizer step: linear warm-up, then constant / linear / cosine decay."""
-    total = max(cfg.max_steps * cfg.num_iterations, 1)
-    warmup = cfg.warmup_steps
-
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        if cfg.lr_scheduler_type == "linear":
-            return 1.0 - progress
-        if cfg.lr_scheduler_type == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        return 1.0
-
-    return factor

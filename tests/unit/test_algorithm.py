@@ -127,13 +127,13 @@ def test_bad_options_name_the_field():
 # ---- cross-check with TRL's GRPOTrainer._compute_loss on random inputs ------------------------------
 
 
-def _trl_loss(logp, old, ref, adv, mask, loss_type, level, beta, eps_low, eps_high, max_len, is_ratio=None):
+def _trl_loss(logp, old, ref, adv, mask, loss_type, level, beta, eps_low, eps_high, max_len, is_ratio=None, **extra):
     from trl.trainer.grpo_trainer import GRPOTrainer
 
     accelerator = types.SimpleNamespace(
         gather=lambda x: x, num_processes=1, sync_gradients=True, reduce=lambda x, reduction="sum": x
     )
-    args = types.SimpleNamespace(delta=None, use_bias_correction_kl=False)
+    args = types.SimpleNamespace(**{"delta": None, "use_bias_correction_kl": False, **extra})
     fake = types.SimpleNamespace(
         top_entropy_quantile=1.0,
         off_policy_mask_threshold=None,
@@ -156,6 +156,7 @@ def _trl_loss(logp, old, ref, adv, mask, loss_type, level, beta, eps_low, eps_hi
     )
     fake._get_per_token_logps_and_entropies = lambda *a, **k: (logp, torch.zeros_like(logp), None)
     fake.get_high_entropy_mask = None
+    fake.get_gamma_weights = GRPOTrainer.get_gamma_weights  # a static method
     inputs = {
         "prompt_ids": torch.zeros(logp.shape[0], 1, dtype=torch.long),
         "prompt_mask": torch.ones(logp.shape[0], 1, dtype=torch.long),
@@ -232,3 +233,98 @@ def test_importance_weights_by_hand():
     assert algorithm.importance_weights(learner, behaviour, mask, "sequence_mask", clip_max=3.0).item() == 0.0
     with pytest.raises(ValueError, match="vllm_importance_sampling_mode='x'"):
         algorithm.importance_weights(learner, behaviour, mask, "x")
+
+
+SHAPE = algorithm.LossShape(
+    delta=1.5,
+    sapo_temperature_pos=0.9,
+    sapo_temperature_neg=1.2,
+    vespo_k_pos=2.5,
+    vespo_lambda_pos=3.5,
+    vespo_k_neg=3.2,
+    vespo_lambda_neg=1.8,
+    use_bias_correction_kl=True,
+)
+
+
+def _random_case(seed):
+    gen = torch.Generator().manual_seed(seed)
+    b, t = 6, 5
+    old = -torch.rand(b, t, generator=gen) * 3
+    logp = (old + torch.randn(b, t, generator=gen) * 0.3).requires_grad_()
+    ref = old + torch.randn(b, t, generator=gen) * 0.2
+    behaviour = old + torch.randn(b, t, generator=gen) * 0.5
+    adv = torch.randn(b, generator=gen)
+    mask = (torch.arange(t)[None, :] < torch.tensor([5, 3, 1, 4, 2, 5])[:, None]).long()
+    return logp, old, ref, behaviour, adv, mask
+
+
+@pytest.mark.parametrize("loss_type", ["cispo", "sapo", "luspo", "vespo", "grpo", "dapo"])
+@pytest.mark.parametrize("level", ["token", "sequence"])
+@pytest.mark.parametrize("beta", [0.0, 0.04])
+@pytest.mark.parametrize("corrected", [False, True])
+def test_loss_types_and_their_parameters_match_trl(loss_type, level, beta, corrected):
+    """CISPO, SAPO, LUSPO, VESPO (and delta, SAPO's temperatures, VESPO's k and lambda, the KL's bias
+    correction, the vLLM importance weights) against TRL's own `_compute_loss`: values and gradients."""
+    pytest.importorskip("trl")
+    logp, old, ref, behaviour, adv, mask = _random_case(hash((loss_type, level, beta, corrected)) % 2**31)
+    weights = algorithm.importance_weights(old, behaviour, mask, "token_truncate", clip_max=2.0) if corrected else None
+    eps_high = 5.0 if loss_type == "cispo" else 0.28  # CISPO's epsilon_high is the cap itself
+    extra = {
+        name: getattr(SHAPE, name)
+        for name in (
+            "delta",
+            "sapo_temperature_pos",
+            "sapo_temperature_neg",
+            "vespo_k_pos",
+            "vespo_lambda_pos",
+            "vespo_k_neg",
+            "vespo_lambda_neg",
+            "use_bias_correction_kl",
+        )
+    }
+    theirs = _trl_loss(logp, old, ref, adv, mask, loss_type, level, beta, 0.2, eps_high, 5, is_ratio=weights, **extra)
+    (their_grad,) = torch.autograd.grad(theirs, logp)
+    ours = algorithm.policy_loss(
+        logp,
+        old,
+        adv,
+        mask,
+        loss_type=loss_type,
+        epsilon=0.2,
+        epsilon_high=eps_high,
+        importance_sampling_level=level,
+        beta=beta,
+        ref_logp=ref,
+        max_completion_length=5,
+        is_weights=weights,
+        shape=SHAPE,
+    ).loss
+    (our_grad,) = torch.autograd.grad(ours, logp)
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-5, abs=1e-6)
+    assert torch.allclose(our_grad, their_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_delta_caps_the_unclipped_side_by_hand():
+    # negative advantage, ratio e^0.5 = 1.6487: min(-1.6487, -1.2) = -1.6487 unclipped; delta 1.5 caps it
+    logp, old = torch.tensor([[0.5]]), torch.zeros(1, 1)
+    shape = algorithm.LossShape(delta=1.5)
+    out = algorithm.policy_loss(logp, old, torch.tensor([-1.0]), torch.ones(1, 1), loss_type="grpo", shape=shape)
+    assert out.loss.item() == pytest.approx(1.5, abs=1e-6)
+
+
+def test_normalize_then_sum_matches_trl():
+    """TRL's multi_objective_aggregation="normalize_then_sum", with a missing value, by its own code's steps."""
+    per_fn = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, float("nan")], [0.5, 0.5], [0.0, 0.0], [1.0, 1.0]])
+    weights = torch.tensor([1.0, 2.0])
+    out = algorithm.normalized_then_summed(per_fn, weights, num_generations=3)
+    grouped = per_fn.view(-1, 3, 2)
+    mean = torch.nanmean(grouped, dim=1, keepdim=True)
+    var = torch.nanmean((grouped - mean) ** 2, dim=1, keepdim=True)
+    count = (~torch.isnan(grouped)).sum(dim=1, keepdim=True)
+    std = (var * count / (count - 1)).sqrt()
+    summed = (((grouped - mean) / (std + 1e-4)).view(-1, 2) * weights).nansum(dim=1)
+    batch_std = torch.sqrt(torch.mean((summed - summed.mean()) ** 2) * 6 / 5)
+    expected = (summed - summed.mean()) / (batch_std + 1e-4)
+    assert torch.allclose(out.advantages, expected, atol=1e-5)
+    assert torch.allclose(out.rewards, torch.tensor([1.0, 2.0, 1.0, 1.5, 0.0, 3.0]))

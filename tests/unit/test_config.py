@@ -101,7 +101,7 @@ def test_runtime_env_excludes_outputs_and_weights():
 
 
 def test_warns_for_a_remote_cluster_without_token_auth(tmp_path):
-    from rlactors.trainer.security import insecure_address_warning
+    from rlactors.distributed.cluster import insecure_address_warning
 
     no_file = {"RAY_AUTH_TOKEN_PATH": str(tmp_path / "none")}
     assert "without token authentication" in insecure_address_warning("http://10.0.0.5:8265", no_file)

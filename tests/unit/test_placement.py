@@ -60,7 +60,7 @@ def test_auto_memory_share_leaves_the_learner_its_measured_need():
             MemoryNeed(extra_bytes=76 * GIB, free_bytes=78 * GIB, total_bytes=80 * GIB, kept_bytes=GIB),
             asleep_while_training=True,
         )
-    with pytest.raises(ValueError, match=r'gpu_memory_utilization\n.*or "auto"'):
+    with pytest.raises(ValueError, match=r"gpu_memory_utilization='half': .*or \"auto\""):
         GRPOConfig(**BASE, gpu_memory_utilization="half")
 
 
