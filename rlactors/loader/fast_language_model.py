@@ -160,6 +160,9 @@ class FastLanguageModel:
                 max_seq_length=max_seq_length,
                 model_path=path,
                 dtype=torch_dtype,
+                load_in_4bit=load_in_4bit,
+                gpu_memory_utilization=gpu_memory_utilization,
+                gradient_checkpointing=use_gradient_checkpointing,
             ),
         )
         _set_gradient_checkpointing(model, use_gradient_checkpointing)
@@ -222,6 +225,7 @@ class FastLanguageModel:
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         peft_model = get_peft_model(model, config)
         if state is not None:
+            state.gradient_checkpointing = use_gradient_checkpointing
             attach(peft_model, state)
         _set_gradient_checkpointing(peft_model, use_gradient_checkpointing)
         return peft_model
@@ -334,11 +338,12 @@ def compile_layers(model: Any) -> int:
     return len(layers)
 
 
-def keep_inputs_in_base_dtype(model: Any) -> None:
+def keep_inputs_in_base_dtype(model: Any, keep: bool = True) -> None:
     """Stops PEFT's LoRA layers from casting their inputs to the adapter's float32 (autocast
-    picks the matmul dtype instead); what `peft.helpers.disable_input_dtype_casting` sets."""
+    picks the matmul dtype instead); what `peft.helpers.disable_input_dtype_casting` sets.
+    `keep=False` restores PEFT's casting, for use outside autocast."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     for module in model.modules():
         if isinstance(module, BaseTunerLayer):
-            module.cast_input_dtype_enabled = False
+            module.cast_input_dtype_enabled = not keep

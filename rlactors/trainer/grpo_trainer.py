@@ -10,37 +10,27 @@ Runs on whatever `ray.init()` the caller made, or makes a local one (and shuts i
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from rlactors.core import algorithm
-from rlactors.core.config import ConfigError, GRPOConfig, load_config
-from rlactors.distributed import memory, scoring
-from rlactors.trainer import checkpoints
+from rlactors.core.config import GRPOConfig
+from rlactors.distributed import cluster, memory, scoring
+from rlactors.trainer import arguments, checkpoints, model_source
+from rlactors.trainer.callbacks import Callbacks
+from rlactors.trainer.errors import TrainingError
+from rlactors.trainer.generation import Generations
+from rlactors.trainer.metrics import completions_table, run_summary, step_row
 from rlactors.trainer.prompts import PromptSampler, PromptTable, load_rows
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(RuntimeError):
-    """The run stopped on purpose: the message says why and what to change."""
-
-
-@dataclass
-class InFlight:
-    """A generation launched ahead (max_staleness: 1): the step it is for, its prompts, and the
-    sampler position before they were drawn (what a checkpoint records)."""
-
-    step: int
-    indices: list[int]
-    batch: Future
-    sampler_state: dict[str, Any]
 
 
 @dataclass
@@ -51,69 +41,94 @@ class TrainResult:
 
 
 class GRPOTrainer:
+    """TRL's call shape, or rlactors' first one:
+
+        GRPOTrainer(model=model, reward_funcs=[f], args=GRPOConfig(...), train_dataset=ds,
+                    processing_class=tokenizer, peft_config=lora, callbacks=[...]).train()
+        GRPOTrainer(config, reward_funcs=[f], train_dataset=rows).train()   # config: GRPOConfig, dict or YAML
+
+    `model` is a `FastLanguageModel` model, a transformers or PEFT model, or a model id or folder
+    (`rlactors.trainer.model_source` says what each means); without it the config's `model_name`
+    is loaded. After `train()` a given model holds the trained adapter.
+    """
+
     def __init__(
         self,
-        config: GRPOConfig | dict | str,
-        reward_funcs: Sequence[str | Callable] | None = None,
+        model: Any = None,
+        reward_funcs: Any = None,
+        args: GRPOConfig | None = None,
         train_dataset: Any = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        reward_processing_classes: Any = None,
+        callbacks: Sequence[Any] | None = None,
+        optimizers: Any = (None, None),
+        peft_config: Any = None,
+        *,
+        config: GRPOConfig | dict | str | None = None,
     ):
-        if isinstance(config, str):
-            config = load_config(config)
-        elif isinstance(config, dict):
-            config = GRPOConfig.from_dict(config)
-        self.config = config
-        specs = list(reward_funcs) if reward_funcs is not None else list(config.reward_funcs)
-        if not specs:
-            raise ConfigError(
-                'reward_funcs is empty: give at least one ("module:function" in YAML, a callable in Python)'
-            )
-        self.reward_functions = [scoring.resolve(spec) for spec in specs]
-        weights = config.reward_weights or [1.0] * len(specs)
-        if len(weights) != len(specs):
-            raise ConfigError(
-                f"reward_weights has {len(weights)} entries for {len(specs)} reward functions: "
-                "give one weight per function"
-            )
-        self.reward_weights = weights
-        scoring.check_picklable(self.reward_functions)
+        arguments.refuse_unsupported(eval_dataset, reward_processing_classes, optimizers)
+        config, model = arguments.config_and_model(model, args, config)
+        self.source = model_source.from_argument(model, peft_config, config)
+        self.config = self.source.configure(config) if self.source.updates else config
+        self.reward_functions, self.reward_weights = arguments.rewards(reward_funcs, self.config)
+        self.processing_class = processing_class or self.source.tokenizer
+        self.callbacks = Callbacks(callbacks, self.config)
         self.train_dataset = train_dataset
         self.version = 0  # the adapter version the rollout workers hold
         self.published = 0  # the newest adapter version exported by the learner
         self.adapter_ref: Any = None
         self.on_device = False  # adapters by CUDA IPC (set at start; see `LearnerGroup.beside`)
-        self.inflight: InFlight | None = None
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlactors-rollout")
+        self.generations = Generations(self.config)
         self.skipped_in_row = 0
         self.resumed_from: str | None = None
         self.timings: dict[str, float] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------
     def train(self) -> TrainResult:
-        owns_ray = self._init_ray()
+        owns_ray = cluster.connect()
+        final = None
         try:
             start_step = self._start()
+            self.callbacks.train_begin(self.config, start_step, model=self.model, processing_class=self.tokenizer)
+            step = start_step
             for step in range(start_step + 1, self.config.max_steps + 1):
-                self._step(step)
+                if self._step(step):
+                    break  # a callback set control.should_training_stop
             final = self._save_final()
-            return TrainResult(self.config.max_steps, final, self.recorder.rows)
+            self.callbacks.train_end()
+            result = TrainResult(step, final, self.recorder.rows)
         finally:
             self._stop(owns_ray)
+            self.source.finish(final)
+        print(run_summary(self.config, final, step), flush=True)
+        return result
 
-    def _init_ray(self) -> bool:
-        import ray
+    @property
+    def model(self) -> Any:
+        """The model given to the trainer, which holds the trained adapter after `train()` (None when
+        the config named the model: the adapter is then in output_dir/final)."""
+        return self.source.model
 
-        if ray.is_initialized():
-            return False
-        if os.environ.get("RAY_ADDRESS"):  # set by `ray job submit`, or by the user for a cluster
-            from rlactors.trainer.security import insecure_address_warning
+    @property
+    def state(self) -> Any:
+        """transformers' `TrainerState`: `global_step`, `max_steps`, `log_history`."""
+        return self.callbacks.state
 
-            warning = insecure_address_warning(os.environ["RAY_ADDRESS"], os.environ)
-            if warning:
-                print(warning, flush=True)
-            ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
-        else:  # a private local cluster on loopback, no dashboard
-            ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=True)
-        return True
+    def save_model(self, output_dir: str | None = None) -> str:
+        """The trained adapter as a PEFT folder (with the tokenizer), as TRL's `save_model` writes it."""
+        output_dir = output_dir or self.config.output_dir
+        if self.model is not None:
+            self.model.save_pretrained(output_dir)
+        else:
+            final = os.path.join(self.config.output_dir, "final")
+            if not os.path.isdir(final):
+                raise TrainingError(f"save_model: nothing trained yet ({final} does not exist): call train() first")
+            if os.path.abspath(final) != os.path.abspath(output_dir):
+                shutil.copytree(final, output_dir, dirs_exist_ok=True)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        return output_dir
 
     def _start(self) -> int:
         from rlactors.distributed.groups import LearnerGroup, RolloutGroup
@@ -125,12 +140,13 @@ class GRPOTrainer:
         from rlactors.workers.rollout import RolloutWorker
 
         cfg = self.config
-        self.tokenizer = load_tokenizer(resolve_model_path(cfg.model_name))
+        self.tokenizer = self.processing_class or load_tokenizer(resolve_model_path(cfg.model_name))
         rows = load_rows(
             self.train_dataset if self.train_dataset is not None else cfg.dataset,
             cfg.dataset_split,
             cfg.prompt_column,
             cfg.dataset_config,
+            limit=cfg.max_steps * cfg.prompts_per_step if cfg.max_steps else None,
         )
         self.prompts = PromptTable.build(rows, self.tokenizer, cfg.prompt_column, cfg.max_prompt_length)
         if self.prompts.filtered_overlong:
@@ -140,16 +156,29 @@ class GRPOTrainer:
                 flush=True,
             )
         self.sampler = PromptSampler(len(self.prompts), cfg.seed, cfg.shuffle)
+        if cfg.max_steps is None:  # TRL's num_train_epochs
+            steps = max(1, math.ceil(cfg.num_train_epochs * len(self.prompts) / cfg.prompts_per_step))
+            self.config = cfg = cfg.model_copy(update={"max_steps": steps})
+            self.generations.config = cfg
+            print(
+                f"rlactors: num_train_epochs={cfg.num_train_epochs} over {len(self.prompts)} prompts -> "
+                f"max_steps={steps}",
+                flush=True,
+            )
         resume_from = self.resumed_from = self._resume_path()
         layout = plan(cfg, cluster_has_gpus())
         self.placement_group = reserve(layout, cfg.placement_timeout_s, strategy=cfg.placement_strategy)
-        self.learners = LearnerGroup(LearnerWorker, cfg, layout.learner, self.placement_group)
+        source = self.source
+        learner_cls = partial(LearnerWorker, model=source.model) if source.in_process else LearnerWorker
+        rollout_cls = partial(RolloutWorker, engine=source.engine) if source.in_process else RolloutWorker
+        source.release()
+        self.learners = LearnerGroup(learner_cls, cfg, layout.learner, self.placement_group)
         with self._timed("startup"):
             learner_pids = self.learners.build()  # first: `gpu_memory_utilization: auto` measures it
             share = memory.share_for_vllm(cfg, self.learners, layout.use_gpus)
             rollout_cfg = cfg.model_copy(update={"gpu_memory_utilization": share})
             self.rollouts = RolloutGroup(
-                RolloutWorker, rollout_cfg, layout.rollout, self.placement_group, cfg.max_restarts
+                rollout_cls, rollout_cfg, layout.rollout, self.placement_group, cfg.max_restarts
             )
             rollout_pids = self.rollouts.build()
         self.rollouts.republish = self.learners.export_adapter  # if the adapter object is lost
@@ -171,7 +200,7 @@ class GRPOTrainer:
         for group in (getattr(self, "rollouts", None), getattr(self, "learners", None)):
             if group is not None:
                 group.shutdown()
-        self.pool.shutdown(wait=True, cancel_futures=True)  # an in-flight generation ends with its actors
+        self.generations.close()
         release(getattr(self, "placement_group", None))
         if owns_ray:
             import ray
@@ -185,7 +214,8 @@ class GRPOTrainer:
         self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - start
 
     # ---- one step ----------------------------------------------------------------------------
-    def _step(self, step: int) -> None:
+    def _step(self, step: int) -> bool:
+        """One training step; whether a callback asked the run to stop."""
         cfg = self.config
         started = time.perf_counter()
         self.timings = {k: v for k, v in self.timings.items() if k == "startup"}
@@ -197,48 +227,58 @@ class GRPOTrainer:
         with self._timed("sync"):
             self._load_published()  # async: the workers are idle now; they take the last update
         if cfg.max_staleness and step < cfg.max_steps:
-            self._launch(step + 1)  # generates the next batch while this one is scored and trained on
+            self.generations.launch(
+                step + 1, self.prompts, self.sampler, self.rollouts, self.version
+            )  # generates the next batch while this one is scored and trained on
         prepared = self._prepare(batch, step)  # the learners' log-prob passes run while the rewards are scored
         with self._timed("score"):
             scores = self._score(indices, batch)
         per_function = scores.tensor()
-        combined = algorithm.combine_rewards(per_function, self.reward_weights)
-        self._check_reward_errors(combined, scores, step)
-        adv = algorithm.group_advantages(combined, cfg.num_generations, cfg.scale_rewards)
+        adv = self._advantages(per_function)
+        self._check_reward_errors(adv.rewards, scores, step)
         with self._timed("update"):
             metrics = self._update(batch.with_advantages(adv.advantages), step, prepared)
         with self._timed("sync"):
             self._publish(metrics.adapter_version)
             if not cfg.max_staleness:
                 self._load_published()
-        row = self._row(step, batch, scores, per_function, adv, metrics, time.perf_counter() - started)
-        self.recorder.log(row)
+        names = [r.name for r in self.reward_functions]
+        row = step_row(
+            step,
+            batch,
+            scores,
+            per_function,
+            adv,
+            metrics,
+            time.perf_counter() - started,
+            self.rollouts,
+            names,
+            self.timings,
+        )
+        logged = self.recorder.log(row)
+        if logged and cfg.log_completions:
+            prompts = [self.prompts.rows[indices[int(p)]][cfg.prompt_column] for p in batch.prompt_index]
+            table = completions_table(
+                prompts, batch.completions, adv.rewards, adv.advantages, cfg.num_completions_to_print
+            )
+            self.recorder.write(table)
         self._check_skipped(metrics)  # after the row is written: the metrics show the skipped steps
-        if cfg.save_steps and (step % cfg.save_steps == 0 or step == cfg.max_steps):
+        stop = self.callbacks.step_end(step, row, logged)
+        if cfg.save_steps and (step % cfg.save_steps == 0 or step == cfg.max_steps or stop):
             self._save_checkpoint(step)
+            self.callbacks.saved(step)
+        return stop
 
     def _next_batch(self, step: int) -> tuple[list[int], Any]:
-        """This step's prompts and samples: the generation launched ahead, or one made now."""
-        if self.inflight is not None:
-            launched, self.inflight = self.inflight, None
-            if launched.step != step:
-                raise RuntimeError(f"generation launched for step {launched.step} taken at step {step}")
-            return launched.indices, launched.batch.result()
-        indices = self.sampler.next_batch(self.config.prompts_per_step)
-        ids = [self.prompts.token_ids[i] for i in indices]
-        return indices, self.rollouts.generate(ids, self.version, self._generation_seed(step))
+        return self.generations.take(step, self.prompts, self.sampler, self.rollouts, self.version)
 
-    def _launch(self, step: int) -> None:
-        state = self.sampler.state()
-        indices = self.sampler.next_batch(self.config.prompts_per_step)
-        ids = [self.prompts.token_ids[i] for i in indices]
-        future = self.pool.submit(self.rollouts.generate, ids, self.version, self._generation_seed(step))
-        self.inflight = InFlight(step, indices, future, state)
-
-    def _generation_seed(self, step: int) -> int | None:
-        if not self.config.deterministic_generation:
-            return None
-        return (self.config.seed * 1_000_003 + step * 10_007) % 2**62
+    def _advantages(self, per_function: Any) -> algorithm.Advantages:
+        """Group-relative advantages from the [B, F] rewards, as `multi_objective_aggregation` says."""
+        cfg = self.config
+        if cfg.multi_objective_aggregation == "normalize_then_sum":
+            return algorithm.normalized_then_summed(per_function, self.reward_weights, cfg.num_generations)
+        combined = algorithm.combine_rewards(per_function, self.reward_weights)
+        return algorithm.group_advantages(combined, cfg.num_generations, cfg.scale_rewards)
 
     def _score(self, indices: list[int], batch: Any) -> scoring.Scores:
         cfg = self.config
@@ -272,10 +312,9 @@ class GRPOTrainer:
         missing = float(torch.isnan(combined).float().mean())
         for reward, result in zip(self.reward_functions, scores.results):
             if result.errors:
-                print(
+                self.recorder.write(
                     f"rlactors: step {step}: reward {reward.name!r}: {result.errors} sample(s) without a reward; "
-                    f"first: {result.first_error.strip().splitlines()[-1] if result.first_error else '?'}",
-                    flush=True,
+                    f"first: {result.first_error.strip().splitlines()[-1] if result.first_error else '?'}"
                 )
         if missing > self.config.max_reward_error_rate:
             raise TrainingError(
@@ -312,50 +351,6 @@ class GRPOTrainer:
         self._publish(version)
         self._load_published()
 
-    def _row(
-        self, step: int, batch: Any, scores: scoring.Scores, per_function: Any, adv: Any, metrics: Any, seconds: float
-    ) -> dict[str, Any]:
-        import torch
-
-        lengths = batch.completion_mask.sum(-1).float()
-        valid = ~torch.isnan(adv.rewards)
-        reward = adv.rewards[valid]
-        row: dict[str, Any] = {
-            "step": step,
-            "reward": float(reward.mean()) if valid.any() else float("nan"),
-            "reward_std": float(adv.group_std.mean()),
-            "frac_reward_zero_std": float(adv.zero_std.float().mean()),
-            "reward/errors": sum(r.errors for r in scores.results),
-            "reward/timeouts": sum(r.timed_out for r in scores.results),
-            "completions/mean_length": float(lengths.mean()),
-            "completions/min_length": float(lengths.min()),
-            "completions/max_length": float(lengths.max()),
-            "completions/clipped_ratio": float(batch.truncated.float().mean()),
-            "num_tokens": int(batch.completion_mask.sum() + batch.prompt_mask.sum()),
-            "loss": metrics.loss,
-            "kl": metrics.kl,
-            "grad_norm": metrics.grad_norm,
-            "learning_rate": metrics.learning_rate,
-            "clip_ratio/low_mean": metrics.clip_ratio_low,
-            "clip_ratio/high_mean": metrics.clip_ratio_high,
-            "sampling/logprob_mismatch": metrics.logprob_mismatch,
-            "train/skipped": int(metrics.skipped),
-            "rollout/redispatches": self.rollouts.redispatches,
-            "rollout/worker_restarts": self.rollouts.restarts,
-            "rollout/adapter_republished": self.rollouts.republished,
-            "adapter_version": metrics.adapter_version,
-            "staleness": metrics.staleness,
-            "step_time_s": seconds,
-        }
-        row.update(metrics.extra)
-        for i, reward_fn in enumerate(self.reward_functions):
-            column = per_function[:, i]
-            row[f"rewards/{reward_fn.name}/mean"] = float(torch.nanmean(column)) if (~column.isnan()).any() else 0.0
-        for phase in ("generate", "sleep", "score", "update", "sync"):
-            row[f"time/{phase}_s"] = self.timings.get(phase, 0.0)
-        row["time/generate_vllm_s"] = batch.vllm_seconds  # the rest of generate_s: packing and Ray
-        return row
-
     # ---- checkpoints -------------------------------------------------------------------------
     def _resume_path(self) -> str | None:
         target = self.config.resume_from_checkpoint
@@ -365,44 +360,19 @@ class GRPOTrainer:
 
     def _save_checkpoint(self, step: int) -> str:
         cfg = self.config
-        try:
-            tmp = checkpoints.temp_dir(cfg.output_dir, step)
-            self.learners.save_state(tmp)
-            checkpoints.write_json(
-                os.path.join(tmp, checkpoints.STATE_DIR, "driver.json"),
-                {
-                    "step": step,
-                    "dataset_fingerprint": self.prompts.fingerprint,
-                    # prompts drawn for a generation still in flight are drawn again after a resume
-                    "sampler": self.inflight.sampler_state if self.inflight else self.sampler.state(),
-                    "num_generations": cfg.num_generations,
-                    "prompts_per_step": cfg.prompts_per_step,
-                },
-            )
-        except OSError as err:  # a full disk, a lost mount: the partial folder goes, the previous one stays
-            shutil.rmtree(checkpoints.temp_path(cfg.output_dir, step), ignore_errors=True)
-            previous = checkpoints.latest_checkpoint(cfg.output_dir)
-            raise TrainingError(
-                f"could not write checkpoint-{step} to output_dir={cfg.output_dir} ({_os_reason(err)}); the "
-                f"previous checkpoint {previous or '(none yet)'} is intact. Free space or point output_dir at a "
-                "larger volume, then re-run with resume_from_checkpoint: auto"
-            ) from err
-        return checkpoints.commit(cfg.output_dir, tmp, step, cfg.keep_last, protect=self.resumed_from)
+        driver = {
+            "step": step,
+            "dataset_fingerprint": self.prompts.fingerprint,
+            "sampler": self.generations.sampler_state(self.sampler),
+            "num_generations": cfg.num_generations,
+            "prompts_per_step": cfg.prompts_per_step,
+        }
+        return checkpoints.save(
+            cfg.output_dir, step, cfg.keep_last, self.resumed_from, self.learners.save_state, driver
+        )
 
     def _resume(self, path: str) -> int:
-        cfg = self.config
-        driver = checkpoints.read_json(os.path.join(path, checkpoints.STATE_DIR, "driver.json"))
-        for key in ("num_generations", "prompts_per_step"):
-            if driver[key] != getattr(cfg, key):
-                raise ConfigError(
-                    f"{key}={getattr(cfg, key)} but the checkpoint {path} was trained with "
-                    f"{driver[key]}: resume with the same value, or start a new output_dir"
-                )
-        if driver["dataset_fingerprint"] != self.prompts.fingerprint:
-            raise ConfigError(
-                f"the dataset differs from the one checkpoint {path} was trained on: resume "
-                "with the same dataset, or start a new output_dir"
-            )
+        driver = checkpoints.resumable(path, self.config, self.prompts.fingerprint)
         self.sampler.restore(driver["sampler"])
         version = self.learners.load_state(path)
         self._sync(version)
@@ -416,9 +386,3 @@ class GRPOTrainer:
         if isinstance(adapter, ray.ObjectRef):
             adapter = ray.get(adapter)
         return adapter.save(os.path.join(self.config.output_dir, "final"))
-
-
-def _os_reason(err: BaseException) -> str:
-    """The OS error's own words (also when it arrives wrapped by Ray from an actor)."""
-    cause = getattr(err, "cause", None) or err
-    return getattr(cause, "strerror", None) or str(cause).strip().splitlines()[-1]

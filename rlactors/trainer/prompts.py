@@ -8,6 +8,7 @@ dropped at load with a count, so vLLM never meets one mid-run.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -19,12 +20,22 @@ class DatasetError(ValueError):
     """A dataset that cannot be used; the message says which field and how to fix it."""
 
 
-def load_rows(dataset: Any, split: str, prompt_column: str, config_name: str | None = None) -> list[dict[str, Any]]:
-    """Rows as dicts from a local .json/.jsonl/.parquet file, a hub id, an HF Dataset or a list."""
+def load_rows(
+    dataset: Any, split: str, prompt_column: str, config_name: str | None = None, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """Rows as dicts from a local .json/.jsonl/.parquet file, a hub id, an HF `Dataset`, an
+    `IterableDataset` (its first `limit` rows: the prompts max_steps can use) or a list."""
     if dataset is None:
         raise DatasetError("dataset is not set: give `dataset:` in the config or train_dataset= in Python")
     if isinstance(dataset, str):
         dataset = _load_named(dataset, split, config_name)
+    if not hasattr(dataset, "__len__"):  # a stream: read only what the run can draw
+        if limit is None:
+            raise DatasetError(
+                "train_dataset is an IterableDataset (a stream): set max_steps, which bounds "
+                "how many of its rows the run reads"
+            )
+        dataset = itertools.islice(dataset, limit)
     rows = [dict(row) for row in dataset]
     if not rows:
         raise DatasetError("the dataset has no rows")
@@ -37,7 +48,9 @@ def load_rows(dataset: Any, split: str, prompt_column: str, config_name: str | N
 
 
 def _load_named(name: str, split: str, config_name: str | None) -> Any:
-    from datasets import load_dataset
+    from datasets import disable_progress_bars, load_dataset
+
+    disable_progress_bars()  # the run's own progress bar is the one that counts
 
     ext = os.path.splitext(name)[1].lower()
     if ext in (".json", ".jsonl", ".parquet"):

@@ -72,12 +72,20 @@ class RunRecorder:
         mlflow.start_run()
         return mlflow
 
-    def log(self, row: dict[str, Any]) -> None:
+    def log(self, row: dict[str, Any]) -> bool:
+        """Records one step: metrics.jsonl always; the integrations and the console line every
+        `logging_steps` steps and at the last. Whether this step was such a logging step."""
         step = int(row["step"])
         self.rows.append(row)
         if "jsonl" in self.config.report_to:
             with open(self.metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(reward=f"{row['reward']:.3f}", step_s=f"{row['step_time_s']:.1f}")
+        every = self.config.steps_of(self.config.logging_steps)
+        if step % max(every, 1) and step != self.config.max_steps:
+            return False
         numbers = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         if self.tensorboard is not None:
             for key, value in numbers.items():
@@ -87,10 +95,15 @@ class RunRecorder:
             self.wandb.log(numbers, step=step)
         if self.mlflow is not None:
             self.mlflow.log_metrics({k.replace("/", "_"): v for k, v in numbers.items()}, step=step)
+        self.write(self.progress_line(row))
+        return True
+
+    def write(self, text: str) -> None:
+        """A console line that leaves the progress bar whole (below it, not glued to it)."""
         if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(reward=f"{row['reward']:.3f}", step_s=f"{row['step_time_s']:.1f}")
-        print(self.progress_line(row), flush=True)
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
 
     @staticmethod
     def progress_line(row: dict[str, Any]) -> str:

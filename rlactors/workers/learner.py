@@ -17,14 +17,13 @@ from rlactors.core.adapter import DeviceAdapter, LoRAAdapter, export_adapter, gp
 from rlactors.core.records import BatchTotals, MemoryNeed, RolloutBatch, StepMetrics
 from rlactors.loader.fast_language_model import FastLanguageModel, compile_layers, keep_inputs_in_base_dtype
 from rlactors.loader.fast_state import state_of
-from rlactors.workers import collective
-from rlactors.workers.host import current_node_id, use_all_cores
+from rlactors.workers import collective, step_stats
+from rlactors.workers.host import current_node_id, use_all_cores, worker_log
 from rlactors.workers.learner_memory import measure_learner
 from rlactors.workers.learner_state import load_learner_state, save_learner_state
 from rlactors.workers.optim import make_optimizer, schedule
 
 SHARED_VERSIONS = 3  # device buffers kept for rollout workers: the newest and two older (async, restarts)
-SUMMED = ("loss", "kl", "clip_low", "clip_high", "mismatch", "is_sum", "is_count")
 
 if TYPE_CHECKING:
     from rlactors.core.config import GRPOConfig
@@ -52,6 +51,7 @@ class LearnerWorker:
         self.device = "cpu"
         self._shared: dict[int, tuple[DeviceAdapter, Any]] = {}  # version -> (record, its GPU buffer)
         self._prepared: tuple[tuple[int, int, int], tuple[list, list]] | None = None  # see prepare
+        worker_log(config.output_dir, "learner", rank)
         self.loss_shape = algorithm.LossShape(**{f.name: getattr(config, f.name) for f in fields(algorithm.LossShape)})
 
     def build(self) -> int:
@@ -186,7 +186,7 @@ class LearnerWorker:
                 loss, mb_stats, weights[i] = self._micro_loss(mb, old[i], ref[i], weights[i], whole)
                 loss.backward()
                 stats.append(mb_stats)
-            totals = self._reduce(*_sum_stats(stats))
+            totals = step_stats.over_learners(*step_stats.summed(stats), self.device)
             if iteration == 0:
                 mismatch = totals["mismatch"] / max(whole.num_items, 1.0)
                 self._check_mismatch(mismatch)
@@ -237,20 +237,6 @@ class LearnerWorker:
                 f"{self.config.max_staleness} version(s) old and never newer"
             )
         return lag
-
-    def _reduce(self, sums: dict[str, float], extremes: list[float]) -> dict[str, float]:
-        """The step's statistics over all learners (sums; the importance weights' min and max)."""
-        import torch
-
-        out = dict(sums)
-        top = extremes
-        if collective.world_size() > 1:
-            device = self.device if torch.cuda.is_available() else "cpu"  # NCCL reduces on the GPU
-            summed = collective.all_reduce(torch.tensor([sums[k] for k in SUMMED], dtype=torch.float64, device=device))
-            out.update(zip(SUMMED, summed.tolist()))
-            top = collective.all_reduce(torch.tensor(extremes, dtype=torch.float64, device=device), "max").tolist()
-        out["is_max"], out["is_min"] = top[0], -top[1]
-        return out
 
     def _forward_logprobs(self, mb: RolloutBatch) -> tuple[Any, Any]:
         """(logp at the sampling temperature, logp at temperature 1), each [b, C] float32."""
@@ -395,15 +381,3 @@ class LearnerWorker:
         load_learner_state(path, self)
         self._shared.clear()  # shared buffers are keyed by version: never serve pre-load weights under one
         return self.version
-
-
-def _sum_stats(stats: list[dict[str, Any]]) -> tuple[dict[str, float], list[float]]:
-    """Micro-batch statistics (0-d device tensors) -> their sums and [max, -min] importance
-    weight, read back in one transfer."""
-    import torch
-
-    rows = [torch.stack([s[key].double() for s in stats]).sum() for key in SUMMED]
-    rows.append(torch.stack([s["is_max"] for s in stats]).max().double())
-    rows.append(-torch.stack([s["is_min"] for s in stats]).min().double())
-    values = torch.stack(rows).tolist()
-    return dict(zip(SUMMED, values[: len(SUMMED)])), values[len(SUMMED) :]

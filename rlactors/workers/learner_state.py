@@ -66,7 +66,7 @@ def load_learner_state(path: str, learner: LearnerWorker) -> None:
 
     from rlactors.core.adapter import LoRAAdapter
 
-    _load_adapter_weights(learner.model, LoRAAdapter.load(path).tensors)
+    load_adapter_weights(learner.model, LoRAAdapter.load(path).tensors)
     meta = read_json(os.path.join(path, STATE_DIR, "learner.json"))
     tensors = load_file(os.path.join(path, STATE_DIR, "optimizer.safetensors"))
     slots: dict[int, dict[str, Any]] = {}
@@ -86,7 +86,7 @@ def load_learner_state(path: str, learner: LearnerWorker) -> None:
     learner.optimizer_steps = meta["optimizer_steps"]
 
 
-def _load_adapter_weights(model: Any, tensors: dict[str, Any]) -> None:
+def load_adapter_weights(model: Any, tensors: dict[str, Any]) -> None:
     from peft import set_peft_model_state_dict
 
     result = set_peft_model_state_dict(model, tensors)

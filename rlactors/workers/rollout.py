@@ -16,7 +16,7 @@ from rlactors.core.records import RolloutBatch
 from rlactors.engine import vllm_engine as engine
 from rlactors.loader.fast_language_model import load_engine, resolve_dtype
 from rlactors.loader.model_files import resolve_model_path
-from rlactors.workers.host import current_node_id, use_all_cores
+from rlactors.workers.host import current_node_id, use_all_cores, worker_log
 
 if TYPE_CHECKING:
     from rlactors.core.config import GRPOConfig
@@ -41,26 +41,35 @@ class EngineStartError(RuntimeError):
 
 
 class RolloutWorker:
-    def __init__(self, config: GRPOConfig, rank: int = 0):
+    def __init__(self, config: GRPOConfig, rank: int = 0, engine: Any = None):
+        """`engine`: a caller's vLLM engine (`model.vllm_engine`) to generate with, in this process;
+        None: `build` starts one from `config`."""
         self.config = config
         self.rank = rank
         self.adapter_version = 0
-        self._engine: Any = None
+        self._engine: Any = engine
         self._request: Any = None  # LoRARequest of the loaded adapter; None = base model
-        self._pad_id = 0
+        self._pad_id: int | None = None
         self._asleep = False
         self._folder_loads = 0
+        worker_log(config.output_dir, "rollout", rank)
 
     def build(self) -> int:
-        """Starts the vLLM engine; returns this process's pid (for fault injection and logs)."""
-        if self._engine is not None:
-            return os.getpid()
+        """Starts the vLLM engine (unless given one); returns this process's pid (for fault injection and logs)."""
+        if self._engine is None:
+            self._engine = self._start_engine()
+        if self._pad_id is None:
+            tokenizer = self._engine.get_tokenizer()
+            self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return os.getpid()
+
+    def _start_engine(self) -> Any:
         use_all_cores()
         cfg = self.config
         path = resolve_model_path(cfg.model_name)
         dtype = resolve_dtype(None if cfg.dtype == "auto" else cfg.dtype)
         try:
-            self._engine = load_engine(
+            return load_engine(
                 path,
                 cfg.max_seq_length,
                 dtype,
@@ -78,9 +87,6 @@ class RolloutWorker:
                 f"{cfg.gpu_memory_utilization}: {err}\nFix: lower gpu_memory_utilization (on CPU it is the "
                 "share of RAM), set engine_kwargs.kv_cache_memory_bytes, or free memory on the node."
             ) from err
-        tokenizer = self._engine.get_tokenizer()
-        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        return os.getpid()
 
     def ready(self) -> None:
         """Builds the engine, or wakes it from `sleep`: every use of the engine starts here."""
@@ -152,7 +158,7 @@ class RolloutWorker:
             temperature=cfg.temperature,
             top_p=cfg.top_p,
             lora_request=self._request,
-            **cfg.generation_kwargs,
+            **cfg.sampling_extras(),
         )
         seconds = time.perf_counter() - start
         batch = samples_to_batch(samples, cfg.num_generations, self.adapter_version, self._pad_id)

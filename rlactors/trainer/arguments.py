@@ -1,0 +1,77 @@
+"""`GRPOTrainer`'s arguments in both shapes: TRL's (`model`, `reward_funcs`, `args`, `train_dataset`,
+...) and rlactors' first one (`GRPOTrainer(config, reward_funcs=..., train_dataset=...)`, the
+config a `GRPOConfig`, a dict or a YAML path)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from rlactors.core.config import ConfigError, GRPOConfig, load_config
+from rlactors.distributed import scoring
+
+
+def config_and_model(first: Any, args: Any, config: Any) -> tuple[GRPOConfig, Any]:
+    """(the run's config, the model argument) from TRL's first positional argument, `args` and `config`.
+
+    The first argument is the config when it is a `GRPOConfig`, a dict or a YAML file, else the model."""
+    if _is_config(first):
+        first, config = None, first if config is None else _both("the first argument", config)
+    if args is not None:
+        config = args if config is None else _both("args", config)
+    if config is None:
+        config = GRPOConfig()
+    if isinstance(config, str):
+        config = load_config(config)
+    elif isinstance(config, dict):
+        config = GRPOConfig.from_dict(config)
+    elif not isinstance(config, GRPOConfig):
+        raise ConfigError(
+            f"args={type(config).__module__}.{type(config).__name__}: pass rlactors.GRPOConfig (it takes TRL's "
+            "GRPOConfig field names: `from rlactors import GRPOConfig`)"
+        )
+    return config, first
+
+
+def _is_config(value: Any) -> bool:
+    if isinstance(value, (GRPOConfig, dict)):
+        return True
+    return isinstance(value, str) and value.endswith((".yaml", ".yml")) and os.path.isfile(value)
+
+
+def _both(name: str, config: Any) -> Any:
+    raise ConfigError(f"GRPOTrainer got the config twice ({name} and config=): pass it once, as args=")
+
+
+def rewards(reward_funcs: Any, config: GRPOConfig) -> tuple[list[scoring.RewardFunction], list[float]]:
+    """The reward functions (a callable, a list, or the config's "module:function" strings) and their weights."""
+    if reward_funcs is None:
+        specs: Sequence[str | Callable] = list(config.reward_funcs)
+    elif callable(reward_funcs) or isinstance(reward_funcs, str):
+        specs = [reward_funcs]
+    else:
+        specs = list(reward_funcs)
+    if not specs:
+        raise ConfigError('reward_funcs is empty: give at least one ("module:function" in YAML, a callable in Python)')
+    functions = [scoring.resolve(spec) for spec in specs]
+    weights = list(config.reward_weights or [1.0] * len(specs))
+    if len(weights) != len(specs):
+        raise ConfigError(
+            f"reward_weights has {len(weights)} entries for {len(specs)} reward functions: give one weight per function"
+        )
+    scoring.check_picklable(functions)
+    return functions, weights
+
+
+def refuse_unsupported(eval_dataset: Any, reward_processing_classes: Any, optimizers: Any) -> None:
+    """TRL arguments rlactors has no use for are errors that say so, never dropped silently."""
+    if eval_dataset is not None:
+        raise ConfigError("eval_dataset: rlactors has no evaluation loop yet; leave it out")
+    if reward_processing_classes is not None:
+        raise ConfigError("reward_processing_classes: rlactors takes reward functions, not reward models; leave it out")
+    if optimizers not in (None, (None, None)):
+        raise ConfigError(
+            "optimizers: the learner builds its optimizer in its own process from optim, learning_rate, "
+            "adam_beta1, adam_beta2, adam_epsilon and weight_decay; set those instead"
+        )

@@ -1,0 +1,97 @@
+"""What a step reports: the metrics row (metrics.jsonl, TensorBoard, `on_log`) and, with
+`log_completions`, a table of samples on the console."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from rlactors.distributed.scoring import Scores
+
+
+def step_row(
+    step: int,
+    batch: Any,
+    scores: Scores,
+    per_function: Any,
+    adv: Any,
+    metrics: Any,
+    seconds: float,
+    rollouts: Any,
+    reward_names: list[str],
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """One step's metrics under TRL's names (`reward`, `completions/mean_length`, `clip_ratio/...`) and
+    rlactors' own (`rollout/...`, `time/<phase>_s`)."""
+    import torch
+
+    lengths = batch.completion_mask.sum(-1).float()
+    valid = ~torch.isnan(adv.rewards)
+    reward = adv.rewards[valid]
+    row: dict[str, Any] = {
+        "step": step,
+        "reward": float(reward.mean()) if valid.any() else float("nan"),
+        "reward_std": float(adv.group_std.mean()),
+        "frac_reward_zero_std": float(adv.zero_std.float().mean()),
+        "reward/errors": sum(r.errors for r in scores.results),
+        "reward/timeouts": sum(r.timed_out for r in scores.results),
+        "completions/mean_length": float(lengths.mean()),
+        "completions/min_length": float(lengths.min()),
+        "completions/max_length": float(lengths.max()),
+        "completions/clipped_ratio": float(batch.truncated.float().mean()),
+        "num_tokens": int(batch.completion_mask.sum() + batch.prompt_mask.sum()),
+        "loss": metrics.loss,
+        "kl": metrics.kl,
+        "grad_norm": metrics.grad_norm,
+        "learning_rate": metrics.learning_rate,
+        "clip_ratio/low_mean": metrics.clip_ratio_low,
+        "clip_ratio/high_mean": metrics.clip_ratio_high,
+        "sampling/logprob_mismatch": metrics.logprob_mismatch,
+        "train/skipped": int(metrics.skipped),
+        "rollout/redispatches": rollouts.redispatches,
+        "rollout/worker_restarts": rollouts.restarts,
+        "rollout/adapter_republished": rollouts.republished,
+        "adapter_version": metrics.adapter_version,
+        "staleness": metrics.staleness,
+        "step_time_s": seconds,
+    }
+    row.update(metrics.extra)
+    for i, name in enumerate(reward_names):
+        column = per_function[:, i]
+        row[f"rewards/{name}/mean"] = float(torch.nanmean(column)) if (~column.isnan()).any() else 0.0
+    for phase in ("generate", "sleep", "score", "update", "sync"):
+        row[f"time/{phase}_s"] = timings.get(phase, 0.0)
+    row["time/generate_vllm_s"] = batch.vllm_seconds  # the rest of generate_s: packing and Ray
+    return row
+
+
+def completions_table(
+    prompts: list[Any], completions: list[str], rewards: Any, advantages: Any, rows: int | None
+) -> str:
+    """Plain text: one line per sample (prompt, completion, reward, advantage), the first `rows` samples."""
+    lines = ["prompt | completion | reward | advantage"]
+    for prompt, text, reward, adv in list(zip(prompts, completions, rewards.tolist(), advantages.tolist()))[:rows]:
+        shown = prompt[-1]["content"] if isinstance(prompt, list) else prompt
+        lines.append(f"{_one_line(shown, 60)} | {_one_line(text, 80)} | {reward:.3f} | {adv:+.3f}")
+    return "\n".join(lines)
+
+
+def _one_line(text: Any, width: int) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= width else flat[: width - 3] + "..."
+
+
+def run_summary(config: Any, final_adapter: str, steps: int) -> str:
+    """Where a finished run's results are, and the command that serves its adapter with vLLM."""
+    out = config.output_dir
+    name = os.path.basename(os.path.normpath(out)) or "adapter"
+    lines = [
+        f"rlactors: trained {steps} steps. Results in {out}/: metrics.jsonl, reward.png, resolved_config.yaml, "
+        "checkpoint-<step>/",
+        f"  the adapter (a PEFT folder): {final_adapter}",
+        f"  serve it: vllm serve {config.model_name} --enable-lora --max-lora-rank {config.max_lora_rank} "
+        f"--lora-modules {name}={final_adapter}",
+    ]
+    if "tensorboard" in config.report_to:
+        lines.append(f"  curves: tensorboard --logdir {os.path.join(out, 'tensorboard')}")
+    return "\n".join(lines)

@@ -1,0 +1,73 @@
+"""GRPOTrainer's arguments in TRL's shape and rlactors' first one, and what a given model decides."""
+
+import pytest
+
+from rlactors.core.config import ConfigError, GRPOConfig
+from rlactors.trainer import arguments, model_source
+
+pytestmark = pytest.mark.unit
+
+
+def test_the_first_argument_is_the_config_or_the_model(tmp_path):
+    config = GRPOConfig(max_steps=3)
+    assert arguments.config_and_model(config, None, None) == (config, None)
+    assert arguments.config_and_model({"max_steps": 4}, None, None)[0].max_steps == 4
+    path = tmp_path / "run.yaml"
+    path.write_text("max_steps: 5\n")
+    assert arguments.config_and_model(str(path), None, None)[0].max_steps == 5
+    assert arguments.config_and_model("models/some-model", config, None) == (config, "models/some-model")
+    assert arguments.config_and_model(None, None, None)[0] == GRPOConfig()
+    with pytest.raises(ConfigError, match="the config twice"):
+        arguments.config_and_model(config, config, None)
+
+
+def test_trls_own_config_class_is_refused_with_the_fix():
+    trl = pytest.importorskip("trl")
+    with pytest.raises(ConfigError, match="pass rlactors.GRPOConfig"):
+        arguments.config_and_model(
+            None, trl.GRPOConfig(output_dir="x", report_to="none", bf16=False, use_cpu=True), None
+        )
+
+
+def test_trl_arguments_with_no_use_here_are_refused():
+    with pytest.raises(ConfigError, match="eval_dataset"):
+        arguments.refuse_unsupported([{"prompt": "x"}], None, (None, None))
+    with pytest.raises(ConfigError, match="optimizers"):
+        arguments.refuse_unsupported(None, None, (object(), None))
+
+
+def test_reward_funcs_may_be_one_callable():
+    def one(prompts, completions, **_):
+        return [1.0] * len(completions)
+
+    functions, weights = arguments.rewards(one, GRPOConfig())
+    assert [f.name for f in functions] == ["one"] and weights == [1.0]
+
+
+def test_a_model_id_with_a_peft_config_names_the_model_and_lora():
+    from peft import LoraConfig
+
+    source = model_source.from_argument(
+        "my/model", LoraConfig(r=32, lora_alpha=64, target_modules="all-linear"), GRPOConfig()
+    )
+    assert source.updates["model_name"] == "my/model" and source.updates["lora_r"] == 32
+    assert len(source.updates["lora_target_modules"]) == 7 and source.model is None
+    with pytest.raises(ConfigError, match="use_dora=True"):
+        model_source.lora_fields(LoraConfig(r=8, use_dora=True, target_modules=["q_proj"]))
+
+
+def test_a_peft_model_is_trained_in_process_unless_workers_are_asked_for(tiny_llama):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    peft_model = get_peft_model(base, LoraConfig(r=8, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    source = model_source.from_argument(peft_model, None, GRPOConfig())
+    assert source.in_process and source.model is peft_model and source.engine is None
+    config = source.configure(GRPOConfig(learning_rate=1e-3))
+    assert config.model_name == tiny_llama and config.lora_r == 8 and config.lora_target_modules == ["q_proj", "v_proj"]
+    assert config.num_rollout_workers == 0 and config.num_learner_workers == 0 and config.learning_rate == 1e-3
+    remote = model_source.from_argument(peft_model, None, GRPOConfig(num_rollout_workers=2))
+    assert not remote.in_process and "num_rollout_workers" not in remote.updates
+    with pytest.raises(ConfigError, match="drop peft_config"):
+        model_source.from_argument(peft_model, LoraConfig(r=4), GRPOConfig())
