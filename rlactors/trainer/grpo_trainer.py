@@ -86,7 +86,7 @@ class GRPOTrainer:
 
     # ---- lifecycle -------------------------------------------------------------------------
     def train(self) -> TrainResult:
-        owns_ray = cluster.connect()
+        owns_ray = self._init_ray()
         final = None
         try:
             start_step = self._start()
@@ -103,6 +103,10 @@ class GRPOTrainer:
             self.source.finish(final)
         print(run_summary(self.config, final, step), flush=True)
         return result
+
+    def _init_ray(self) -> bool:
+        """Joins the caller's Ray, RAY_ADDRESS's cluster or a private local one; whether it started Ray."""
+        return cluster.connect()
 
     @property
     def model(self) -> Any:

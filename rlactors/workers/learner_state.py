@@ -40,7 +40,10 @@ def save_learner_state(path: str, learner: LearnerWorker) -> None:
     tensors = {}
     for index, slots in state["state"].items():
         for name, value in slots.items():
-            tensors[f"{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+            # bitsandbytes' 8-bit and paged AdamW nest their quantization state one level down
+            for key, item in value.items() if isinstance(value, dict) else [(None, value)]:
+                name_key = name if key is None else f"{name}/{key}"
+                tensors[f"{index}.{name_key}"] = torch.as_tensor(item).detach().cpu().contiguous()
     tensors["rng.torch_cpu"] = torch.get_rng_state()
     if torch.cuda.is_available():
         tensors["rng.torch_cuda"] = torch.cuda.get_rng_state()
@@ -74,7 +77,13 @@ def load_learner_state(path: str, learner: LearnerWorker) -> None:
         if key.startswith("rng."):
             continue
         index, name = key.split(".", 1)
-        slots.setdefault(int(index), {})[name] = value.to(learner.device) if name != "step" else value
+        value = value.to(learner.device) if name != "step" else value
+        outer, _, inner = name.partition("/")
+        slot = slots.setdefault(int(index), {})
+        if inner:
+            slot.setdefault(outer, {})[inner] = value
+        else:
+            slot[name] = value
     learner.optimizer.load_state_dict({"state": slots, "param_groups": meta["param_groups"]})
     learner.scheduler.load_state_dict({**learner.scheduler.state_dict(), **meta["scheduler"]})
     torch.set_rng_state(tensors["rng.torch_cpu"])

@@ -105,3 +105,18 @@ def test_lora_adapter_pickles_as_one_buffer_and_round_trips(tmp_path):
     assert all(torch.equal(back.tensors[k], v) for k, v in tensors.items())
     folder = back.save(str(tmp_path / "a"))
     assert all(torch.equal(LoRAAdapter.load(folder).tensors[k], v) for k, v in tensors.items())
+
+
+def test_an_iterable_dataset_is_read_only_as_far_as_max_steps_can_draw():
+    from datasets import IterableDataset
+
+    def endless():
+        i = 0
+        while True:
+            yield {"prompt": f"p{i}"}
+            i += 1
+
+    stream = IterableDataset.from_generator(endless)
+    assert [row["prompt"] for row in load_rows(stream, "train", "prompt", limit=3)] == ["p0", "p1", "p2"]
+    with pytest.raises(DatasetError, match="IterableDataset.*set max_steps"):
+        load_rows(stream, "train", "prompt")

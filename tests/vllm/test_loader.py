@@ -143,3 +143,13 @@ def test_update_in_place_equals_a_fresh_install_and_a_new_config_installs_anew(p
     fresh = vllm_engine.load_adapter(llm, adapter, lora_id=1002)  # back to the first config: anew again
     assert fresh.lora_int_id == 1002
     assert torch.equal(_vllm_logps(model, tokenizer, fresh), updated)
+
+
+def test_max_tokens_beyond_max_seq_length_is_clamped_with_a_warning(fast_model):
+    from rlactors import vLLMSamplingParams
+
+    model, _ = fast_model  # max_seq_length=512
+    params = vLLMSamplingParams(max_tokens=5000, temperature=0.0)
+    with pytest.warns(UserWarning, match="max_tokens=5000 exceeds max_seq_length=512.*clamped to 512"):
+        out = model.fast_generate(["Hello"], sampling_params=params)
+    assert out[0].outputs[0].text is not None and params.max_tokens == 5000  # the caller's params are untouched
