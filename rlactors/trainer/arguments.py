@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from rlactors.core.config import ConfigError, GRPOConfig, load_config
 from rlactors.distributed import scoring
@@ -40,7 +40,7 @@ def _is_config(value: Any) -> bool:
     return isinstance(value, str) and value.endswith((".yaml", ".yml")) and os.path.isfile(value)
 
 
-def _both(name: str, config: Any) -> Any:
+def _both(name: str, config: Any) -> NoReturn:
     raise ConfigError(f"GRPOTrainer got the config twice ({name} and config=): pass it once, as args=")
 
 
