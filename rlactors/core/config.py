@@ -70,6 +70,28 @@ class GRPOConfig(BaseModel):
         0.5, ge=0.0, le=1.0, description="stop when more than this share of samples lack a reward in a step"
     )
 
+    # tools and environments (multi-turn rollouts; the Python API also takes the objects themselves)
+    tools: list[str] = Field(
+        default_factory=list, description='"module:function" tools the model may call (TRL\'s `tools`)'
+    )
+    environment_factory: str | dict[str, str] | None = Field(
+        None,
+        description='"module:Class" with reset(**row) and tool methods, one instance per rollout; '
+        'or {name: "module:Class"}, picked by each row\'s `environment` column',
+    )
+    rollout_func: str | None = Field(
+        None, description='"module:function": rollout_func(prompts, trainer) -> {prompt_ids, completion_ids, logprobs}'
+    )
+    max_tool_calling_iterations: int | None = Field(
+        None, ge=0, description="tool rounds per episode; None: until no call or max_completion_length"
+    )
+    tool_timeout_s: float = Field(
+        30.0, gt=0, description="a tool call past this is stopped; the model gets an error message instead"
+    )
+    max_tool_response_tokens: int = Field(
+        256, gt=0, description="a tool result longer than this is cut to it (with a note) before the model reads it"
+    )
+
     # sampling
     num_generations: int = Field(8, description="completions per prompt (the GRPO group)")
     prompts_per_step: int = Field(8, gt=0)
@@ -90,6 +112,12 @@ class GRPOConfig(BaseModel):
         description="reseed sampling at every step from (seed, step, worker): a resumed run, or a "
         "generation redone after a fault, draws the same samples; on CUDA vLLM also runs its batch-invariant "
         "kernels (VLLM_BATCH_INVARIANT), since its LoRA kernels otherwise sum in a varying order",
+    )
+    vllm_structured_outputs_regex: str | None = Field(
+        None,
+        description="every sample matches this regex (vLLM's structured outputs). vLLM's log-probs are then "
+        "those of the masked distribution, so sampling/logprob_mismatch grows with how much the regex forces: "
+        "raise max_logprob_mismatch to match",
     )
     generation_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="extra vLLM SamplingParams fields, e.g. {min_tokens: 256, ignore_eos: true}"
@@ -325,7 +353,8 @@ class GRPOConfig(BaseModel):
         extras = {"top_k": self.top_k, "min_p": self.min_p, "repetition_penalty": self.repetition_penalty}
         # Left out when unset: vLLM's own defaults for them differ between versions.
         unset = {"top_k": (0, -1), "min_p": (None, 0.0), "repetition_penalty": (1.0,)}
-        return {**{k: v for k, v in extras.items() if v not in unset[k]}, **self.generation_kwargs}
+        regex = {"structured_outputs_regex": self.vllm_structured_outputs_regex} if self.vllm_structured_outputs_regex else {}
+        return {**{k: v for k, v in extras.items() if v not in unset[k]}, **regex, **self.generation_kwargs}
 
     @property
     def samples_per_step(self) -> int:

@@ -31,6 +31,13 @@ class RolloutBatch:
     num_generations: int
     advantages: torch.Tensor | None = None  # [B] float32, set by the driver after scoring
     vllm_seconds: float = 0.0  # in the worker's `engine.sample` (vLLM + reading its outputs); slowest worker's
+    # Multi-turn episodes (tools, environments, rollout_func); None for single-turn samples.
+    env_mask: torch.Tensor | None = None  # [B, C] long, 1 on tokens vLLM sampled, 0 on tool results / template
+    trajectories: list[list[dict[str, Any]]] | None = None  # [B] the completion as chat messages
+    environments: list[Any] | None = None  # [B] each episode's environment (None where there was none)
+    failures: list[str] | None = None  # [B] "" or why the episode has no reward (its environment raised)
+    columns: dict[str, list[Any]] | None = None  # rollout_func's extra fields, [B] each, for the rewards
+    episode_metrics: dict[str, float] = field(default_factory=dict)  # counts: episodes, turns, tool calls by outcome
 
     def __post_init__(self) -> None:
         self.check()
@@ -38,6 +45,11 @@ class RolloutBatch:
     @property
     def size(self) -> int:
         return self.completion_ids.shape[0]
+
+    @property
+    def loss_mask(self) -> torch.Tensor:
+        """[B, C] 1 where a token is the policy's own: in the loss, the KL and the token counts."""
+        return self.completion_mask if self.env_mask is None else self.completion_mask * self.env_mask
 
     def check(self) -> None:
         """Raises ValueError when shapes disagree."""
@@ -47,14 +59,18 @@ class RolloutBatch:
             "completion_ids": (self.completion_ids.shape, self.completion_mask.shape),
             "behaviour_logprobs": (self.completion_ids.shape, self.behaviour_logprobs.shape),
         }
+        if self.env_mask is not None:
+            pairs["env_mask"] = (self.completion_ids.shape, self.env_mask.shape)
         for name, (expected, got) in pairs.items():
             if tuple(expected) != tuple(got):
                 raise ValueError(f"RolloutBatch.{name}: shapes {tuple(expected)} and {tuple(got)} differ")
         for name in ("prompt_ids", "prompt_index", "sample_index", "truncated"):
             if getattr(self, name).shape[0] != b:
                 raise ValueError(f"RolloutBatch.{name} has {getattr(self, name).shape[0]} rows, expected {b}")
-        if len(self.completions) != b:
-            raise ValueError(f"RolloutBatch.completions has {len(self.completions)} entries, expected {b}")
+        for name in ("completions", "trajectories", "environments", "failures"):
+            value = getattr(self, name)
+            if value is not None and len(value) != b:
+                raise ValueError(f"RolloutBatch.{name} has {len(value)} entries, expected {b}")
         if b % self.num_generations:
             raise ValueError(f"RolloutBatch of {b} samples is not whole groups of {self.num_generations}")
         if self.advantages is not None and self.advantages.shape != (b,):
@@ -75,7 +91,7 @@ class RolloutBatch:
     def rows(self, start: int, stop: int) -> RolloutBatch:
         """Samples [start, stop) as a batch (whole groups only), trimmed to their own lengths."""
 
-        def cut(t: torch.Tensor | None) -> torch.Tensor | None:
+        def cut(t: Any) -> Any:
             return None if t is None else t[start:stop]
 
         c_len = int(self.completion_mask[start:stop].sum(-1).max().item()) if stop > start else 0
@@ -93,6 +109,10 @@ class RolloutBatch:
             adapter_version=self.adapter_version,
             num_generations=1,
             advantages=cut(self.advantages),
+            env_mask=None if self.env_mask is None else self.env_mask[start:stop, : max(c_len, 1)],
+            trajectories=cut(self.trajectories),
+            environments=cut(self.environments),
+            failures=cut(self.failures),
         )
 
 
@@ -123,7 +143,26 @@ def concat_batches(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
         adapter_version=versions.pop(),
         num_generations=batches[0].num_generations,
         vllm_seconds=max(b.vllm_seconds for b in batches),
+        env_mask=None if batches[0].env_mask is None else torch.cat([pad(b.env_mask, c, 0, False) for b in batches]),
+        trajectories=_joined(batches, "trajectories"),
+        environments=_joined(batches, "environments"),
+        failures=_joined(batches, "failures"),
+        episode_metrics=_summed_metrics(batches),
     )
+
+
+def _joined(batches: list[RolloutBatch], name: str) -> list | None:
+    if getattr(batches[0], name) is None:
+        return None
+    return [item for b in batches for item in getattr(b, name)]
+
+
+def _summed_metrics(batches: list[RolloutBatch]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for b in batches:
+        for key, value in b.episode_metrics.items():
+            out[key] = out.get(key, 0.0) + value
+    return out
 
 
 @dataclass(frozen=True)
@@ -132,14 +171,14 @@ class BatchTotals:
     so learners on shards add up to one learner on the whole batch."""
 
     size: int  # samples
-    num_items: float  # real completion tokens
+    num_items: float  # the policy's completion tokens (tool results and padding not counted)
     num_micro: int  # micro-batches over all shards
 
     @classmethod
     def of(cls, shards: list[RolloutBatch], micro_batch_size: int) -> BatchTotals:
         return cls(
             size=sum(s.size for s in shards),
-            num_items=float(sum(float(s.completion_mask.sum()) for s in shards)),
+            num_items=float(sum(float(s.loss_mask.sum()) for s in shards)),
             num_micro=sum(-(-s.size // micro_batch_size) for s in shards),
         )
 

@@ -193,7 +193,6 @@ NOT_YET: dict[str, Any] = {
     "neftune_noise_alpha": None,
     "router_aux_loss_coef": None,
     "cast_lm_head_to_fp32": False,
-    "vllm_structured_outputs_regex": None,
     "sync_ref_model": False,
     "ref_model_mixup_alpha": 0.6,
     "ref_model_sync_steps": 512,
@@ -205,7 +204,6 @@ NOT_YET: dict[str, Any] = {
     "entropy_coef_delta": 0.005,
     "entropy_target": 0.2,
     "off_policy_mask_threshold": None,
-    "max_tool_calling_iterations": None,
 }
 
 REPORTERS = ("jsonl", "tensorboard", "wandb", "mlflow")

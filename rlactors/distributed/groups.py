@@ -28,12 +28,21 @@ class WorkerGroup:
 
     role = "worker"
 
-    def __init__(self, cls: type, config: GRPOConfig, shares: list[Share], placement_group: Any, max_restarts: int = 0):
+    def __init__(
+        self,
+        cls: type,
+        config: GRPOConfig,
+        shares: list[Share],
+        placement_group: Any,
+        max_restarts: int = 0,
+        **init_kwargs: Any,
+    ):
+        """`init_kwargs` go to every worker's constructor after (config, rank); Ray keeps them for restarts."""
         self.config = config
         self.local = None
         self.actors: list[Any] = []
         if not shares:
-            self.local = cls(config, 0)
+            self.local = cls(config, 0, **init_kwargs)
             return
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -52,7 +61,7 @@ class WorkerGroup:
                 name=f"rlactors/{self.role}-{rank}",
                 scheduling_strategy=strategy,
             )(cls)
-            self.actors.append(actor_cls.remote(config, rank))
+            self.actors.append(actor_cls.remote(config, rank, **init_kwargs))
 
     def _each(self, pick: Callable[[Any], Any], *args: Any) -> list[Any]:
         """Calls the method `pick(worker)` with `args` on every worker and returns the results."""
@@ -159,22 +168,23 @@ class RolloutGroup(WorkerGroup):
         return self._each(lambda w: w.load_adapter_folder, path, version)
 
     def generate(
-        self, prompt_token_ids: list[list[int]], adapter_version: int, seed: int | None = None
+        self, prompts: list[Any], adapter_version: int, seed: int | None = None, n: int | None = None
     ) -> RolloutBatch:
-        """Splits prompts evenly over the workers; joins their batches in prompt order. With a
-        `seed`, worker i samples from `seed + i` (a redone share draws the same samples)."""
+        """Splits prompts (token ids, or rows for episodes) evenly over the workers; joins their
+        batches in prompt order. With a `seed`, worker i samples from `seed + i` (a redone share
+        draws the same samples)."""
         from rlactors.core.records import concat_batches
 
         if self.local is not None:
-            return self.local.generate(prompt_token_ids, adapter_version, seed)
-        parts = _split(prompt_token_ids, len(self.actors))
+            return self.local.generate(prompts, adapter_version, seed, n)
+        parts = _split(prompts, len(self.actors))
         offsets = [sum(len(p) for p in parts[:i]) for i in range(len(parts))]
         pending = {i: part for i, part in enumerate(parts) if part}
         done: dict[int, Any] = {}
         budget = self.config.max_redispatches
         while pending:
             refs = {
-                i: self.actors[i].generate.remote(part, adapter_version, None if seed is None else seed + i)
+                i: self.actors[i].generate.remote(part, adapter_version, None if seed is None else seed + i, n)
                 for i, part in pending.items()
             }
             deadline = time.monotonic() + self.config.rollout_timeout_s  # one watchdog for all workers

@@ -34,10 +34,17 @@ class RewardFunction:
 def resolve(spec: str | Callable[..., Any]) -> RewardFunction:
     """A callable, or "module:function" importable from the working directory."""
     if callable(spec):
-        _ship_by_value(getattr(spec, "__module__", None))
+        ship_by_value(getattr(spec, "__module__", None))
         return RewardFunction(getattr(spec, "__name__", type(spec).__name__), spec)
+    fn = import_object(spec, "reward_funcs")
+    return RewardFunction(spec.split(":", 1)[1], fn)
+
+
+def import_object(spec: Any, field_name: str) -> Any:
+    """The callable "module:attr" names (importable from the working directory), shipped to Ray
+    workers by value; the error names `field_name`, the entry and the fix."""
     if not isinstance(spec, str) or ":" not in spec:
-        raise RewardError(f'reward_funcs entry {spec!r}: write "module:function", e.g. "my_rewards:correct"')
+        raise RewardError(f'{field_name} entry {spec!r}: write "module:attr", e.g. "my_module:my_function"')
     module_name, attr = spec.split(":", 1)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -45,17 +52,17 @@ def resolve(spec: str | Callable[..., Any]) -> RewardFunction:
         module = importlib.import_module(module_name)
     except Exception as err:
         raise RewardError(
-            f"reward_funcs entry {spec!r}: cannot import {module_name!r} ({err}); "
+            f"{field_name} entry {spec!r}: cannot import {module_name!r} ({err}); "
             "put the module in the working directory or install it"
         ) from err
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise RewardError(f"reward_funcs entry {spec!r}: {module_name} has no function {attr!r}")
-    _ship_by_value(module_name)
-    return RewardFunction(attr, fn)
+    obj = getattr(module, attr, None)
+    if not callable(obj):
+        raise RewardError(f"{field_name} entry {spec!r}: {module_name} has no callable {attr!r}")
+    ship_by_value(module_name)
+    return obj
 
 
-def _ship_by_value(module_name: str | None) -> None:
+def ship_by_value(module_name: str | None) -> None:
     """Pickle the user's reward module by value: Ray workers need not find it on their path."""
     if not module_name or module_name == "__main__" or module_name.split(".")[0] == "rlactors":
         return
@@ -174,6 +181,15 @@ class Scores:
 
     per_function: list[list[float | None]]  # [F][B]
     results: list[CallResult] = field(default_factory=list)
+    environment_failures: list[str] = field(default_factory=list)  # episodes whose environment raised
+
+    def without(self, failures: list[str] | None) -> Scores:
+        """These scores with every reward of the samples whose `failures` entry is set missing."""
+        failed = [i for i, why in enumerate(failures or []) if why]
+        if not failed:
+            return self
+        per_function = [[None if i in failed else v for i, v in enumerate(col)] for col in self.per_function]
+        return Scores(per_function, self.results, [failures[i] for i in failed])  # type: ignore[index]
 
     def tensor(self) -> Any:
         """[B, F] float32, NaN where a reward is missing."""
@@ -184,9 +200,13 @@ class Scores:
         ).T
 
     def first_error(self) -> str:
-        """The last line of the first recorded error of any function."""
+        """The last line of the first recorded error of any function (or of an environment)."""
         found = next((r.first_error for r in self.results if r.first_error), None)
-        return found.strip().splitlines()[-1] if found else "none recorded"
+        if found:
+            return found.strip().splitlines()[-1]
+        if self.environment_failures:
+            return "an environment raised:\n" + self.environment_failures[0].strip()
+        return "none recorded"
 
 
 def score(

@@ -143,9 +143,14 @@ def _supports_bitsandbytes() -> bool:
 
 
 def sampling_params(**fields: Any) -> Any:
-    """vLLM `SamplingParams(**fields)`."""
+    """vLLM `SamplingParams(**fields)`; `structured_outputs_regex` becomes vLLM's structured outputs."""
     from vllm import SamplingParams
 
+    regex = fields.pop("structured_outputs_regex", None)
+    if regex:
+        from vllm.sampling_params import StructuredOutputsParams
+
+        fields["structured_outputs"] = StructuredOutputsParams(regex=regex)
     return SamplingParams(**fields)
 
 
@@ -322,6 +327,61 @@ def sample(
         for sample_, text in zip(samples, texts):
             sample_.text = text
     return samples
+
+
+@dataclass
+class Turn:
+    """One finished request of a `TurnStream`."""
+
+    key: str
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str | None
+
+
+class TurnStream:
+    """Requests added one at a time and read back as each finishes (vLLM's own step loop, as
+    `LLM.generate` runs it), so that episodes of a multi-turn rollout advance independently:
+    one waiting for its tools holds back no other. Every request samples one completion."""
+
+    def __init__(self, llm: LLM, lora_request: LoRARequest | None, stop: str | None = None, **fields: Any):
+        from vllm.sampling_params import RequestOutputKind
+
+        self.llm, self.lora_request = llm, lora_request
+        fast = {k: v for k, v in (("flat_logprobs", True),) if _has_field(k)}
+        extra = {"stop": [stop], "include_stop_str_in_output": True} if stop else {}
+        self.base = sampling_params(n=1, logprobs=0, **fast, **extra, **fields)
+        self.base.output_kind = RequestOutputKind.FINAL_ONLY
+        self.pending: dict[str, str] = {}  # request id -> key
+        self.count = 0
+
+    def add(self, key: str, token_ids: list[int], max_tokens: int) -> None:
+        import copy
+
+        params = copy.copy(self.base)
+        params.max_tokens = max_tokens
+        self.count += 1
+        request_id = f"turn{self.count}"  # vLLM may add a suffix: outputs are matched on this prefix
+        self.llm.llm_engine.add_request(
+            request_id, {"prompt_token_ids": list(token_ids)}, params, lora_request=self.lora_request
+        )
+        self.pending[request_id] = key
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.pending)
+
+    def step(self) -> list[Turn]:
+        """One engine step; the requests that finished in it."""
+        done = []
+        for out in self.llm.llm_engine.step():
+            if not out.finished:
+                continue
+            key = self.pending.pop(out.request_id.split("-", 1)[0])
+            completion = out.outputs[0]
+            ids = list(completion.token_ids)
+            done.append(Turn(key, ids, _token_logprobs(completion.logprobs, ids), completion.finish_reason))
+        return done
 
 
 def sleep(llm: LLM) -> bool:

@@ -44,16 +44,22 @@ def _both(name: str, config: Any) -> NoReturn:
     raise ConfigError(f"GRPOTrainer got the config twice ({name} and config=): pass it once, as args=")
 
 
-def rewards(reward_funcs: Any, config: GRPOConfig) -> tuple[list[scoring.RewardFunction], list[float]]:
-    """The reward functions (a callable, a list, or the config's "module:function" strings) and their weights."""
+def rewards(
+    reward_funcs: Any, config: GRPOConfig, environment_rewards: Sequence[scoring.RewardFunction] = ()
+) -> tuple[list[scoring.RewardFunction], list[float]]:
+    """The reward functions (a callable, a list, or the config's "module:function" strings) and their
+    weights; environments' `get_reward`s follow them with weight 1 (as TRL)."""
     if reward_funcs is None:
         specs: Sequence[str | Callable] = list(config.reward_funcs)
     elif callable(reward_funcs) or isinstance(reward_funcs, str):
         specs = [reward_funcs]
     else:
         specs = list(reward_funcs)
-    if not specs:
-        raise ConfigError('reward_funcs is empty: give at least one ("module:function" in YAML, a callable in Python)')
+    if not specs and not environment_rewards:
+        raise ConfigError(
+            'reward_funcs is empty: give at least one ("module:function" in YAML, a callable in Python), '
+            "or an environment_factory whose environment has get_reward()"
+        )
     functions = [scoring.resolve(spec) for spec in specs]
     weights = list(config.reward_weights or [1.0] * len(specs))
     if len(weights) != len(specs):
@@ -61,7 +67,7 @@ def rewards(reward_funcs: Any, config: GRPOConfig) -> tuple[list[scoring.RewardF
             f"reward_weights has {len(weights)} entries for {len(specs)} reward functions: give one weight per function"
         )
     scoring.check_picklable(functions)
-    return functions, weights
+    return functions + list(environment_rewards), weights + [1.0] * len(environment_rewards)
 
 
 def refuse_unsupported(eval_dataset: Any, reward_processing_classes: Any, optimizers: Any) -> None:

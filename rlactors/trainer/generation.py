@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -10,8 +11,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rlactors.core.config import GRPOConfig
     from rlactors.core.records import RolloutBatch
-    from rlactors.distributed.groups import RolloutGroup
-    from rlactors.trainer.prompts import PromptSampler, PromptTable
+    from rlactors.trainer.prompts import PromptSampler
+
+# (prompt indices, adapter version, seed) -> the samples of those prompts
+Generate = Callable[[list[int], int, "int | None"], "RolloutBatch"]
 
 
 @dataclass
@@ -32,7 +35,7 @@ class Generations:
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlactors-rollout")
 
     def take(
-        self, step: int, prompts: PromptTable, sampler: PromptSampler, rollouts: RolloutGroup, version: int
+        self, step: int, sampler: PromptSampler, generate: Generate, version: int
     ) -> tuple[list[int], RolloutBatch]:
         """This step's prompt indices and samples: the generation launched ahead, or one made now."""
         if self.inflight is not None:
@@ -41,17 +44,13 @@ class Generations:
                 raise RuntimeError(f"generation launched for step {launched.step} taken at step {step}")
             return launched.indices, launched.batch.result()
         indices = sampler.next_batch(self.config.prompts_per_step)
-        ids = [prompts.token_ids[i] for i in indices]
-        return indices, rollouts.generate(ids, version, self.seed(step))
+        return indices, generate(indices, version, self.seed(step))
 
-    def launch(
-        self, step: int, prompts: PromptTable, sampler: PromptSampler, rollouts: RolloutGroup, version: int
-    ) -> None:
+    def launch(self, step: int, sampler: PromptSampler, generate: Generate, version: int) -> None:
         """Starts generating step `step`'s samples under adapter `version`, in the background."""
         state = sampler.state()
         indices = sampler.next_batch(self.config.prompts_per_step)
-        ids = [prompts.token_ids[i] for i in indices]
-        future = self.pool.submit(rollouts.generate, ids, version, self.seed(step))
+        future = self.pool.submit(generate, indices, version, self.seed(step))
         self.inflight = InFlight(step, indices, future, state)
 
     def sampler_state(self, sampler: PromptSampler) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from typing import Any
 from rlactors.core import algorithm
 from rlactors.core.config import GRPOConfig
 from rlactors.distributed import cluster, memory, scoring
-from rlactors.trainer import arguments, checkpoints, model_source
+from rlactors.trainer import agent_setup, arguments, checkpoints, model_source, rollout_output
 from rlactors.trainer.callbacks import Callbacks
 from rlactors.trainer.errors import TrainingError
 from rlactors.trainer.generation import Generations
@@ -64,6 +64,9 @@ class GRPOTrainer:
         callbacks: Sequence[Any] | None = None,
         optimizers: Any = (None, None),
         peft_config: Any = None,
+        tools: Sequence[Any] | None = None,
+        rollout_func: Any = None,
+        environment_factory: Any = None,
         *,
         config: GRPOConfig | dict | str | None = None,
     ):
@@ -71,8 +74,11 @@ class GRPOTrainer:
         config, model = arguments.config_and_model(model, args, config)
         self.source = model_source.from_argument(model, peft_config, config)
         self.config = self.source.configure(config) if self.source.updates else config
-        self.reward_functions, self.reward_weights = arguments.rewards(reward_funcs, self.config)
         self.processing_class = processing_class or self.source.tokenizer
+        self.agent = agent_setup.resolve(self.config, tools, environment_factory, rollout_func, self.processing_class)
+        self.reward_functions, self.reward_weights = arguments.rewards(
+            reward_funcs, self.config, self.agent.environment_rewards
+        )
         self.callbacks = Callbacks(callbacks, self.config)
         self.train_dataset = train_dataset
         self.version = 0  # the adapter version the rollout workers hold
@@ -152,7 +158,8 @@ class GRPOTrainer:
             cfg.dataset_config,
             limit=cfg.max_steps * cfg.prompts_per_step if cfg.max_steps else None,
         )
-        self.prompts = PromptTable.build(rows, self.tokenizer, cfg.prompt_column, cfg.max_prompt_length)
+        render = agent_setup.prompt_renderer(self.agent.spec, self.tokenizer, cfg.prompt_column)
+        self.prompts = PromptTable.build(rows, self.tokenizer, cfg.prompt_column, cfg.max_prompt_length, render)
         if self.prompts.filtered_overlong:
             print(
                 f"rlactors: dropped {self.prompts.filtered_overlong} prompts longer than "
@@ -181,8 +188,9 @@ class GRPOTrainer:
             learner_pids = self.learners.build()  # first: `gpu_memory_utilization: auto` measures it
             share = memory.share_for_vllm(cfg, self.learners, layout.use_gpus)
             rollout_cfg = cfg.model_copy(update={"gpu_memory_utilization": share})
+            agent = {"agent": self.agent.spec} if self.agent.spec is not None else {}
             self.rollouts = RolloutGroup(
-                rollout_cls, rollout_cfg, layout.rollout, self.placement_group, cfg.max_restarts
+                rollout_cls, rollout_cfg, layout.rollout, self.placement_group, cfg.max_restarts, **agent
             )
             rollout_pids = self.rollouts.build()
         self.rollouts.republish = self.learners.export_adapter  # if the adapter object is lost
@@ -232,7 +240,7 @@ class GRPOTrainer:
             self._load_published()  # async: the workers are idle now; they take the last update
         if cfg.max_staleness and step < cfg.max_steps:
             self.generations.launch(
-                step + 1, self.prompts, self.sampler, self.rollouts, self.version
+                step + 1, self.sampler, self._generate, self.version
             )  # generates the next batch while this one is scored and trained on
         prepared = self._prepare(batch, step)  # the learners' log-prob passes run while the rewards are scored
         with self._timed("score"):
@@ -258,6 +266,7 @@ class GRPOTrainer:
             self.rollouts,
             names,
             self.timings,
+            self._environment_names(indices, batch),
         )
         logged = self.recorder.log(row)
         if logged and cfg.log_completions:
@@ -274,7 +283,28 @@ class GRPOTrainer:
         return stop
 
     def _next_batch(self, step: int) -> tuple[list[int], Any]:
-        return self.generations.take(step, self.prompts, self.sampler, self.rollouts, self.version)
+        return self.generations.take(step, self.sampler, self._generate, self.version)
+
+    def _generate(self, indices: list[int], version: int, seed: int | None) -> Any:
+        """The samples of prompts `indices`: token ids to the rollout workers; with tools or
+        environments, the rows (the workers run the episodes); with rollout_func, the caller's loop."""
+        if self.agent.rollout_func is not None:
+            return rollout_output.run(self.agent.rollout_func, self, indices, version)
+        if self.agent.spec is not None:
+            return self.rollouts.generate([self.prompts.rows[i] for i in indices], version, seed)
+        return self.rollouts.generate([self.prompts.token_ids[i] for i in indices], version, seed)
+
+    def vllm_generate(self, prompt_ids: list[list[int]], num_generations: int = 1) -> dict[str, list]:
+        """For a `rollout_func`: `num_generations` samples of each prompt (token ids) from the rollout
+        workers under the current adapter, as {"prompt_ids", "completion_ids", "logprobs", "text"}
+        lists, samples of a prompt next to each other."""
+        return rollout_output.unpack(self.rollouts.generate(prompt_ids, self.version, None, num_generations))
+
+    def _environment_names(self, indices: list[int], batch: Any) -> list[str] | None:
+        factories = self.agent.spec.environment_factories if self.agent.spec is not None else None
+        if not factories or None in factories:
+            return None
+        return [str(self.prompts.rows[indices[int(p)]].get("environment")) for p in batch.prompt_index]
 
     def _advantages(self, per_function: Any) -> algorithm.Advantages:
         """Group-relative advantages from the [B, F] rewards, as `multi_objective_aggregation` says."""
@@ -289,9 +319,16 @@ class GRPOTrainer:
         rows = [self.prompts.rows[indices[int(p)]] for p in batch.prompt_index]
         prompts = [row[cfg.prompt_column] for row in rows]
         chat = isinstance(prompts[0], list)
-        completions = [[{"role": "assistant", "content": text}] if chat else text for text in batch.completions]
+        if batch.trajectories is not None and chat:  # the whole episode: assistant turns and tool results
+            completions: list = batch.trajectories
+        else:
+            completions = [[{"role": "assistant", "content": text}] if chat else text for text in batch.completions]
         columns = {key: [row[key] for row in rows] for key in rows[0] if key != cfg.prompt_column}
-        return scoring.score(self.reward_functions, prompts, completions, columns, cfg.reward_timeout_s)
+        columns.update(batch.columns or {})
+        if batch.environments is not None:
+            columns["environments"] = batch.environments
+        scores = scoring.score(self.reward_functions, prompts, completions, columns, cfg.reward_timeout_s)
+        return scores.without(batch.failures)
 
     def _prepare(self, batch: Any, step: int) -> list[Any]:
         needed = self.config.overlap_scoring and self.config.needs_logprob_passes

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from rlactors.agent.episodes import episode_means
 from rlactors.distributed.scoring import Scores
 
 
@@ -20,12 +21,13 @@ def step_row(
     rollouts: Any,
     reward_names: list[str],
     timings: dict[str, float],
+    environment_names: list[str] | None = None,
 ) -> dict[str, Any]:
     """One step's metrics under TRL's names (`reward`, `completions/mean_length`, `clip_ratio/...`) and
     rlactors' own (`rollout/...`, `time/<phase>_s`)."""
     import torch
 
-    lengths = batch.completion_mask.sum(-1).float()
+    lengths = batch.loss_mask.sum(-1).float()  # the model's tokens: tool results are not counted, as TRL
     valid = ~torch.isnan(adv.rewards)
     reward = adv.rewards[valid]
     row: dict[str, Any] = {
@@ -56,6 +58,10 @@ def step_row(
         "step_time_s": seconds,
     }
     row.update(metrics.extra)
+    row.update(episode_means(batch.episode_metrics))
+    for name in sorted(set(environment_names or [])):
+        chosen = torch.tensor([n == name for n in environment_names]) & valid
+        row[f"rewards/environment/{name}/mean"] = float(adv.rewards[chosen].mean()) if chosen.any() else float("nan")
     for i, name in enumerate(reward_names):
         column = per_function[:, i]
         row[f"rewards/{name}/mean"] = float(torch.nanmean(column)) if (~column.isnan()).any() else 0.0

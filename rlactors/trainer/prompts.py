@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,11 +92,17 @@ class PromptTable:
 
     @classmethod
     def build(
-        cls, rows: list[dict[str, Any]], tokenizer: Any, prompt_column: str, max_prompt_length: int
+        cls,
+        rows: list[dict[str, Any]],
+        tokenizer: Any,
+        prompt_column: str,
+        max_prompt_length: int,
+        render: Callable[[dict[str, Any]], list[int]] | None = None,
     ) -> PromptTable:
+        """`render`: a row's prompt ids where the prompt is more than its column (with tools)."""
         kept_rows, kept_ids, dropped = [], [], 0
         for row in rows:
-            ids = tokenize_prompt(tokenizer, row[prompt_column])
+            ids = render(row) if render else tokenize_prompt(tokenizer, row[prompt_column])
             if len(ids) > max_prompt_length:
                 dropped += 1
                 continue

@@ -291,7 +291,7 @@ class LearnerWorker:
 
         cfg = self.config
         logp, raw = self._forward_logprobs(mb)  # mb is on the device (see update)
-        mask, behaviour = mb.completion_mask, mb.behaviour_logprobs
+        mask, behaviour = mb.loss_mask, mb.behaviour_logprobs  # tool results: no loss, no KL, not counted
         if cfg.vllm_importance_sampling_correction and weights is None:
             weights = algorithm.importance_weights(
                 raw,
@@ -327,7 +327,7 @@ class LearnerWorker:
             "dapo": 1.0,
         }[cfg.loss_type]
         loss = out.loss * scale
-        real = mb.completion_mask.bool()
+        real = mb.loss_mask.bool()
         # Statistics stay on the device (0-d tensors): one transfer per optimizer step, not per micro-batch.
         zero = loss.new_zeros(())
         stats = {

@@ -11,6 +11,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from rlactors.agent.episodes import AgentSpec, Episode
 from rlactors.core.adapter import DeviceAdapter, LoRAAdapter, gpu_uuid, pick_for_gpu
 from rlactors.core.records import RolloutBatch
 from rlactors.engine import vllm_engine as engine
@@ -41,11 +42,14 @@ class EngineStartError(RuntimeError):
 
 
 class RolloutWorker:
-    def __init__(self, config: GRPOConfig, rank: int = 0, engine: Any = None):
+    def __init__(self, config: GRPOConfig, rank: int = 0, engine: Any = None, agent: AgentSpec | None = None):
         """`engine`: a caller's vLLM engine (`model.vllm_engine`) to generate with, in this process;
-        None: `build` starts one from `config`."""
+        None: `build` starts one from `config`. `agent`: tools and environments; `generate` then
+        takes dataset rows and runs multi-turn episodes (`rlactors.agent.episodes`)."""
         self.config = config
         self.rank = rank
+        self.agent = agent
+        self._loop: Any = None
         self.adapter_version = 0
         self._engine: Any = engine
         self._request: Any = None  # LoRARequest of the loaded adapter; None = base model
@@ -139,21 +143,75 @@ class RolloutWorker:
         return version
 
     def generate(
-        self, prompt_token_ids: list[list[int]], adapter_version: int, seed: int | None = None
+        self,
+        prompts: list[list[int]] | list[dict[str, Any]],
+        adapter_version: int,
+        seed: int | None = None,
+        n: int | None = None,
     ) -> RolloutBatch:
-        """`num_generations` completions for each prompt, under `adapter_version` exactly; with a
-        `seed`, sampling starts from it (the engine samples in this process)."""
+        """`n` (default `num_generations`) completions for each prompt (token ids; with tools,
+        dataset rows), under `adapter_version` exactly; with a `seed`, sampling starts from it (the
+        engine samples in this process)."""
         self.ready()
         if adapter_version != self.adapter_version:
             raise StaleAdapterError(self.adapter_version, adapter_version)
         if seed is not None:
             engine.seed_sampling(seed)
+        if self.agent is not None:
+            return self.run_episodes(prompts)  # type: ignore[arg-type]
+        return self._sample(prompts, n or self.config.num_generations)  # type: ignore[arg-type]
+
+    def run_episodes(self, rows: list[dict[str, Any]], locked: bool = False) -> RolloutBatch:
+        """`num_generations` multi-turn episodes per row, each advancing on its own (`locked`: turn
+        by turn together, for benchmarks)."""
+        from rlactors.agent.episodes import episode_counts, start_episode
+
+        cfg, loop = self.config, self._episode_loop()
+        start = time.perf_counter()
+        episodes = [
+            start_episode(f"r{i}g{g}", row, cfg.prompt_column, self.agent, loop.fmt)
+            for i, row in enumerate(rows)
+            for g in range(cfg.num_generations)
+        ]
+        loop.source = engine.TurnStream(
+            self._engine,
+            self._request,
+            stop=loop.fmt.call_end,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            **cfg.sampling_extras(),
+        )
+        loop.run(episodes, locked=locked)
+        seconds = time.perf_counter() - start
+        batch = episodes_to_batch(episodes, cfg.num_generations, self.adapter_version, self._pad_id)
+        batch.vllm_seconds = seconds
+        batch.episode_metrics = episode_counts(episodes)
+        return batch
+
+    def _episode_loop(self) -> Any:
+        if self._loop is None:
+            from rlactors.agent.chat_format import ChatFormat
+            from rlactors.agent.episodes import EpisodeLoop, LoopLimits
+            from rlactors.agent.tools import ToolRunner
+
+            cfg = self.config
+            fmt = ChatFormat.of(self._engine.get_tokenizer(), self.agent.chat_template)
+            limits = LoopLimits(
+                cfg.max_completion_length,
+                cfg.max_seq_length,
+                cfg.max_tool_calling_iterations,
+                cfg.max_tool_response_tokens,
+            )
+            self._loop = EpisodeLoop(None, fmt, ToolRunner(cfg.tool_timeout_s), limits)
+        return self._loop
+
+    def _sample(self, prompt_token_ids: list[list[int]], n: int) -> RolloutBatch:
         cfg = self.config
         start = time.perf_counter()
         samples = engine.sample(
             self._engine,
             prompt_token_ids,
-            n=cfg.num_generations,
+            n=n,
             max_tokens=cfg.max_completion_length,
             temperature=cfg.temperature,
             top_p=cfg.top_p,
@@ -161,7 +219,7 @@ class RolloutWorker:
             **cfg.sampling_extras(),
         )
         seconds = time.perf_counter() - start
-        batch = samples_to_batch(samples, cfg.num_generations, self.adapter_version, self._pad_id)
+        batch = samples_to_batch(samples, n, self.adapter_version, self._pad_id)
         batch.vllm_seconds = seconds
         return batch
 
@@ -204,3 +262,33 @@ def samples_to_batch(samples: list, num_generations: int, adapter_version: int, 
         adapter_version=adapter_version,
         num_generations=num_generations,
     )
+
+
+def episodes_to_batch(episodes: list[Episode], num_generations: int, adapter_version: int, pad_id: int) -> RolloutBatch:
+    """Packs finished episodes (grouped by row) into a `RolloutBatch` with their env masks."""
+    import torch
+
+    samples = [
+        engine.Sample(
+            prompt_index=i // num_generations,
+            prompt_token_ids=e.prompt_ids or [pad_id],
+            completion_token_ids=e.completion_ids,
+            logprobs=e.logprobs,
+            text="",
+            finish_reason="length" if e.finish_reason == "length" else "stop",
+        )
+        for i, e in enumerate(episodes)
+    ]
+    batch = samples_to_batch(samples, num_generations, adapter_version, pad_id)
+    env_mask = torch.zeros_like(batch.completion_mask)
+    for row, e in enumerate(episodes):
+        env_mask[row, : len(e.env_mask)] = torch.tensor(e.env_mask, dtype=torch.long)
+    batch.env_mask = env_mask
+    batch.completions = [
+        "\n".join(m["content"] for m in e.messages if m["role"] == "assistant" and m["content"]) for e in episodes
+    ]
+    batch.trajectories = [e.messages for e in episodes]
+    batch.environments = [e.env for e in episodes]
+    batch.failures = [e.failure for e in episodes]
+    batch.check()
+    return batch

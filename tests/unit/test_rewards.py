@@ -50,9 +50,9 @@ def test_builtin_rewards():
 
 def test_resolve_strings_and_unpicklable():
     assert resolve("rlactors.reward_funcs:exact_answer").fn is reward_funcs.exact_answer
-    with pytest.raises(RewardError, match='write "module:function"'):
+    with pytest.raises(RewardError, match='write "module:attr"'):
         resolve("exact_answer")
-    with pytest.raises(RewardError, match="has no function 'nope'"):
+    with pytest.raises(RewardError, match="has no callable 'nope'"):
         resolve("rlactors.reward_funcs:nope")
     import threading
 

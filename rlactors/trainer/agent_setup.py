@@ -1,0 +1,127 @@
+"""TRL's `tools`, `environment_factory` and `rollout_func`, from Python objects or the config's
+"module:attr" strings, checked at start-up (every tool has a schema, every environment a
+`reset`), into what the rollout workers run (`AgentSpec`) and the rewards environments own.
+
+    GRPOTrainer(model=..., reward_funcs=[...], args=GRPOConfig(max_tool_calling_iterations=4),
+                train_dataset=ds, tools=[calculator])
+    GRPOTrainer(..., environment_factory=GuessingGame)          # reset(**row), public methods = tools
+    GRPOTrainer(..., environment_factory={"game": Game, "code": CodeEnv})  # row["environment"] picks
+
+An environment with `get_reward()` is a reward source too (weight 1, named after its class), as in
+TRL: `reward_funcs` may then be left out. Reward functions also receive `environments=` (one per
+sample) and, in chat form, the whole trajectory as `completions` (assistant and tool messages).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from rlactors.agent.episodes import AgentSpec
+from rlactors.agent.tools import check_tools
+from rlactors.core.config import ConfigError, GRPOConfig
+from rlactors.distributed import scoring
+
+
+@dataclass
+class AgentSetup:
+    spec: AgentSpec | None  # None: single-turn sampling
+    rollout_func: Callable[..., dict[str, Any]] | None
+    environment_rewards: list[scoring.RewardFunction]
+
+
+def resolve(config: GRPOConfig, tools: Any, environment_factory: Any, rollout_func: Any, tokenizer: Any) -> AgentSetup:
+    tools = [_object(t, "tools") for t in (tools if tools is not None else config.tools)]
+    factories = environment_factory if environment_factory is not None else config.environment_factory
+    if factories is not None and not isinstance(factories, dict):
+        factories = {None: factories}
+    if factories is not None:
+        factories = {name: _object(f, "environment_factory") for name, f in factories.items()}
+    func = _object(rollout_func if rollout_func is not None else config.rollout_func, "rollout_func")
+    if func is not None and (tools or factories):
+        raise ConfigError(
+            "rollout_func runs its own generation loop: give it alone, or use tools / environment_factory "
+            "and let rlactors run the loop"
+        )
+    if not tools and not factories:
+        return AgentSetup(None, func, [])
+    check_tools(tools)
+    spec = AgentSpec(tools, factories, getattr(tokenizer, "chat_template", None))
+    rewards = []
+    for name, factory in (factories or {}).items():
+        env = _probe(name, factory)
+        check_tools(tools + spec.environment_tools(env), f"environment_factory {name or type(env).__name__}")
+        if callable(getattr(env, "get_reward", None)) and all(r.name != type(env).__name__ for r in rewards):
+            rewards.append(scoring.RewardFunction(type(env).__name__, _EnvironmentReward(type(env))))
+    return AgentSetup(spec, None, rewards)
+
+
+def _object(value: Any, field_name: str) -> Any:
+    if value is None or callable(value):
+        if value is not None:
+            scoring.ship_by_value(getattr(value, "__module__", None))
+        return value
+    try:
+        return scoring.import_object(value, field_name)
+    except scoring.RewardError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _probe(name: str | None, factory: Callable[[], Any]) -> Any:
+    label = f"environment_factory{'' if name is None else f'[{name!r}]'}"
+    try:
+        env = factory()
+    except Exception as err:
+        raise ConfigError(
+            f"{label}: calling it with no arguments raised {type(err).__name__}: {err}; "
+            "an environment class must construct with no arguments (reset(**row) sets it up)"
+        ) from err
+    if not callable(getattr(env, "reset", None)):
+        raise ConfigError(f"{label}: {type(env).__name__} has no reset(**row) method; every environment needs one")
+    return env
+
+
+class _EnvironmentReward:
+    """An environment class's `get_reward()` as a reward function: None (missing) for samples of
+    other environments or whose environment failed; a raising `get_reward` leaves that sample's
+    reward missing, counted, as any reward function's."""
+
+    def __init__(self, env_type: type):
+        self.env_type = env_type
+        self.__name__ = env_type.__name__
+
+    def __call__(self, environments: list[Any], **_: Any) -> list[float | None]:
+        out: list[float | None] = []
+        for env in environments:
+            if type(env) is not self.env_type:
+                out.append(None)
+                continue
+            value = env.get_reward()
+            if inspect.isawaitable(value):
+                raise TypeError("async get_reward is not supported yet: make it a plain method")
+            out.append(value)
+        return out
+
+
+def prompt_renderer(spec: AgentSpec | None, tokenizer: Any, prompt_column: str) -> Callable[[dict], list[int]] | None:
+    """A row's prompt ids as the rollout workers will render them (with its tools, and the tools of
+    its environment, whose `reset` text is not known before the episode), for the length filter."""
+    if spec is None:
+        return None
+    from rlactors.agent.chat_format import ChatFormat
+
+    fmt = ChatFormat.of(tokenizer, spec.chat_template)
+    print(f"rlactors: tool calls use {fmt.note}", flush=True)
+    probes: dict[Any, list] = {}
+
+    def render(row: dict[str, Any]) -> list[int]:
+        factory = spec.factory_for(row)
+        if factory not in probes:
+            probes[factory] = spec.environment_tools(factory()) if factory else []
+        prompt = row[prompt_column]
+        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": str(prompt)}]
+        return fmt.prompt_ids(messages, spec.tools + probes[factory])
+
+    return render
