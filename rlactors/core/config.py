@@ -353,7 +353,8 @@ class GRPOConfig(BaseModel):
         extras = {"top_k": self.top_k, "min_p": self.min_p, "repetition_penalty": self.repetition_penalty}
         # Left out when unset: vLLM's own defaults for them differ between versions.
         unset = {"top_k": (0, -1), "min_p": (None, 0.0), "repetition_penalty": (1.0,)}
-        regex = {"structured_outputs_regex": self.vllm_structured_outputs_regex} if self.vllm_structured_outputs_regex else {}
+        regex = self.vllm_structured_outputs_regex
+        regex = {"structured_outputs_regex": regex} if regex else {}
         return {**{k: v for k, v in extras.items() if v not in unset[k]}, **regex, **self.generation_kwargs}
 
     @property
