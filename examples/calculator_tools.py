@@ -5,7 +5,8 @@
 
 Each question is "What is a*b?" with two-digit numbers: SmolLM2-135M cannot multiply those in its
 head, but the `multiply` tool can. An episode is: the model answers, or calls the tool; the tool's
-result goes back to it; it answers. The reward is 1 for the right number in the final answer.
+result goes back to it; it answers. The rewards: 0.5 for a call with the question's numbers, 1.0
+for the right number at the start of the answer.
 
 SmolLM2-135M was never taught to call tools: left alone it never writes `<tool_call>`. So each
 prompt ends with the start of the assistant's reply, a prefill (transformers'
@@ -37,7 +38,14 @@ def multiply(a: int, b: int) -> int:
     return a * b
 
 
-def correct_answer(prompts, completions, answer, **kwargs):
+def right_call(prompts, completions, answer, **kwargs):
+    """0.5 when the tool was called with the question's numbers (its result is the answer)."""
+    return [
+        0.5 if any(m["role"] == "tool" and m["content"] == a for m in c) else 0.0 for c, a in zip(completions, answer)
+    ]
+
+
+def right_answer(prompts, completions, answer, **kwargs):
     """1.0 when the reply after the tool's result starts with the right number."""
     rewards = []
     for messages, expected in zip(completions, answer):
@@ -80,15 +88,15 @@ def main() -> None:
     trainer = GRPOTrainer(
         model=model,
         processing_class=tokenizer,
-        reward_funcs=[correct_answer],
+        reward_funcs=[right_call, right_answer],
         tools=[multiply],
         args=GRPOConfig(
-            learning_rate=2e-4,
+            learning_rate=3e-4,
             num_generations=8,
             per_device_train_batch_size=8,
-            gradient_accumulation_steps=4,  # 32 episodes (4 questions x 8) per step
+            gradient_accumulation_steps=2,  # 16 episodes (2 questions x 8) per step
             max_prompt_length=512,
-            max_completion_length=96,
+            max_completion_length=64,
             max_tool_calling_iterations=2,
             max_steps=args.max_steps,
             save_steps=0,
@@ -96,11 +104,11 @@ def main() -> None:
             output_dir=args.output_dir,
             seed=3407,
         ),
-        train_dataset=questions(args.max_steps * 4 + 64),
+        train_dataset=questions(args.max_steps * 2 + 64),
     )
     trainer.train()
     for row in trainer.state.log_history[-3:]:
-        print({k: round(v, 3) for k, v in row.items() if k in ("step", "reward", "tools/call_frequency")})
+        print({k: round(v, 3) for k, v in row.items() if k in ("step", "reward", "tools/failure_frequency")})
 
 
 if __name__ == "__main__":

@@ -13,6 +13,9 @@ everything it started dies with it at the timeout. This keeps honest mistakes an
 off the host; it is not a hardened sandbox (no seccomp filter, the host file system is readable
 where `nobody` may read). For hostile code at scale use a VM-grade sandbox (gVisor, Firecracker).
 
+As a tool for multi-turn training: `GRPOTrainer(..., tools=[rlactors.sandbox.python])` (YAML:
+`tools: ["rlactors.sandbox:python"]`); the model's code runs as above and it reads what it printed.
+
 Without a usable backend, `run_python` refuses, unless `allow_unsafe_local_exec=True`: then the
 code runs as a plain child process with the same limits, and a warning says it is not a sandbox.
 """
@@ -201,3 +204,22 @@ def _kill(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def python(code: str) -> str:
+    """Runs a Python program in a sandbox (no network, no host files, limited memory and time) and
+    returns what it printed.
+
+    Args:
+        code: the program; print the values you want to see
+    """
+    try:
+        result = run_python(code, timeout_s=10.0, memory_mb=512)
+    except SandboxError as err:
+        return f"Error: {err}"
+    if result.timed_out:
+        return "Error: the program did not finish within 10 s and was killed"
+    last_error = result.stderr.strip().splitlines()[-1:] if result.stderr.strip() else []
+    status = [] if result.returncode == 0 else [f"Error: exit status {result.returncode}"]
+    text = "\n".join(part for part in [*status, result.stdout.strip(), *last_error] if part)
+    return text[:4000] or "(nothing printed)"

@@ -104,8 +104,9 @@ def start_episode(key: str, row: dict[str, Any], prompt_column: str, spec: Agent
             episode.failure = "environment reset raised:\n" + traceback.format_exc(limit=5)
             episode.finish_reason = "failed"
             return episode
-        if extra:
-            messages[-1] = {**messages[-1], "content": messages[-1]["content"] + str(extra)}
+        if extra:  # appended to the last user message, as TRL does
+            last = max(i for i, m in enumerate(messages) if m["role"] == "user")
+            messages[last] = {**messages[last], "content": messages[last]["content"] + str(extra)}
         tools += spec.environment_tools(episode.env)
     episode.tools = {tool_name(t): t for t in tools}
     episode.prompt_ids = fmt.prompt_ids(messages, tools)

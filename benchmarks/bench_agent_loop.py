@@ -1,0 +1,152 @@
+"""Multi-turn episodes with a 50 ms tool against single-turn generation of as many sampled tokens,
+and against the same episodes locked turn by turn, in one run (median of alternated rounds).
+
+    python benchmarks/bench_agent_loop.py [--model models/smollm2] [--prompts 16] [--rounds 3]
+
+Episodes: `--prompts` two-digit products x 8, SmolLM2 with the calculator example's prefill, an
+async `multiply` tool that sleeps 50 ms, up to 3 tool rounds (4 turns). Then:
+- independent: every episode advances on its own (rlactors' loop);
+- locked: every episode waits for all others at each turn (a batch-synchronous loop);
+- single: one request per episode sampling exactly the episode's mean number of model tokens
+  (`ignore_eos`), the tokens a single-turn rollout of the same size samples.
+Target (issue 17): independent <= 1.25 x single + one tool latency per tool round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import gpu_name, save_piece, versions
+
+TOOL_SECONDS = 0.05
+PREFILL = '<tool_call>\n{"name": "multiply", "arguments": {"a": '
+
+
+async def multiply(a: int, b: int) -> int:
+    """Multiplies two integers.
+
+    Args:
+        a: the first integer
+        b: the second integer
+    """
+    await asyncio.sleep(TOOL_SECONDS)
+    return a * b
+
+
+def rows(count: int) -> list[dict]:
+    rng = random.Random(0)
+    out = []
+    for _ in range(count):
+        a, b = rng.randint(11, 99), rng.randint(11, 99)
+        out.append(
+            {"prompt": [{"role": "user", "content": f"What is {a}*{b}?"}, {"role": "assistant", "content": PREFILL}]}
+        )
+    return out
+
+
+def main() -> None:
+    import torch
+
+    from rlactors.agent.chat_format import ChatFormat
+    from rlactors.agent.episodes import AgentSpec, EpisodeLoop, LoopLimits, episode_counts, episode_means, start_episode
+    from rlactors.agent.tools import ToolRunner
+    from rlactors.engine import vllm_engine as engine
+    from rlactors.loader.fast_language_model import load_engine
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="models/smollm2")
+    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--generations", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--max-completion-length", type=int, default=256)
+    args = parser.parse_args()
+    cuda = torch.cuda.is_available()
+    extra = {} if cuda else {"enforce_eager": True, "kv_cache_memory_bytes": 2**30}
+    llm = load_engine(args.model, 2048, torch.bfloat16 if cuda else torch.float32, 0.5, 16, **extra)
+    fmt = ChatFormat.of(llm.get_tokenizer())
+    spec = AgentSpec(tools=[multiply])
+    runner = ToolRunner(timeout_s=10)
+    limits = LoopLimits(args.max_completion_length, 2048, 3, 64)
+    data = rows(args.prompts)
+
+    def episodes(locked: bool) -> tuple[float, list]:
+        runs = [
+            start_episode(f"r{i}g{g}", row, "prompt", spec, fmt)
+            for i, row in enumerate(data)
+            for g in range(args.generations)
+        ]
+        stream = engine.TurnStream(llm, None, stop=fmt.call_end, temperature=1.0, top_p=1.0)
+        start = time.perf_counter()
+        EpisodeLoop(stream, fmt, runner, limits).run(runs, locked=locked)
+        return time.perf_counter() - start, runs
+
+    def single(tokens: int) -> float:
+        ids = [start_episode("s", row, "prompt", spec, fmt).prompt_ids for row in data]
+        start = time.perf_counter()
+        engine.sample(
+            llm,
+            ids,
+            n=args.generations,
+            max_tokens=tokens,
+            temperature=1.0,
+            top_p=1.0,
+            lora_request=None,
+            min_tokens=tokens,
+            ignore_eos=True,
+        )
+        return time.perf_counter() - start
+
+    episodes(False)  # warm-up: CUDA graphs, caches
+    times: dict[str, list[float]] = {"independent": [], "locked": [], "single": []}
+    counts = []
+    for _ in range(args.rounds):
+        seconds, runs = episodes(False)
+        times["independent"].append(seconds)
+        counts.append(episode_counts(runs))
+        times["locked"].append(episodes(True)[0])
+        tokens = round(counts[-1]["model_tokens"] / counts[-1]["episodes"])
+        times["single"].append(single(tokens))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    means = episode_means(counts[-1])
+    n = counts[-1]["episodes"]
+    model_tokens = counts[-1]["model_tokens"]
+    rounds_max = 3  # max_tool_calling_iterations: the most tool latencies one episode can wait for
+    target = 1.25 * med["single"] + rounds_max * TOOL_SECONDS
+    result = {
+        "device": gpu_name() if cuda else "cpu",
+        "versions": versions(),
+        "episodes": int(n),
+        "turns_mean": means["episodes/turns_mean"],
+        "model_tokens_mean": means["episodes/model_tokens_mean"],
+        "tool_calls_per_episode": means["tools/call_frequency"],
+        "seconds": med,
+        "episodes_per_s": {k: n / v for k, v in med.items()},
+        "model_tokens_per_s": {k: model_tokens / v for k, v in med.items()},
+        "independent_over_single": med["independent"] / med["single"],
+        "locked_over_independent": med["locked"] / med["independent"],
+        "target_s": target,
+        "meets_target": med["independent"] <= target,
+        "rounds": times,
+    }
+    print(f"{'':12} {'s':>8} {'episodes/s':>11} {'tokens/s':>10}")
+    for k in ("independent", "locked", "single"):
+        print(f"{k:12} {med[k]:8.2f} {n / med[k]:11.1f} {model_tokens / med[k]:10.0f}")
+    verdict = "met" if result["meets_target"] else "NOT met"
+    print(f"turns/episode {means['episodes/turns_mean']:.2f}, model tokens/episode {result['model_tokens_mean']:.1f}")
+    print(
+        f"independent / single = {result['independent_over_single']:.2f}x, locked / independent = "
+        f"{result['locked_over_independent']:.2f}x; target {target:.2f} s: {verdict}"
+    )
+    save_piece("agent_loop", result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""GRPOTrainer with TRL's tools=, environment_factory= and rollout_func=, on real vLLM-CPU: the
+learner trains on the episodes' own ids with tool results masked out, environments score their
+rollouts (a raising one leaves its rollouts without a reward), a Ray rollout actor runs them."""
+
+import json
+import os
+
+import pytest
+
+from rlactors import GRPOConfig, GRPOTrainer
+
+pytestmark = [pytest.mark.ray, pytest.mark.vllm]
+CALL = '<tool_call>\n{{"name": "{name}", "arguments": {{"{arg}": '
+
+
+def multiply(a: int, b: int) -> int:
+    """Multiplies two integers.
+
+    Args:
+        a: the first integer
+        b: the second integer
+    """
+    return a * b
+
+
+def tool_messages(prompts, completions, **kwargs):
+    """How many tool results the trajectory holds: rewards get the whole episode as messages."""
+    return [float(sum(m["role"] == "tool" for m in c)) for c in completions]
+
+
+def right_product(prompts, completions, answer, **kwargs):
+    replies = [[m for m in c if m["role"] == "assistant"] for c in completions]
+    return [1.0 if len(r) > 1 and r[-1]["content"].strip().startswith(a) else 0.0 for r, a in zip(replies, answer)]
+
+
+class Game:
+    """Guess the number 7."""
+
+    def reset(self, **row):
+        self.tries, self.won = 0, False
+        return " It is from 1 to 9."
+
+    def guess(self, n: int) -> str:
+        """Checks a guess.
+
+        Args:
+            n: the guess
+        """
+        self.tries += 1
+        self.won = self.won or n == 7
+        return "right" if n == 7 else "wrong"
+
+    def get_reward(self) -> float:
+        return 1.0 if self.won else 0.5
+
+
+class Broken(Game):
+    def reset(self, **row):
+        raise ValueError("the environment could not start")
+
+
+def saw_environments(prompts, completions, environments, **kwargs):
+    return [None if env is None else 0.01 * env.tries for env in environments]  # None: a failed episode
+
+
+def _config(model, tmp_path, **kw):
+    values = dict(
+        model_name=model,
+        max_seq_length=512,
+        max_prompt_length=448,
+        max_completion_length=48,
+        max_lora_rank=16,
+        lora_r=8,
+        num_generations=4,
+        prompts_per_step=2,
+        learning_rate=1e-4,
+        gradient_checkpointing=False,
+        gpu_memory_utilization=0.25,
+        engine_kwargs={"enforce_eager": True, "kv_cache_memory_bytes": 256 * 2**20},
+        output_dir=str(tmp_path / "run"),
+        max_steps=1,
+        save_steps=0,
+        progress_bar=False,
+        report_to=["jsonl"],
+        max_tool_calling_iterations=2,
+    )
+    values.update(kw)
+    return GRPOConfig(**values)
+
+
+def _rows(n=4):
+    return [
+        {
+            "prompt": [
+                {"role": "user", "content": f"What is {11 + i}*3?"},
+                {"role": "assistant", "content": CALL.format(name="multiply", arg="a")},
+            ],
+            "answer": str((11 + i) * 3),
+        }
+        for i in range(n)
+    ]
+
+
+def _metrics(config):
+    with open(os.path.join(config.output_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_tools_train_on_the_episodes_with_tool_results_masked(ray_cluster, smollm2, tmp_path):
+    config = _config(smollm2, tmp_path, num_rollout_workers=0, num_learner_workers=0)
+    trainer = GRPOTrainer(
+        args=config, reward_funcs=[right_product, tool_messages], train_dataset=_rows(), tools=[multiply]
+    )
+    trainer.train()
+    (row,) = _metrics(config)
+    assert row["tools/call_frequency"] > 0 and row["episodes/env_tokens_mean"] > 0
+    assert row["completions/mean_length"] == pytest.approx(row["episodes/model_tokens_mean"])  # tool tokens not counted
+    assert row["sampling/logprob_mismatch"] < 1e-3  # the learner read what vLLM sampled
+    assert row["rewards/tool_messages/mean"] > 0  # rewards see the whole trajectory, tool results included
+    assert {"tools/failure_frequency", "tools/timeout", "tools/malformed", "episodes/turns_mean"} <= set(row)
+
+
+def test_environments_on_a_ray_rollout_actor(ray_cluster, smollm2, tmp_path):
+    config = _config(smollm2, tmp_path, num_rollout_workers=1, num_learner_workers=0, max_reward_error_rate=0.9)
+    rows = [
+        {
+            "prompt": [
+                {"role": "user", "content": "Guess my number."},
+                {"role": "assistant", "content": CALL.format(name="guess", arg="n")},
+            ],
+            "environment": name,
+        }
+        for name in ("game", "broken")
+    ]
+    trainer = GRPOTrainer(
+        args=config,
+        reward_funcs=[saw_environments],
+        train_dataset=rows,
+        environment_factory={"game": Game, "broken": Broken},
+    )
+    assert [r.name for r in trainer.reward_functions] == [
+        "saw_environments",
+        "Game",
+        "Broken",
+    ]  # get_reward: one reward per class
+    trainer.train()
+    (row,) = _metrics(config)
+    assert row["episodes/failed"] == 4  # the broken environment's 4 rollouts
+    assert row["rewards/environment/game/mean"] >= 0.5  # Game.get_reward: 0.5, 1.0 for a win
+    assert row["rewards/environment/broken/mean"] != row["rewards/environment/broken/mean"]  # NaN: missing, never 0
+    assert row["tools/call_frequency"] > 0
+
+
+def test_rollout_func_runs_the_callers_loop(ray_cluster, tiny_llama, tmp_path):
+    config = _config(tiny_llama, tmp_path, num_rollout_workers=0, num_learner_workers=0, max_completion_length=8)
+    got = {}
+
+    def two_turns(prompts, trainer):
+        tok = trainer.processing_class or trainer.tokenizer
+        ids = [tok(p).input_ids for p in prompts]
+        first = trainer.vllm_generate(ids, num_generations=trainer.config.num_generations)
+        note = tok(" [env says hi] ", add_special_tokens=False).input_ids
+        follow = [p + c + note for p, c in zip(first["prompt_ids"], first["completion_ids"])]
+        second = trainer.vllm_generate(follow, num_generations=1)
+        out = {"prompt_ids": first["prompt_ids"], "completion_ids": [], "logprobs": [], "env_mask": [], "tag": []}
+        for i, (c1, l1, c2, l2) in enumerate(
+            zip(first["completion_ids"], first["logprobs"], second["completion_ids"], second["logprobs"])
+        ):
+            out["completion_ids"].append(c1 + note + c2)
+            out["logprobs"].append(l1 + [0.0] * len(note) + l2)
+            out["env_mask"].append([1] * len(c1) + [0] * len(note) + [1] * len(c2))
+            out["tag"].append(f"sample-{i}")
+        return out
+
+    def tagged(prompts, completions, tag, **kwargs):
+        got["tag"] = tag
+        return [float(len(c)) for c in completions]
+
+    rows = [{"prompt": f"Count to {i}:"} for i in range(4)]
+    GRPOTrainer(args=config, reward_funcs=[tagged], train_dataset=rows, rollout_func=two_turns).train()
+    (row,) = _metrics(config)
+    assert row["sampling/logprob_mismatch"] < 1e-3  # masked notes are not compared; the sampled tokens match
+    assert got["tag"] == [f"sample-{i}" for i in range(8)]  # extra keys reach the rewards
