@@ -5,10 +5,13 @@ and against the same episodes locked turn by turn, in one run (median of alterna
 
 Episodes: `--prompts` two-digit products x 8, SmolLM2 with the calculator example's prefill, an
 async `multiply` tool that sleeps 50 ms, up to 3 tool rounds (4 turns). Then:
-- independent: every episode advances on its own (rlactors' loop);
+- independent: every episode advances on its own (rlactors' loop), each turn stopping at the end
+  of its call (a stop string, so vLLM detokenizes as it samples);
+- no_stop: the same without the stop string (turns end at EOS, as TRL's loop runs);
 - locked: every episode waits for all others at each turn (a batch-synchronous loop);
-- single: one request per episode sampling exactly the episode's mean number of model tokens
-  (`ignore_eos`), the tokens a single-turn rollout of the same size samples.
+- single: one request per episode sampling exactly as many tokens as that episode's model
+  tokens (`ignore_eos`): single-turn generation of the same sampled tokens;
+- single_mean: every request the mean length (no long tail).
 Target (issue 17): independent <= 1.25 x single + one tool latency per tool round.
 """
 
@@ -77,43 +80,40 @@ def main() -> None:
     limits = LoopLimits(args.max_completion_length, 2048, 3, 64)
     data = rows(args.prompts)
 
-    def episodes(locked: bool) -> tuple[float, list]:
+    def episodes(locked: bool, stop: bool = True) -> tuple[float, list]:
         runs = [
             start_episode(f"r{i}g{g}", row, "prompt", spec, fmt)
             for i, row in enumerate(data)
             for g in range(args.generations)
         ]
-        stream = engine.TurnStream(llm, None, stop=fmt.call_end, temperature=1.0, top_p=1.0)
+        stream = engine.TurnStream(llm, None, stop=fmt.call_end if stop else None, temperature=1.0, top_p=1.0)
         start = time.perf_counter()
         EpisodeLoop(stream, fmt, runner, limits).run(runs, locked=locked)
         return time.perf_counter() - start, runs
 
-    def single(tokens: int) -> float:
-        ids = [start_episode("s", row, "prompt", spec, fmt).prompt_ids for row in data]
+    def single(lengths: list[int]) -> float:
+        """One request per episode, each sampling exactly `lengths[i]` tokens."""
+        ids = [start_episode("s", row, "prompt", spec, fmt).prompt_ids for row in data for _ in range(args.generations)]
+        params = [
+            engine.sampling_params(n=1, max_tokens=n, min_tokens=n, ignore_eos=True, temperature=1.0, logprobs=0)
+            for n in lengths
+        ]
         start = time.perf_counter()
-        engine.sample(
-            llm,
-            ids,
-            n=args.generations,
-            max_tokens=tokens,
-            temperature=1.0,
-            top_p=1.0,
-            lora_request=None,
-            min_tokens=tokens,
-            ignore_eos=True,
-        )
+        engine.generate(llm, ids, params)
         return time.perf_counter() - start
 
     episodes(False)  # warm-up: CUDA graphs, caches
-    times: dict[str, list[float]] = {"independent": [], "locked": [], "single": []}
+    times: dict[str, list[float]] = {"independent": [], "no_stop": [], "locked": [], "single": [], "single_mean": []}
     counts = []
     for _ in range(args.rounds):
         seconds, runs = episodes(False)
         times["independent"].append(seconds)
         counts.append(episode_counts(runs))
+        times["no_stop"].append(episodes(False, stop=False)[0])
         times["locked"].append(episodes(True)[0])
-        tokens = round(counts[-1]["model_tokens"] / counts[-1]["episodes"])
-        times["single"].append(single(tokens))
+        lengths = [max(1, e.model_tokens) for e in runs]
+        times["single"].append(single(lengths))
+        times["single_mean"].append(single([round(sum(lengths) / len(lengths))] * len(lengths)))
     med = {k: statistics.median(v) for k, v in times.items()}
     means = episode_means(counts[-1])
     n = counts[-1]["episodes"]
@@ -137,7 +137,7 @@ def main() -> None:
         "rounds": times,
     }
     print(f"{'':12} {'s':>8} {'episodes/s':>11} {'tokens/s':>10}")
-    for k in ("independent", "locked", "single"):
+    for k in times:
         print(f"{k:12} {med[k]:8.2f} {n / med[k]:11.1f} {model_tokens / med[k]:10.0f}")
     verdict = "met" if result["meets_target"] else "NOT met"
     print(f"turns/episode {means['episodes/turns_mean']:.2f}, model tokens/episode {result['model_tokens_mean']:.1f}")

@@ -71,6 +71,8 @@ def main() -> None:
     parser.add_argument("--model", default="models/smollm2")
     parser.add_argument("--max-steps", type=int, default=40)
     parser.add_argument("--output-dir", default="outputs/calculator_tools")
+    parser.add_argument("--max-completion-length", type=int, default=96)
+    parser.add_argument("--log-completions", action="store_true")
     args = parser.parse_args()
     on_gpu = torch.cuda.is_available()
 
@@ -96,7 +98,9 @@ def main() -> None:
             per_device_train_batch_size=8,
             gradient_accumulation_steps=2,  # 16 episodes (2 questions x 8) per step
             max_prompt_length=512,
-            max_completion_length=64,
+            max_completion_length=args.max_completion_length,  # all turns and tool results
+            log_completions=args.log_completions,
+            num_completions_to_print=4,
             max_tool_calling_iterations=2,
             max_steps=args.max_steps,
             save_steps=0,
