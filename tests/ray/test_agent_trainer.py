@@ -153,6 +153,7 @@ def test_environments_on_a_ray_rollout_actor(ray_cluster, smollm2, tmp_path):
 
 def test_rollout_func_runs_the_callers_loop(ray_cluster, tiny_llama, tmp_path):
     config = _config(tiny_llama, tmp_path, num_rollout_workers=0, num_learner_workers=0, max_completion_length=8)
+
     def two_turns(prompts, trainer):
         tok = trainer.processing_class or trainer.tokenizer
         ids = [tok(p).input_ids for p in prompts]
