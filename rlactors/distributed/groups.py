@@ -175,8 +175,9 @@ class RolloutGroup(WorkerGroup):
         draws the same samples)."""
         from rlactors.core.records import concat_batches
 
+        more = () if n is None else (n,)  # workers that override generate(prompts, version, seed) keep working
         if self.local is not None:
-            return self.local.generate(prompts, adapter_version, seed, n)
+            return self.local.generate(prompts, adapter_version, seed, *more)
         parts = _split(prompts, len(self.actors))
         offsets = [sum(len(p) for p in parts[:i]) for i in range(len(parts))]
         pending = {i: part for i, part in enumerate(parts) if part}
@@ -184,7 +185,7 @@ class RolloutGroup(WorkerGroup):
         budget = self.config.max_redispatches
         while pending:
             refs = {
-                i: self.actors[i].generate.remote(part, adapter_version, None if seed is None else seed + i, n)
+                i: self.actors[i].generate.remote(part, adapter_version, None if seed is None else seed + i, *more)
                 for i, part in pending.items()
             }
             deadline = time.monotonic() + self.config.rollout_timeout_s  # one watchdog for all workers
