@@ -49,7 +49,7 @@ class RolloutWorker:
         self.config = config
         self.rank = rank
         self.agent = agent
-        self._loop: Any = None
+        self._agent_parts_cache: tuple[Any, Any, Any] | None = None
         self.adapter_version = 0
         self._engine: Any = engine
         self._request: Any = None  # LoRARequest of the loaded adapter; None = base model
@@ -161,49 +161,52 @@ class RolloutWorker:
             return self.run_episodes(prompts)  # type: ignore[arg-type]
         return self._sample(prompts, n or self.config.num_generations)  # type: ignore[arg-type]
 
-    def run_episodes(self, rows: list[dict[str, Any]], locked: bool = False) -> RolloutBatch:
-        """`num_generations` multi-turn episodes per row, each advancing on its own (`locked`: turn
-        by turn together, for benchmarks)."""
-        from rlactors.agent.episodes import episode_counts, start_episode
+    def run_episodes(self, rows: list[dict[str, Any]]) -> RolloutBatch:
+        """`num_generations` multi-turn episodes per row, each advancing on its own."""
+        from rlactors.agent.episodes import EpisodeLoop, episode_counts, start_episode
 
-        cfg, loop = self.config, self._episode_loop()
+        cfg = self.config
+        fmt, runner, limits = self._agent_parts()
         start = time.perf_counter()
         episodes = [
-            start_episode(f"r{i}g{g}", row, cfg.prompt_column, self.agent, loop.fmt)
+            start_episode(f"r{i}g{g}", row, cfg.prompt_column, self.agent, fmt)
             for i, row in enumerate(rows)
             for g in range(cfg.num_generations)
         ]
-        loop.source = engine.TurnStream(
+        stream = engine.TurnStream(
             self._engine,
             self._request,
-            stop=loop.fmt.call_end,
+            stop=fmt.call_end,
             temperature=cfg.temperature,
             top_p=cfg.top_p,
             **cfg.sampling_extras(),
         )
-        loop.run(episodes, locked=locked)
+        EpisodeLoop(stream, fmt, runner, limits).run(episodes)
         seconds = time.perf_counter() - start
         batch = episodes_to_batch(episodes, cfg.num_generations, self.adapter_version, self._pad_id)
         batch.vllm_seconds = seconds
         batch.episode_metrics = episode_counts(episodes)
         return batch
 
-    def _episode_loop(self) -> Any:
-        if self._loop is None:
+    def _agent_parts(self) -> tuple[Any, Any, Any]:
+        """(chat format, tool runner, loop limits), made on first use and kept."""
+        if self._agent_parts_cache is None:
             from rlactors.agent.chat_format import ChatFormat
-            from rlactors.agent.episodes import EpisodeLoop, LoopLimits
+            from rlactors.agent.episodes import LoopLimits
             from rlactors.agent.tools import ToolRunner
 
             cfg = self.config
-            fmt = ChatFormat.of(self._engine.get_tokenizer(), self.agent.chat_template)
-            limits = LoopLimits(
-                cfg.max_completion_length,
-                cfg.max_seq_length,
-                cfg.max_tool_calling_iterations,
-                cfg.max_tool_response_tokens,
+            self._agent_parts_cache = (
+                ChatFormat.of(self._engine.get_tokenizer(), self.agent.chat_template),
+                ToolRunner(cfg.tool_timeout_s),
+                LoopLimits(
+                    cfg.max_completion_length,
+                    cfg.max_seq_length,
+                    cfg.max_tool_calling_iterations,
+                    cfg.max_tool_response_tokens,
+                ),
             )
-            self._loop = EpisodeLoop(None, fmt, ToolRunner(cfg.tool_timeout_s), limits)
-        return self._loop
+        return self._agent_parts_cache
 
     def _sample(self, prompt_token_ids: list[list[int]], n: int) -> RolloutBatch:
         cfg = self.config
