@@ -125,3 +125,27 @@ def prompt_renderer(spec: AgentSpec | None, tokenizer: Any, prompt_column: str) 
         return fmt.prompt_ids(messages, spec.tools + probes[factory])
 
     return render
+
+
+def reward_inputs(batch: Any, rows: list[dict[str, Any]], prompt_column: str) -> tuple[list, dict[str, list]]:
+    """(completions, columns) for the reward functions: chat completions as messages (the whole
+    episode, tool results included, where there were turns), the rows' other columns,
+    rollout_func's extra keys and the episodes' environments."""
+    chat = isinstance(rows[0][prompt_column], list)
+    if batch.trajectories is not None and chat:
+        completions: list = batch.trajectories
+    else:
+        completions = [[{"role": "assistant", "content": text}] if chat else text for text in batch.completions]
+    columns = {key: [row[key] for row in rows] for key in rows[0] if key != prompt_column}
+    columns.update(batch.columns or {})
+    if batch.environments is not None:
+        columns["environments"] = batch.environments
+    return completions, columns
+
+
+def environment_names(spec: AgentSpec | None, rows: list[dict[str, Any]]) -> list[str] | None:
+    """Each sample's environment name, where a dict `environment_factory` picks one per row."""
+    factories = spec.environment_factories if spec is not None else None
+    if not factories or None in factories:
+        return None
+    return [str(row.get("environment")) for row in rows]

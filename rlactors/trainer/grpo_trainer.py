@@ -266,7 +266,7 @@ class GRPOTrainer:
             self.rollouts,
             names,
             self.timings,
-            self._environment_names(indices, batch),
+            agent_setup.environment_names(self.agent.spec, self._batch_rows(indices, batch)),
         )
         logged = self.recorder.log(row)
         if logged and cfg.log_completions:
@@ -300,12 +300,6 @@ class GRPOTrainer:
         lists, samples of a prompt next to each other."""
         return rollout_output.unpack(self.rollouts.generate(prompt_ids, self.version, None, num_generations))
 
-    def _environment_names(self, indices: list[int], batch: Any) -> list[str] | None:
-        factories = self.agent.spec.environment_factories if self.agent.spec is not None else None
-        if not factories or None in factories:
-            return None
-        return [str(self.prompts.rows[indices[int(p)]].get("environment")) for p in batch.prompt_index]
-
     def _advantages(self, per_function: Any) -> algorithm.Advantages:
         """Group-relative advantages from the [B, F] rewards, as `multi_objective_aggregation` says."""
         cfg = self.config
@@ -314,19 +308,15 @@ class GRPOTrainer:
         combined = algorithm.combine_rewards(per_function, self.reward_weights)
         return algorithm.group_advantages(combined, cfg.num_generations, cfg.scale_rewards)
 
+    def _batch_rows(self, indices: list[int], batch: Any) -> list[dict[str, Any]]:
+        """The dataset row of each sample of `batch` (drawn as prompts `indices`)."""
+        return [self.prompts.rows[indices[int(p)]] for p in batch.prompt_index]
+
     def _score(self, indices: list[int], batch: Any) -> scoring.Scores:
         cfg = self.config
-        rows = [self.prompts.rows[indices[int(p)]] for p in batch.prompt_index]
+        rows = self._batch_rows(indices, batch)
         prompts = [row[cfg.prompt_column] for row in rows]
-        chat = isinstance(prompts[0], list)
-        if batch.trajectories is not None and chat:  # the whole episode: assistant turns and tool results
-            completions: list = batch.trajectories
-        else:
-            completions = [[{"role": "assistant", "content": text}] if chat else text for text in batch.completions]
-        columns = {key: [row[key] for row in rows] for key in rows[0] if key != cfg.prompt_column}
-        columns.update(batch.columns or {})
-        if batch.environments is not None:
-            columns["environments"] = batch.environments
+        completions, columns = agent_setup.reward_inputs(batch, rows, cfg.prompt_column)
         scores = scoring.score(self.reward_functions, prompts, completions, columns, cfg.reward_timeout_s)
         return scores.without(batch.failures)
 

@@ -8,19 +8,10 @@ import os
 import pytest
 
 from rlactors import GRPOConfig, GRPOTrainer
+from rlactors.testing.tools import multiply
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
 CALL = '<tool_call>\n{{"name": "{name}", "arguments": {{"{arg}": '
-
-
-def multiply(a: int, b: int) -> int:
-    """Multiplies two integers.
-
-    Args:
-        a: the first integer
-        b: the second integer
-    """
-    return a * b
 
 
 def tool_messages(prompts, completions, **kwargs):

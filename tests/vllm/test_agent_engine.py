@@ -8,19 +8,10 @@ from rlactors.agent.chat_format import ChatFormat
 from rlactors.agent.episodes import AgentSpec, EpisodeLoop, LoopLimits, start_episode
 from rlactors.agent.tools import ToolRunner
 from rlactors.engine import vllm_engine as engine
+from rlactors.testing.tools import multiply
 
 pytestmark = pytest.mark.vllm
 PREFILL = '<tool_call>\n{"name": "multiply", "arguments": {"a": '
-
-
-def multiply(a: int, b: int) -> int:
-    """Multiplies two integers.
-
-    Args:
-        a: the first integer
-        b: the second integer
-    """
-    return a * b
 
 
 def learner_logprobs(model, ids: list[int], start: int) -> torch.Tensor:
