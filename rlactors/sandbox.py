@@ -13,6 +13,9 @@ everything it started dies with it at the timeout. This keeps honest mistakes an
 off the host; it is not a hardened sandbox (no seccomp filter, the host file system is readable
 where `nobody` may read). For hostile code at scale use a VM-grade sandbox (gVisor, Firecracker).
 
+Runs share user `nobody`'s process limit: a fork bomb in one run can make another run that
+starts meanwhile fail to start (it then returns an error, never touches the host).
+
 As a tool for multi-turn training: `GRPOTrainer(..., tools=[rlactors.sandbox.python])` (YAML:
 `tools: ["rlactors.sandbox:python"]`); the model's code runs as above and it reads what it printed.
 
