@@ -83,7 +83,7 @@ def main() -> None:
         fast_inference=True,
         max_lora_rank=16,
         gpu_memory_utilization=0.3,
-        **({} if on_gpu else {"enforce_eager": True, "kv_cache_memory_bytes": 2**30}),
+        **({} if on_gpu else {"kv_cache_memory_bytes": 2**30}),
     )
     model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=32, use_gradient_checkpointing="unsloth")
 

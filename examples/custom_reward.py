@@ -50,7 +50,6 @@ def main() -> None:
         save_steps=0,
         output_dir=args.output_dir,
         gradient_checkpointing=False,
-        engine_kwargs={"enforce_eager": True},
     )
     result = GRPOTrainer(config, reward_funcs=[brief_and_right], train_dataset=rows).train()
     print(

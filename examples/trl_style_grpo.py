@@ -47,7 +47,7 @@ def main() -> None:
         fast_inference=True,
         max_lora_rank=16,
         gpu_memory_utilization=0.3,  # on CPU: vLLM's share of RAM
-        **({} if on_gpu else {"enforce_eager": True, "kv_cache_memory_bytes": 2**30}),  # was: absent (CPU)
+        **({} if on_gpu else {"kv_cache_memory_bytes": 2**30}),  # was: absent (CPU)
     )
     model = FastLanguageModel.get_peft_model(
         model,

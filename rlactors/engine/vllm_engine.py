@@ -66,6 +66,7 @@ class EngineSpec:
     max_loras: int = 2
     deterministic: bool = False  # CUDA: vLLM's batch-invariant kernels, so a rerun samples the same tokens
     sleep_mode: bool = False  # CUDA: vLLM's sleep mode, so `sleep` can free the GPU between generations
+    max_batch: int | None = None  # the most sequences one generate call runs; CUDA graphs stop there
 
 
 def create_engine(spec: EngineSpec, **engine_kwargs: Any) -> LLM:
@@ -104,10 +105,31 @@ def create_engine(spec: EngineSpec, **engine_kwargs: Any) -> LLM:
             f"from_pretrained got {unknown}, which are neither transformers' from_pretrained "
             f"arguments nor vLLM {vllm_version()} engine arguments; fix the spelling or remove them."
         )
+    kwargs.update(device_defaults(spec, engine_kwargs))
     kwargs.update(engine_kwargs)
     if not is_cuda():
         _use_grouped_cpu_lora_ops()
     return LLM(**kwargs)
+
+
+def device_defaults(spec: EngineSpec, engine_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Engine arguments right for the device, each only where the caller did not set it.
+
+    On CPU: eager (vLLM-CPU's torch.compile costs minutes at start and gains little on a small
+    batch). On CUDA: CUDA graphs, captured only for the batch sizes a generate call can have (up
+    to `spec.max_batch`) instead of vLLM's ~50 sizes up to 512: the capture is most of vLLM's start.
+    """
+    if not is_cuda():
+        return {} if "enforce_eager" in engine_kwargs else {"enforce_eager": True}
+    if engine_kwargs.get("enforce_eager") or "compilation_config" in engine_kwargs or not spec.max_batch:
+        return {}
+    return {"compilation_config": {"cudagraph_capture_sizes": graph_sizes(spec.max_batch)}}
+
+
+def graph_sizes(max_batch: int) -> list[int]:
+    """vLLM's pattern of CUDA graph batch sizes (1, 2, 4, then every 8) up to `max_batch` rounded up to 8."""
+    top = -(-max_batch // 8) * 8
+    return [size for size in (1, 2, 4) if size < top] + list(range(8, top + 1, 8))
 
 
 def _use_grouped_cpu_lora_ops() -> None:

@@ -259,9 +259,11 @@ def load_engine(
     disable_log_stats: bool = True,
     deterministic: bool = False,
     sleep_mode: bool = False,
+    max_batch: int | None = None,
     **engine_kwargs: Any,
 ) -> Any:
-    """The vLLM engine of `from_pretrained(fast_inference=True)`, alone (rollout workers use it)."""
+    """The vLLM engine of `from_pretrained(fast_inference=True)`, alone (rollout workers use it).
+    `max_batch`: the most sequences one generate call runs (CUDA graphs are captured up to it)."""
     from rlactors.engine import vllm_engine
 
     spec = vllm_engine.EngineSpec(
@@ -275,6 +277,7 @@ def load_engine(
         seed=int(engine_kwargs.pop("seed", 0)),
         deterministic=deterministic,
         sleep_mode=sleep_mode,
+        max_batch=max_batch,
     )
     return vllm_engine.create_engine(spec, **engine_kwargs)
 

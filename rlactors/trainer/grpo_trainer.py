@@ -29,6 +29,7 @@ from rlactors.trainer.errors import TrainingError
 from rlactors.trainer.generation import Generations
 from rlactors.trainer.metrics import completions_table, run_summary, step_row
 from rlactors.trainer.prompts import PromptSampler, PromptTable, load_rows
+from rlactors.trainer.startup import StartupClock
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +90,11 @@ class GRPOTrainer:
         self.skipped_in_row = 0
         self.resumed_from: str | None = None
         self.timings: dict[str, float] = {}
+        self.clock = StartupClock()
 
     # ---- lifecycle -------------------------------------------------------------------------
     def train(self) -> TrainResult:
+        self.clock = StartupClock()
         owns_ray = self._init_ray()
         final = None
         try:
@@ -112,7 +115,8 @@ class GRPOTrainer:
 
     def _init_ray(self) -> bool:
         """Joins the caller's Ray, RAY_ADDRESS's cluster or a private local one; whether it started Ray."""
-        return cluster.connect()
+        with self.clock.phase("Ray"):
+            return cluster.connect()
 
     @property
     def model(self) -> Any:
@@ -185,14 +189,16 @@ class GRPOTrainer:
         source.release()
         self.learners = LearnerGroup(learner_cls, cfg, layout.learner, self.placement_group)
         with self._timed("startup"):
-            learner_pids = self.learners.build()  # first: `gpu_memory_utilization: auto` measures it
+            with self.clock.phase("learner", f"loading the model in {max(1, cfg.num_learner_workers)} learner(s)"):
+                learner_pids = self.learners.build()  # first: `gpu_memory_utilization: auto` measures it
             share = memory.share_for_vllm(cfg, self.learners, layout.use_gpus)
             rollout_cfg = cfg.model_copy(update={"gpu_memory_utilization": share})
             agent = {"agent": self.agent.spec} if self.agent.spec is not None else {}
             self.rollouts = RolloutGroup(
                 rollout_cls, rollout_cfg, layout.rollout, self.placement_group, cfg.max_restarts, **agent
             )
-            rollout_pids = self.rollouts.build()
+            with self.clock.phase("vLLM", f"starting vLLM in {max(1, cfg.num_rollout_workers)} rollout worker(s)"):
+                rollout_pids = self.rollouts.build()
         self.rollouts.republish = self.learners.export_adapter  # if the adapter object is lost
         self.on_device = cfg.adapter_sync == "auto" and self.learners.beside(self.rollouts)
         if self.on_device:
@@ -269,6 +275,7 @@ class GRPOTrainer:
             agent_setup.environment_names(self.agent.spec, self._batch_rows(indices, batch)),
         )
         logged = self.recorder.log(row)
+        self.clock.first_step(self.timings)
         if logged and cfg.log_completions:
             prompts = [self.prompts.rows[indices[int(p)]][cfg.prompt_column] for p in batch.prompt_index]
             table = completions_table(

@@ -83,6 +83,7 @@ class RolloutWorker:
                 seed=cfg.seed + self.rank,
                 deterministic=cfg.deterministic_generation,
                 sleep_mode=cfg.vllm_enable_sleep_mode,
+                max_batch=-(-cfg.prompts_per_step * cfg.num_generations // max(1, cfg.num_rollout_workers)),
                 **cfg.engine_kwargs,
             )
         except (ValueError, RuntimeError) as err:

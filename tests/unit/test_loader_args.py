@@ -76,3 +76,15 @@ def test_tiny_models_load_and_train_a_lora_step(arch, request):
     loss.backward()
     grads = [p.grad for n, p in peft.named_parameters() if "lora_A" in n]
     assert torch.isfinite(loss) and grads and all(g is not None for g in grads)
+
+
+def test_engine_defaults_follow_the_device():
+    from rlactors.engine import vllm_engine
+
+    spec = vllm_engine.EngineSpec("m", 256, 0.3, 16, max_batch=64)
+    assert vllm_engine.graph_sizes(64) == [1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64]
+    assert vllm_engine.graph_sizes(3) == [1, 2, 4, 8]
+    assert vllm_engine.graph_sizes(9) == [1, 2, 4, 8, 16]
+    # CPU (these tests): eager unless the caller says otherwise
+    assert vllm_engine.device_defaults(spec, {}) == {"enforce_eager": True}
+    assert vllm_engine.device_defaults(spec, {"enforce_eager": False}) == {}

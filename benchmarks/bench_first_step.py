@@ -1,0 +1,137 @@
+"""Time to first step and step time of the README's main example, as a user runs it
+(`python -m rlactors train examples/arithmetic_grpo.yaml`), in several engine settings, one run
+each, in the order given (the first run on a fresh machine is the cold one).
+
+    python benchmarks/bench_first_step.py --model /tmp/smollm2 [--steps 10] [--variants default,default,eager]
+
+For each run: seconds from launch to the first metrics row (time to first step), the console's
+phase lines (Ray, learner, vLLM, the first step), the median step time of steps 3 and later, the
+last reward, and every compiler process seen while it ran (`nvcc`, `cicc`, `ptxas`, `cc1plus`,
+... sampled each second: what builds kernels on first use, and for which source).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import gpu_name, save_piece, versions
+
+KV = {"kv_cache_memory_bytes": 2**30}
+VARIANTS: dict[str, list[str]] = {
+    # rlactors' defaults: CUDA graphs for batch sizes up to the step's 64 sequences
+    "default": [],
+    "eager": [f"engine_kwargs={json.dumps({**KV, 'enforce_eager': True})}"],
+    # vLLM's own capture sizes (up to 512): what the defaults were before
+    "vllm_sizes": [f"engine_kwargs={json.dumps({**KV, 'compilation_config': {}})}"],
+    # no torch.compile: full CUDA graphs of decode batches only
+    "no_compile": [
+        "engine_kwargs="
+        + json.dumps(
+            {
+                **KV,
+                "compilation_config": {
+                    "mode": 0,
+                    "cudagraph_mode": "FULL_DECODE_ONLY",
+                    "cudagraph_capture_sizes": [1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64],
+                },
+            }
+        )
+    ],
+    "4bit": ["load_in_4bit=true"],  # vLLM on the bitsandbytes 4-bit base, as the learner
+    "4bit_bf16_rollout": ["load_in_4bit=true", f"engine_kwargs={json.dumps({**KV, 'quantization': None})}"],
+}
+COMPILERS = re.compile(r"\b(nvcc|cicc|ptxas|cudafe\+\+|cc1plus|cc1|fatbinary|nvlink|ninja)\b")
+
+
+def watch_compilers(seen: dict[str, float], stop: threading.Event, started: float) -> None:
+    """Every second, the command lines of compiler processes (first time each was seen)."""
+    while not stop.wait(1.0):
+        out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            words = line.split()
+            if words and COMPILERS.search(os.path.basename(words[0])):
+                sources = [w for w in words if re.search(r"\.(cu|cpp|c|ptx|cubin)$", w)]
+                key = f"{os.path.basename(words[0])} {' '.join(sources)[-160:]}"
+                seen.setdefault(key, round(time.perf_counter() - started, 1))
+
+
+def run_one(name: str, sets: list[str], args: argparse.Namespace, index: int) -> dict:
+    out_dir = os.path.join(args.work, f"{index}-{name}")
+    command = [sys.executable, "-m", "rlactors", "train", args.config]
+    for value in [f"model_name={args.model}", f"max_steps={args.steps}", f"output_dir={out_dir}", "save_steps=0"]:
+        command += ["--set", value]
+    for value in sets:
+        command += ["--set", value]
+    started = time.perf_counter()
+    seen: dict[str, float] = {}
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch_compilers, args=(seen, stop, started), daemon=True)
+    watcher.start()
+    lines: list[tuple[float, str]] = []
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append((round(time.perf_counter() - started, 1), line.rstrip()))
+            print(f"  {lines[-1][0]:>6.1f}s {lines[-1][1][:200]}", flush=True)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    rc = proc.wait()
+    reader.join(5)  # Ray's daemons inherit the pipe and may hold it open after the run
+    stop.set()
+    metrics_path = os.path.join(out_dir, "metrics.jsonl")
+    rows = [json.loads(x) for x in open(metrics_path)] if os.path.exists(metrics_path) else []
+    first = next((t for t, line in lines if "first step done" in line), None)
+    steps = [r["step_time_s"] for r in rows[2:]]
+    result = {
+        "variant": name,
+        "sets": sets,
+        "rc": rc,
+        "first_step_s": first,
+        "total_s": round(time.perf_counter() - started, 1),
+        "step_median_s": round(statistics.median(steps), 3) if steps else None,
+        "generate_median_s": round(statistics.median(r["time/generate_s"] for r in rows[2:]), 3) if steps else None,
+        "rewards": [round(r["reward"], 2) for r in rows],
+        "phases": [f"{t:>6.1f}s {line}" for t, line in lines if re.search(r"ready in|first step done|\.\.\.$", line)],
+        "compilers": seen,
+    }
+    if rc != 0:
+        result["tail"] = [line for _, line in lines[-30:]]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="models/smollm2")
+    parser.add_argument("--config", default="examples/arithmetic_grpo.yaml")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--variants", default="default,default,eager,vllm_sizes,no_compile,4bit,4bit_bf16_rollout")
+    parser.add_argument("--work", default="/tmp/rlactors-first-step")
+    args = parser.parse_args()
+    results = []
+    for index, name in enumerate(args.variants.split(",")):
+        result = run_one(name, VARIANTS[name], args, index)
+        results.append(result)
+        print(json.dumps(result, indent=1), flush=True)
+    print(f"\n{'variant':<20} {'first step s':>12} {'step s':>8} {'generate s':>10}  rewards")
+    for r in results:
+        print(
+            f"{r['variant']:<20} {r['first_step_s'] or float('nan'):>12} {r['step_median_s'] or float('nan'):>8} "
+            f"{r['generate_median_s'] or float('nan'):>10}  {r['rewards']}"
+        )
+    save_piece("first_step", {"device": gpu_name(), "versions": versions(), "runs": results})
+
+
+if __name__ == "__main__":
+    main()

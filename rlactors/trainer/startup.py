@@ -1,0 +1,44 @@
+"""What the time before the first step is spent on, said on the console as it goes.
+
+A run's first minute is Ray, the learner's model, vLLM's start (weights, torch.compile, CUDA
+graphs) and the first step (on a fresh GPU machine, kernels built on first use). Each phase is
+announced when it starts and timed when it ends, and the first step's line sums them up, so a
+slow start shows where it stands instead of a silent console.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class StartupClock:
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.phases: dict[str, float] = {}
+        self.reported = False
+
+    @contextmanager
+    def phase(self, name: str, announce: str | None = None) -> Iterator[None]:
+        """Times the block as `name`; prints `announce` first (a phase that may take a while)."""
+        if announce:
+            print(f"rlactors: {announce} ...", flush=True)
+        start = time.perf_counter()
+        yield
+        self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - start
+        if announce:
+            print(f"rlactors: {name} ready in {self.phases[name]:.1f}s", flush=True)
+
+    def first_step(self, timings: dict[str, float]) -> None:
+        """Once, after the first step: the seconds since `train()` began, by phase."""
+        if self.reported:
+            return
+        self.reported = True
+        parts = [f"{name} {seconds:.1f}s" for name, seconds in self.phases.items()]
+        step = ", ".join(f"{k} {timings[k]:.1f}s" for k in ("generate", "update") if k in timings)
+        print(
+            f"rlactors: first step done {time.perf_counter() - self.started:.1f}s after start: "
+            f"{', '.join(parts)}; the step: {step}",
+            flush=True,
+        )
