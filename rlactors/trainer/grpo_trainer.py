@@ -17,12 +17,11 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from rlactors.core import algorithm
 from rlactors.core.config import GRPOConfig
-from rlactors.distributed import cluster, memory, scoring
+from rlactors.distributed import cluster, scoring
 from rlactors.trainer import agent_setup, arguments, checkpoints, model_source, rollout_output
 from rlactors.trainer.callbacks import Callbacks
 from rlactors.trainer.errors import TrainingError
@@ -145,13 +144,11 @@ class GRPOTrainer:
         return output_dir
 
     def _start(self) -> int:
-        from rlactors.distributed.groups import LearnerGroup, RolloutGroup
         from rlactors.distributed.placement import cluster_has_gpus, plan, reserve
         from rlactors.loader.fast_language_model import load_tokenizer
         from rlactors.loader.model_files import resolve_model_path
+        from rlactors.trainer import launch
         from rlactors.trainer.run_folder import RunRecorder
-        from rlactors.workers.learner import LearnerWorker
-        from rlactors.workers.rollout import RolloutWorker
 
         cfg = self.config
         self.tokenizer = self.processing_class or load_tokenizer(resolve_model_path(cfg.model_name))
@@ -183,27 +180,15 @@ class GRPOTrainer:
         resume_from = self.resumed_from = self._resume_path()
         layout = plan(cfg, cluster_has_gpus())
         self.placement_group = reserve(layout, cfg.placement_timeout_s, strategy=cfg.placement_strategy)
-        source = self.source
-        learner_cls = partial(LearnerWorker, model=source.model) if source.in_process else LearnerWorker
-        rollout_cls = partial(RolloutWorker, engine=source.engine) if source.in_process else RolloutWorker
-        source.release()
-        self.learners = LearnerGroup(learner_cls, cfg, layout.learner, self.placement_group)
         with self._timed("startup"):
-            with self.clock.phase("learner", f"loading the model in {max(1, cfg.num_learner_workers)} learner(s)"):
-                learner_pids = self.learners.build()  # first: `gpu_memory_utilization: auto` measures it
-            share = memory.share_for_vllm(cfg, self.learners, layout.use_gpus)
-            rollout_cfg = cfg.model_copy(update={"gpu_memory_utilization": share})
-            agent = {"agent": self.agent.spec} if self.agent.spec is not None else {}
-            self.rollouts = RolloutGroup(
-                rollout_cls, rollout_cfg, layout.rollout, self.placement_group, cfg.max_restarts, **agent
-            )
-            with self.clock.phase("vLLM", f"starting vLLM in {max(1, cfg.num_rollout_workers)} rollout worker(s)"):
-                rollout_pids = self.rollouts.build()
+            workers = launch.start_workers(cfg, layout, self.placement_group, self.source, self.agent.spec, self.clock)
+        self.learners, self.rollouts = workers.learners, workers.rollouts
         self.rollouts.republish = self.learners.export_adapter  # if the adapter object is lost
         self.on_device = cfg.adapter_sync == "auto" and self.learners.beside(self.rollouts)
         if self.on_device:
             print("rlactors: adapter sync by CUDA IPC (rollout workers share the learners' GPUs)", flush=True)
-        print(f"rlactors: rollout workers on pids {rollout_pids}, learners on pids {learner_pids}", flush=True)
+        pids = f"rollout workers on pids {workers.rollout_pids}, learners on pids {workers.learner_pids}"
+        print(f"rlactors: {pids}", flush=True)
         start_step = self._resume(resume_from) if resume_from else 0
         self.recorder = RunRecorder(cfg, resume_step=start_step)
         return start_step

@@ -79,12 +79,12 @@ def test_tiny_models_load_and_train_a_lora_step(arch, request):
 
 
 def test_engine_defaults_follow_the_device():
-    from rlactors.engine import vllm_engine
+    from rlactors.engine import spec
 
-    spec = vllm_engine.EngineSpec("m", 256, 0.3, 16, max_batch=64)
-    assert vllm_engine.graph_sizes(64) == [1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64]
-    assert vllm_engine.graph_sizes(3) == [1, 2, 4, 8]
-    assert vllm_engine.graph_sizes(9) == [1, 2, 4, 8, 16]
+    engine = spec.EngineSpec("m", 256, 0.3, 16, max_batch=64)
+    assert spec.graph_sizes(64) == [1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64]
+    assert spec.graph_sizes(3) == [1, 2, 4, 8]
+    assert spec.graph_sizes(9) == [1, 2, 4, 8, 16]
     # CPU (these tests): eager unless the caller says otherwise
-    assert vllm_engine.device_defaults(spec, {}) == {"enforce_eager": True}
-    assert vllm_engine.device_defaults(spec, {"enforce_eager": False}) == {}
+    assert spec.device_defaults(engine, {}) == {"enforce_eager": True}
+    assert spec.device_defaults(engine, {"enforce_eager": False}) == {}

@@ -1,0 +1,66 @@
+"""Starting the learner and rollout groups.
+
+Both start at once when vLLM's share of the GPU is a number: the learner loads its model while
+vLLM starts, and the start costs the slower of the two instead of their sum (on one H200, 19 s of
+learner beside 35 s of vLLM). With `gpu_memory_utilization: auto` the learner starts first:
+vLLM's share is measured on it (`rlactors.distributed.memory`).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from rlactors.distributed import memory
+from rlactors.distributed.groups import LearnerGroup, RolloutGroup
+from rlactors.trainer.startup import StartupClock
+from rlactors.workers.learner import LearnerWorker
+from rlactors.workers.rollout import RolloutWorker
+
+if TYPE_CHECKING:
+    from rlactors.core.config import GRPOConfig
+    from rlactors.distributed.placement import Layout
+    from rlactors.trainer.model_source import ModelSource
+
+
+@dataclass
+class Workers:
+    learners: LearnerGroup
+    rollouts: RolloutGroup
+    learner_pids: list[int]
+    rollout_pids: list[int]
+
+
+def start_workers(
+    cfg: GRPOConfig, layout: Layout, placement_group: Any, source: ModelSource, agent: Any, clock: StartupClock
+) -> Workers:
+    """Builds the learner group and the rollout group (`agent`: the AgentSpec or None)."""
+    learner_cls = partial(LearnerWorker, model=source.model) if source.in_process else LearnerWorker
+    rollout_cls = partial(RolloutWorker, engine=source.engine) if source.in_process else RolloutWorker
+    source.release()
+    learners = LearnerGroup(learner_cls, cfg, layout.learner, placement_group)
+    extra = {"agent": agent} if agent is not None else {}
+
+    def rollout_group(share: float) -> RolloutGroup:
+        config = cfg.model_copy(update={"gpu_memory_utilization": share})
+        return RolloutGroup(rollout_cls, config, layout.rollout, placement_group, cfg.max_restarts, **extra)
+
+    learners_said = f"loading the model in {max(1, cfg.num_learner_workers)} learner(s)"
+    vllm_said = f"starting vLLM in {max(1, cfg.num_rollout_workers)} rollout worker(s)"
+    if cfg.gpu_memory_utilization == "auto" or not layout.learner or not layout.rollout:
+        # in-process groups (tests, a caller's model) build one after the other in this process
+        with clock.phase("learner", learners_said):
+            learner_pids = learners.build()
+        rollouts = rollout_group(memory.share_for_vllm(cfg, learners, layout.use_gpus))
+        with clock.phase("vLLM", vllm_said):
+            rollout_pids = rollouts.build()
+    else:
+        rollouts = rollout_group(float(cfg.gpu_memory_utilization))
+        with clock.phase("learner and vLLM", f"{learners_said}, {vllm_said}, together"):
+            with ThreadPoolExecutor(1) as pool:
+                learner_build = pool.submit(learners.build)
+                rollout_pids = rollouts.build()
+                learner_pids = learner_build.result()
+    return Workers(learners, rollouts, learner_pids, rollout_pids)
