@@ -18,42 +18,62 @@ if TYPE_CHECKING:
 
 class Callbacks:
     def __init__(self, callbacks: Sequence[Any] | None, config: GRPOConfig):
-        from transformers import TrainerControl, TrainerState
-
         self.callbacks = [c() if isinstance(c, type) else c for c in callbacks or []]
         for callback in self.callbacks:
             if not hasattr(callback, "on_step_end"):
                 raise TypeError(f"callbacks: {callback!r} is not a transformers TrainerCallback (subclass it)")
         self.config = config
-        self.state = TrainerState(max_steps=config.max_steps or 0, save_steps=config.save_steps)
-        self.state.logging_steps = config.steps_of(config.logging_steps)
-        self.control = TrainerControl()
+        self.global_step, self.max_steps = 0, config.max_steps or 0
+        self.log_history: list[dict[str, Any]] = []
+        # transformers' TrainerState and TrainerControl are made on first use: importing them
+        # imports transformers' trainer utilities and PEFT (10 s of a run's start, measured)
+        self._state: Any = None
+        self._control: Any = None
         self.extras: dict[str, Any] = {}  # model, processing_class: passed to every event, as transformers does
+
+    @property
+    def state(self) -> Any:
+        """transformers' `TrainerState` of the run: `global_step`, `max_steps`, `log_history`."""
+        if self._state is None:
+            from transformers import TrainerState
+
+            self._state = TrainerState(save_steps=self.config.save_steps)
+            self._state.logging_steps = self.config.steps_of(self.config.logging_steps)
+            self._state.log_history = self.log_history
+        self._state.global_step, self._state.max_steps = self.global_step, self.max_steps
+        return self._state
+
+    @property
+    def control(self) -> Any:
+        if self._control is None:
+            from transformers import TrainerControl
+
+            self._control = TrainerControl()
+        return self._control
 
     def _call(self, event: str, **kwargs: Any) -> None:
         for callback in self.callbacks:
             result = getattr(callback, event)(self.config, self.state, self.control, **self.extras, **kwargs)
             if result is not None:  # transformers lets a callback return a new control
-                self.control = result
+                self._control = result
 
     def train_begin(self, config: GRPOConfig, step: int, **extras: Any) -> None:
         """Training starts (at `step` after a resume) under `config`, its max_steps now known."""
         self.config, self.extras = config, extras
-        self.state.global_step = step
-        self.state.max_steps = config.max_steps or 0
+        self.global_step, self.max_steps = step, config.max_steps or 0
         self._call("on_train_begin")
 
     def step_end(self, step: int, row: dict[str, Any], logged: bool) -> bool:
         """After step `step`; whether a callback asked the run to stop."""
-        self.state.global_step = step
+        self.global_step = step
         self._call("on_step_end")
         if logged:
-            self.state.log_history.append(dict(row))
+            self.log_history.append(dict(row))
             self._call("on_log", logs=dict(row))
-        return bool(self.control.should_training_stop)
+        return bool(self._control is not None and self._control.should_training_stop)
 
     def saved(self, step: int) -> None:
-        self.state.global_step = step
+        self.global_step = step
         self._call("on_save")
 
     def train_end(self) -> None:

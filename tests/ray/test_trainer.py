@@ -81,7 +81,7 @@ def test_in_process_run_writes_the_run_folder(ray_cluster, tiny_llama, tmp_path)
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(out, "tensorboard")))
 
 
-def test_ray_actors_named_adapter_by_reference(ray_cluster, tiny_llama, tmp_path):
+def test_ray_actors_named_adapter_by_reference(ray_cluster, tiny_llama, tmp_path, capsys):
     import ray
 
     # vllm_enable_sleep_mode: the sleep calls go through Ray and change nothing on CPU (no sleep mode there).
@@ -100,6 +100,11 @@ def test_ray_actors_named_adapter_by_reference(ray_cluster, tiny_llama, tmp_path
 
         trainer.learners.export_adapter = counted
         trainer._step(1)
+        # a numeric vLLM share: the learner and vLLM started together; the console said so, and
+        # summed the start up after the first step
+        said = capsys.readouterr().out
+        assert "rollout worker(s), together ..." in said and "learner and vLLM ready in" in said
+        assert said.count("first step done") == 1
         trainer._step(2)
         for name in ("rlactors/rollout-0", "rlactors/learner-0"):
             assert ray.get_actor(name) is not None

@@ -1,0 +1,20 @@
+"""The console's account of a run's start: each phase announced and timed, summed up once."""
+
+import pytest
+
+from rlactors.trainer.startup import StartupClock
+
+pytestmark = pytest.mark.unit
+
+
+def test_each_phase_is_said_and_the_first_step_sums_them_up_once(capsys):
+    clock = StartupClock()
+    with clock.phase("vLLM", "starting vLLM"):
+        pass
+    with clock.phase("Ray"):  # not announced: quick
+        pass
+    clock.first_step({"generate": 1.25, "update": 2.0, "score": 0.1})
+    clock.first_step({"generate": 9.0})
+    said = capsys.readouterr().out.splitlines()
+    assert said[0] == "rlactors: starting vLLM ..." and said[1].startswith("rlactors: vLLM ready in ")
+    assert len(said) == 3 and "Ray 0.0s" in said[2] and said[2].endswith("the step: generate 1.2s, update 2.0s")
