@@ -21,7 +21,9 @@ def test_reward_rises_with_the_calculator_tool(smollm2, tmp_path):
             "--model",
             smollm2,
             "--max-steps",
-            "6",
+            "5",
+            "--max-completion-length",
+            "64",  # two turns fit; 96 (the example's default) costs CI 4 more minutes
             "--output-dir",
             str(out),
         ],
