@@ -57,4 +57,7 @@ def test_main_example_learns_on_one_gpu(load_in_4bit, tmp_path):
     )
     assert max(running) >= REWARD, f"the mean reward of 3 steps never reached {REWARD} in {STEPS} steps"
     assert first_step <= FIRST_STEP_S
-    assert all(r["sampling/logprob_mismatch"] < 0.05 for r in rows)
+    # bf16 on both sides agrees to a few hundredths; vLLM's bitsandbytes kernels against the
+    # learner's add quantisation noise that grows with the adapter (0.04-0.16 measured on an H200)
+    bound = 0.25 if load_in_4bit else 0.05
+    assert all(r["sampling/logprob_mismatch"] < bound for r in rows)
