@@ -94,7 +94,8 @@ class GRPOTrainer:
     # ---- lifecycle -------------------------------------------------------------------------
     def train(self) -> TrainResult:
         self.clock = StartupClock()
-        owns_ray = self._init_ray()
+        with self.clock.phase("Ray"):
+            owns_ray = self._init_ray()
         final = None
         try:
             start_step = self._start()
@@ -114,8 +115,7 @@ class GRPOTrainer:
 
     def _init_ray(self) -> bool:
         """Joins the caller's Ray, RAY_ADDRESS's cluster or a private local one; whether it started Ray."""
-        with self.clock.phase("Ray"):
-            return cluster.connect()
+        return cluster.connect()
 
     @property
     def model(self) -> Any:
