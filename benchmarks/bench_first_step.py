@@ -26,6 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import gpu_name, save_piece, versions
 
+from rlactors.engine.spec import graph_sizes
+
 KV = {"kv_cache_memory_bytes": 2**30}
 VARIANTS: dict[str, list[str]] = {
     # rlactors' defaults: CUDA graphs for batch sizes up to the step's 64 sequences
@@ -42,7 +44,7 @@ VARIANTS: dict[str, list[str]] = {
                 "compilation_config": {
                     "mode": 0,
                     "cudagraph_mode": "FULL_DECODE_ONLY",
-                    "cudagraph_capture_sizes": [1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64],
+                    "cudagraph_capture_sizes": graph_sizes(64),
                 },
             }
         )

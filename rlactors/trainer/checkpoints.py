@@ -113,6 +113,22 @@ def resumable(path: str, config: GRPOConfig, fingerprint: str) -> dict[str, Any]
     return driver
 
 
+def save_model(output_dir: str, run_dir: str, model: Any, processing_class: Any) -> str:
+    """`GRPOTrainer.save_model`: the caller's trained model (`model`), else the run's `final/`
+    adapter, as a PEFT folder with the tokenizer, as TRL's `save_model` writes it."""
+    if model is not None:
+        model.save_pretrained(output_dir)
+    else:
+        final = os.path.join(run_dir, "final")
+        if not os.path.isdir(final):
+            raise TrainingError(f"save_model: nothing trained yet ({final} does not exist): call train() first")
+        if os.path.abspath(final) != os.path.abspath(output_dir):
+            shutil.copytree(final, output_dir, dirs_exist_ok=True)
+    if processing_class is not None:
+        processing_class.save_pretrained(output_dir)
+    return output_dir
+
+
 def _os_reason(err: BaseException) -> str:
     """The OS error's own words (also when it arrives wrapped by Ray from an actor)."""
     cause = getattr(err, "cause", None) or err

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -130,18 +129,8 @@ class GRPOTrainer:
 
     def save_model(self, output_dir: str | None = None) -> str:
         """The trained adapter as a PEFT folder (with the tokenizer), as TRL's `save_model` writes it."""
-        output_dir = output_dir or self.config.output_dir
-        if self.model is not None:
-            self.model.save_pretrained(output_dir)
-        else:
-            final = os.path.join(self.config.output_dir, "final")
-            if not os.path.isdir(final):
-                raise TrainingError(f"save_model: nothing trained yet ({final} does not exist): call train() first")
-            if os.path.abspath(final) != os.path.abspath(output_dir):
-                shutil.copytree(final, output_dir, dirs_exist_ok=True)
-        if self.processing_class is not None:
-            self.processing_class.save_pretrained(output_dir)
-        return output_dir
+        run_dir = self.config.output_dir
+        return checkpoints.save_model(output_dir or run_dir, run_dir, self.model, self.processing_class)
 
     def _start(self) -> int:
         from rlactors.distributed.placement import cluster_has_gpus, plan, reserve
