@@ -77,7 +77,7 @@ def main() -> None:
     if not chosen:
         raise SystemExit(f"--only {args.only!r} names none of {[v[0] for v in variants(args.gpus)]}")
     if args.smoke:
-        ray.init(num_cpus=2 * args.gpus + 2, include_dashboard=False)
+        ray.init(address="local", num_cpus=2 * args.gpus + 2, include_dashboard=False)
     else:
         ray.init(include_dashboard=False)
     base = config_for(args.model, args.smoke, args.steps, 0.2, checkpointing=False, micro=32).model_dump()

@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--mb", type=float, default=86.0)
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     per_tensor = 64 * 2048
     layout = [(f"t{i}.lora_A.weight", (64, 2048)) for i in range(int(args.mb * 2**20 / 2 / per_tensor))]
     learner, rollout = Learner.remote(per_tensor * len(layout), layout), Rollout.remote()

@@ -34,11 +34,12 @@ def tiny_qwen2(smollm2: str, tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture
 def ray_cluster():
     """The session's local Ray cluster (2 CPUs, like CI), started on first use (and again after a
-    multi-node test has replaced it)."""
+    multi-node test has replaced it). Always a new one: `address="local"` ignores the address file
+    another Ray on this machine (`ray start`, a multi-node test) may have left."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
 
 
