@@ -43,9 +43,12 @@ class AgentSpec:
     chat_template: str | None = None  # the driver tokenizer's (a caller may have set a tool-calling one)
 
     def environment_tools(self, env: Any) -> list[Callable]:
-        """An environment's public methods (but `reset` and `get_reward`), bound to it."""
-        names = [n for n, _ in inspect.getmembers(type(env), predicate=inspect.isfunction)]
-        return [getattr(env, n) for n in names if not n.startswith("_") and n not in ("reset", "get_reward")]
+        """An environment's public methods (but `reset` and `get_reward`), bound to it; for one in an
+        environment worker (`rlactors.distributed.environments`), async tools that call it there."""
+        names = [n for n, _ in inspect.getmembers(environment_type(env), predicate=inspect.isfunction)]
+        names = [n for n in names if not n.startswith("_") and n not in ("reset", "get_reward")]
+        hosted_tools = getattr(env, "hosted_tools", None)
+        return hosted_tools(names) if hosted_tools is not None else [getattr(env, n) for n in names]
 
     def factory_for(self, row: dict[str, Any]) -> Callable[[], Any] | None:
         if self.environment_factories is None:
@@ -61,12 +64,18 @@ class AgentSpec:
         return self.environment_factories[name]
 
 
+def environment_type(env: Any) -> type:
+    """The environment's class (for one in an environment worker, the class of the instance there)."""
+    return getattr(env, "hosted_type", None) or type(env)
+
+
 @dataclass
 class Episode:
     key: str
     prompt_ids: list[int] = field(default_factory=list)
     tools: dict[str, Callable] = field(default_factory=dict)
     env: Any = None
+    env_tools: set[str] = field(default_factory=set)  # the names of the environment's own tools
     completion_ids: list[int] = field(default_factory=list)
     env_mask: list[int] = field(default_factory=list)  # 1: sampled by vLLM; 0: tool results and template
     logprobs: list[float] = field(default_factory=list)  # vLLM's, 0.0 where env_mask is 0
@@ -107,7 +116,9 @@ def start_episode(key: str, row: dict[str, Any], prompt_column: str, spec: Agent
         if extra:  # appended to the last user message, as TRL does
             last = max(i for i, m in enumerate(messages) if m["role"] == "user")
             messages[last] = {**messages[last], "content": messages[last]["content"] + str(extra)}
-        tools += spec.environment_tools(episode.env)
+        env_tools = spec.environment_tools(episode.env)
+        episode.env_tools = {tool_name(t) for t in env_tools}
+        tools += env_tools
     episode.tools = {tool_name(t): t for t in tools}
     episode.prompt_ids = fmt.prompt_ids(messages, tools)
     if messages[-1]["role"] == "assistant":
@@ -199,8 +210,7 @@ class EpisodeLoop:
         for outcome in outcomes:
             episode.outcomes[outcome.kind] += 1
         if any(o.kind == "raised" for o in outcomes) and episode.env is not None:
-            bound = {n for n, fn in episode.tools.items() if getattr(fn, "__self__", None) is episode.env}
-            raised = [o for o in outcomes if o.kind == "raised" and o.name in bound]
+            raised = [o for o in outcomes if o.kind == "raised" and o.name in episode.env_tools]
             if raised:  # the environment's own method failed: its state is not to be trusted
                 episode.failure = f"environment tool {raised[0].name} failed: {raised[0].content}"
                 episode.finish_reason = "failed"

@@ -88,6 +88,10 @@ class GRPOConfig(BaseModel):
     tool_timeout_s: float = Field(
         30.0, gt=0, description="a tool call past this is stopped; the model gets an error message instead"
     )
+    environment_workers: int = Field(
+        0, ge=0, description="Ray actors that host the environments (0: in the rollout workers' processes)"
+    )
+    environment_worker_cpus: float = Field(0.5, ge=0.0, description="CPUs each environment worker reserves")
     max_tool_response_tokens: int = Field(
         256, gt=0, description="a tool result longer than this is cut to it (with a note) before the model reads it"
     )

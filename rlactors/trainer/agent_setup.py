@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from rlactors.agent.episodes import AgentSpec
+from rlactors.agent.episodes import AgentSpec, environment_type
 from rlactors.agent.tools import check_tools
 from rlactors.core.config import ConfigError, GRPOConfig
 from rlactors.distributed import scoring
@@ -30,6 +30,7 @@ class AgentSetup:
     spec: AgentSpec | None  # None: single-turn sampling
     rollout_func: Callable[..., dict[str, Any]] | None
     environment_rewards: list[scoring.RewardFunction]
+    environment_types: dict[str | None, type] = field(default_factory=dict)  # the class each factory makes
 
 
 def resolve(config: GRPOConfig, tools: Any, environment_factory: Any, rollout_func: Any, tokenizer: Any) -> AgentSetup:
@@ -45,17 +46,23 @@ def resolve(config: GRPOConfig, tools: Any, environment_factory: Any, rollout_fu
             "rollout_func runs its own generation loop: give it alone, or use tools / environment_factory "
             "and let rlactors run the loop"
         )
+    if config.environment_workers and not factories:
+        raise ConfigError(
+            f"environment_workers={config.environment_workers} hosts environments, but no environment_factory "
+            "is given: give environment_factory, or leave environment_workers at 0"
+        )
     if not tools and not factories:
         return AgentSetup(None, func, [])
     check_tools(tools)
     spec = AgentSpec(tools, factories, getattr(tokenizer, "chat_template", None))
-    rewards = []
+    rewards, types = [], {}
     for name, factory in (factories or {}).items():
         env = _probe(name, factory)
+        types[name] = type(env)
         check_tools(tools + spec.environment_tools(env), f"environment_factory {name or type(env).__name__}")
         if callable(getattr(env, "get_reward", None)) and all(r.name != type(env).__name__ for r in rewards):
             rewards.append(scoring.RewardFunction(type(env).__name__, _EnvironmentReward(type(env))))
-    return AgentSetup(spec, None, rewards)
+    return AgentSetup(spec, None, rewards, types)
 
 
 def _object(value: Any, field_name: str) -> Any:
@@ -95,7 +102,7 @@ class _EnvironmentReward:
     def __call__(self, environments: list[Any], **_: Any) -> list[float | None]:
         out: list[float | None] = []
         for env in environments:
-            if type(env) is not self.env_type:
+            if env is None or environment_type(env) is not self.env_type:
                 out.append(None)
                 continue
             value = env.get_reward()
@@ -138,8 +145,8 @@ def reward_inputs(batch: Any, rows: list[dict[str, Any]], prompt_column: str) ->
         completions = [[{"role": "assistant", "content": text}] if chat else text for text in batch.completions]
     columns = {key: [row[key] for row in rows] for key in rows[0] if key != prompt_column}
     columns.update(batch.columns or {})
-    if batch.environments is not None:
-        columns["environments"] = batch.environments
+    if batch.environments is not None:  # a failed episode's environment is not to be trusted: None
+        columns["environments"] = [None if f else env for env, f in zip(batch.environments, batch.failures)]
     return completions, columns
 
 

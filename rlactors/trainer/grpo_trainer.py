@@ -89,6 +89,7 @@ class GRPOTrainer:
         self.resumed_from: str | None = None
         self.timings: dict[str, float] = {}
         self.clock = StartupClock()
+        self.environment_workers: Any = None  # `environment_workers` actors, made at start
 
     # ---- lifecycle -------------------------------------------------------------------------
     def train(self) -> TrainResult:
@@ -169,8 +170,9 @@ class GRPOTrainer:
         resume_from = self.resumed_from = self._resume_path()
         layout = plan(cfg, cluster_has_gpus())
         self.placement_group = reserve(layout, cfg.placement_timeout_s, strategy=cfg.placement_strategy)
+        self.environment_workers, spec = launch.host_environments(cfg, self.agent)
         with self._timed("startup"):
-            workers = launch.start_workers(cfg, layout, self.placement_group, self.source, self.agent.spec, self.clock)
+            workers = launch.start_workers(cfg, layout, self.placement_group, self.source, spec, self.clock)
         self.learners, self.rollouts = workers.learners, workers.rollouts
         self.rollouts.republish = self.learners.export_adapter  # if the adapter object is lost
         self.on_device = cfg.adapter_sync == "auto" and self.learners.beside(self.rollouts)
@@ -189,7 +191,11 @@ class GRPOTrainer:
         if recorder is not None:
             recorder.plot_rewards()
             recorder.close()
-        for group in (getattr(self, "rollouts", None), getattr(self, "learners", None)):
+        for group in (
+            getattr(self, "rollouts", None),
+            getattr(self, "learners", None),
+            getattr(self, "environment_workers", None),
+        ):
             if group is not None:
                 group.shutdown()
         self.generations.close()
@@ -299,6 +305,8 @@ class GRPOTrainer:
         prompts = [row[cfg.prompt_column] for row in rows]
         completions, columns = agent_setup.reward_inputs(batch, rows, cfg.prompt_column)
         scores = scoring.score(self.reward_functions, prompts, completions, columns, cfg.reward_timeout_s)
+        if self.environment_workers is not None:
+            self.environment_workers.release(batch.environments)
         return scores.without(batch.failures)
 
     def _prepare(self, batch: Any, step: int) -> list[Any]:

@@ -14,15 +14,27 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from rlactors.distributed import memory
+from rlactors.distributed.environments import EnvironmentWorkers
 from rlactors.distributed.groups import LearnerGroup, RolloutGroup
 from rlactors.trainer.startup import StartupClock
 from rlactors.workers.learner import LearnerWorker
 from rlactors.workers.rollout import RolloutWorker
 
 if TYPE_CHECKING:
+    from rlactors.agent.episodes import AgentSpec
     from rlactors.core.config import GRPOConfig
     from rlactors.distributed.placement import Layout
+    from rlactors.trainer.agent_setup import AgentSetup
     from rlactors.trainer.model_source import ModelSource
+
+
+def host_environments(cfg: GRPOConfig, agent: AgentSetup) -> tuple[EnvironmentWorkers | None, AgentSpec | None]:
+    """The environment workers (`environment_workers: N`) and the AgentSpec whose environments live
+    in them; (None, the spec) when environments stay in the rollout workers."""
+    if not cfg.environment_workers or agent.spec is None:
+        return None, agent.spec
+    hosts = EnvironmentWorkers(cfg, agent.spec, agent.environment_types)
+    return hosts, hosts.spec
 
 
 @dataclass

@@ -292,7 +292,7 @@ def episodes_to_batch(episodes: list[Episode], num_generations: int, adapter_ver
         "\n".join(m["content"] for m in e.messages if m["role"] == "assistant" and m["content"]) for e in episodes
     ]
     batch.trajectories = [e.messages for e in episodes]
-    batch.environments = [None if e.failure else e.env for e in episodes]  # a failed one is not scored
+    batch.environments = [e.env for e in episodes]  # a failed one's is not scored (`batch.failures`)
     batch.failures = [e.failure for e in episodes]
     batch.check()
     return batch

@@ -4,6 +4,7 @@ rollouts (a raising one leaves its rollouts without a reward), a Ray rollout act
 
 import json
 import os
+import time
 
 import pytest
 
@@ -140,6 +141,86 @@ def test_environments_on_a_ray_rollout_actor(ray_cluster, smollm2, tmp_path):
     assert row["rewards/environment/game/mean"] >= 0.5  # Game.get_reward: 0.5, 1.0 for a win
     assert row["rewards/environment/broken/mean"] != row["rewards/environment/broken/mean"]  # NaN: missing, never 0
     assert row["tools/call_frequency"] > 0
+
+
+DRIVER_PID = os.getpid()
+
+
+class HostedGame(Game):
+    """Game that records where it runs; the first guess of the whole run kills its process."""
+
+    marker = ""
+
+    def reset(self, **row):
+        self.pid = os.getpid()
+        return super().reset(**row)
+
+    def guess(self, n: int) -> str:
+        """Checks a guess.
+
+        Args:
+            n: the guess
+        """
+        if not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os._exit(1)  # an environment worker dies with calls in flight
+        return super().guess(n)
+
+
+def hosted_elsewhere(prompts, completions, environments, **kwargs):
+    return [None if env is None else float(env.pid != DRIVER_PID) for env in environments]
+
+
+def test_environments_in_environment_workers_survive_one_dying(ray_cluster, smollm2, tmp_path, monkeypatch):
+    """`environment_workers: 2`: the episodes' environments live in two Ray actors (not in the
+    process that runs the episodes); rewards read them there; a scored batch's instances are
+    dropped; a worker that dies fails its episodes (counted, no reward) and is back for the next step."""
+    from rlactors.distributed.environments import EnvironmentWorkers
+
+    HostedGame.marker = str(tmp_path / "crashed")
+    left: list[list[int]] = []
+    release = EnvironmentWorkers.release
+
+    def release_and_count(self, environments):
+        release(self, environments)
+        for _ in range(50):  # the drop is not waited for
+            left.append(self.counts())
+            if sum(left[-1]) == 0:
+                break
+            time.sleep(0.1)
+
+    monkeypatch.setattr(EnvironmentWorkers, "release", release_and_count)
+    config = _config(
+        smollm2,
+        tmp_path,
+        num_rollout_workers=0,
+        num_learner_workers=0,
+        environment_workers=2,
+        environment_worker_cpus=0.25,
+        max_reward_error_rate=0.9,
+        max_steps=2,
+    )
+    rows = [
+        {
+            "prompt": [
+                {"role": "user", "content": "Guess my number."},
+                {"role": "assistant", "content": CALL.format(name="guess", arg="n")},
+            ]
+        }
+    ] * 2
+    trainer = GRPOTrainer(
+        args=config, reward_funcs=[hosted_elsewhere], train_dataset=rows, environment_factory=HostedGame
+    )
+    trainer.train()
+    first, second = _metrics(config)
+    assert os.path.exists(HostedGame.marker) and first["episodes/failed"] >= 1  # the crash's episodes failed
+    assert first["episodes/failed"] < 8 and first["rewards/hosted_elsewhere/mean"] == 1.0  # the others scored
+    assert second["episodes/failed"] == 0 and second["rewards/hosted_elsewhere/mean"] == 1.0
+    assert second["rewards/HostedGame/mean"] >= 0.5 and second["tools/call_frequency"] > 0
+    assert len(left) >= 2 and sum(left[-1]) == 0 and left.count([0, 0]) == 2  # each scored batch's instances dropped
+    import ray
+
+    assert not [a for a in ray.util.list_named_actors() if a.startswith("rlactors/environment")]  # shut down
 
 
 def test_rollout_func_runs_the_callers_loop(ray_cluster, tiny_llama, tmp_path):

@@ -385,6 +385,20 @@ def test_a_prefilled_reply_is_continued_and_parsed_whole(tokenizer, fmt):
     assert episode.outcomes == {"ok": 1} and episode.messages[1]["content"] == "5"
 
 
+def test_an_environment_in_an_environment_worker_offers_the_same_tools():
+    """A hosted environment's tools (async calls to its worker) carry the class's own schemas, so
+    the model sees the same prompt; its type is the hosted class (rewards pick their samples by it)."""
+    from rlactors.agent.episodes import environment_type
+    from rlactors.distributed.environments import HostedEnvironment
+
+    spec = AgentSpec(environment_factories={None: Game})
+    hosted = HostedEnvironment(worker=None, factory=Game, hosted_type=Game)
+    local_tools, hosted_tools = spec.environment_tools(Game()), spec.environment_tools(hosted)
+    assert [tool_schema(t) for t in hosted_tools] == [tool_schema(t) for t in local_tools]
+    assert all(asyncio.iscoroutinefunction(t) for t in hosted_tools)
+    assert environment_type(hosted) is Game and environment_type(Game()) is Game
+
+
 def test_episode_type_is_plain():
     assert Episode("k").model_tokens == 0
 
@@ -414,6 +428,8 @@ def test_tools_and_environments_resolve_from_yaml_strings_and_bad_ones_are_named
     assert agent_setup.resolve(GRPOConfig(), None, None, None, tokenizer).spec is None  # single-turn
     with pytest.raises(ConfigError, match="NoReset has no reset"):
         agent_setup.resolve(GRPOConfig(), None, NoReset, None, tokenizer)
+    with pytest.raises(ConfigError, match="environment_workers=2 hosts environments, but no environment_factory"):
+        agent_setup.resolve(GRPOConfig(environment_workers=2), [add], None, None, tokenizer)
     with pytest.raises(ConfigError, match="rollout_func runs its own generation loop"):
         agent_setup.resolve(GRPOConfig(), [add], None, lambda prompts, trainer: {}, tokenizer)
     with pytest.raises(ConfigError, match=r"tools entry 'add': write \"module:attr\""):
