@@ -6,15 +6,18 @@
         return [1.0 if run_python(code + "\\n" + t).ok else 0.0 for code, t in zip(completions, tests)]
 
 The `namespaces` backend (Linux, util-linux `unshare`, run as root or with unprivileged user
-namespaces) starts the code as user `nobody` in new network, PID and mount namespaces: no network
+namespaces) starts the code as a user of its own in new network, PID and mount namespaces: no network
 (not even the host's loopback), no view of host processes, limits on memory, CPU time, processes,
 open files and file size, a private working folder, an environment without the host's secrets;
 everything it started dies with it at the timeout. This keeps honest mistakes and simple attacks
 off the host; it is not a hardened sandbox (no seccomp filter, the host file system is readable
-where `nobody` may read). For hostile code at scale use a VM-grade sandbox (gVisor, Firecracker).
+where any user may read). For hostile code at scale use a VM-grade sandbox (gVisor, Firecracker).
 
-Runs share user `nobody`'s process limit: a fork bomb in one run can make another run that
-starts meanwhile fail to start (it then returns an error, never touches the host).
+As root, every run that is going on at once has a user id of its own (`RUN_UIDS`, held by a
+lock file while the run lasts; no passwd entry): its process limit counts its own processes only
+(a fork bomb in one run cannot keep another from starting), it cannot signal another run's
+processes, and its working folder is closed to the others. Without root (unprivileged user
+namespaces) the code runs as the caller's user, and runs share that user's process count.
 
 As a tool for multi-turn training: `GRPOTrainer(..., tools=[rlactors.sandbox.python])` (YAML:
 `tools: ["rlactors.sandbox:python"]`); the model's code runs as above and it reads what it printed.
@@ -25,17 +28,22 @@ code runs as a plain child process with the same limits, and a warning says it i
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import os
+import random
 import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-NOBODY = 65534
+RUN_UIDS = range(1_500_000_000, 1_500_004_096)  # one per run in progress on this host, as root
+UID_LOCKS = os.path.join(tempfile.gettempdir(), "rlactors-sandbox-uids")
 BACKENDS = ("auto", "namespaces", "unsafe-local")
 
 
@@ -99,12 +107,27 @@ def run_python(
             stacklevel=2,
         )
     workdir = tempfile.mkdtemp(prefix="rlactors-sandbox-")
+    with contextlib.ExitStack() as held:
+        uid = held.enter_context(_run_uid()) if backend == "namespaces" and os.geteuid() == 0 else None
+        return _run(code, backend, workdir, uid, stdin, timeout_s, memory_mb, max_processes)
+
+
+def _run(
+    code: str,
+    backend: str,
+    workdir: str,
+    uid: int | None,
+    stdin: str,
+    timeout_s: float,
+    memory_mb: int,
+    max_processes: int,
+) -> RunResult:
     try:
         command = [_interpreter(backend), "-I", "-c", code]
         if backend == "namespaces":
-            if os.geteuid() == 0:
-                os.chown(workdir, NOBODY, NOBODY)
-            command = [shutil.which("unshare"), *_unshare_flags(), *command]
+            if uid is not None:
+                os.chown(workdir, uid, uid)  # mkdtemp made it 0o700: the other runs' users cannot enter
+            command = [shutil.which("unshare"), *_unshare_flags(uid), *command]
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir}
         proc = subprocess.Popen(
             command,
@@ -137,7 +160,7 @@ def _interpreter(backend: str) -> str:
         if os.path.exists(path) and _everyone_may_run(os.path.realpath(path)):
             return path
     raise SandboxError(
-        f"no Python that user nobody may run: {candidates[0]} sits in a folder others cannot "
+        f"no Python that the sandbox's user may run: {candidates[0]} sits in a folder others cannot "
         "enter; install a system python3 (/usr/bin/python3)"
     )
 
@@ -157,16 +180,39 @@ def _everyone_may_run(path: str) -> bool:
         folder = parent
 
 
-def _unshare_flags() -> list[str]:
+def _unshare_flags(uid: int | None = None) -> list[str]:
     flags = ["--net", "--pid", "--fork", "--kill-child", "--mount-proc"]
     if os.geteuid() == 0:
-        return [*flags, "--setuid", str(NOBODY), "--setgid", str(NOBODY)]
+        uid = RUN_UIDS[0] if uid is None else uid
+        return [*flags, "--setuid", str(uid), "--setgid", str(uid)]
     return ["--map-root-user", *flags]
+
+
+@contextlib.contextmanager
+def _run_uid() -> Iterator[int]:
+    """A user id no other run on this host holds now (a lock on its file, freed with the process)."""
+    os.makedirs(UID_LOCKS, mode=0o700, exist_ok=True)
+    start = random.randrange(len(RUN_UIDS))
+    for i in range(len(RUN_UIDS)):
+        uid = RUN_UIDS[(start + i) % len(RUN_UIDS)]
+        fd = os.open(os.path.join(UID_LOCKS, str(uid)), os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        try:
+            yield uid
+        finally:
+            os.close(fd)
+        return
+    raise SandboxError(f"{len(RUN_UIDS)} sandboxed runs are going on at once on this host; none is left for this one")
 
 
 def _limits(memory_mb: int, timeout_s: float, max_processes: int) -> None:
     """In the child before exec: limits that the sandboxed code inherits. The process limit counts
-    all of a user's processes: as root the code runs as `nobody`, else the user's own count is added."""
+    all of a user's processes: as root the code runs as the run's own user, else the caller's count
+    is added."""
     cpu = int(timeout_s) + 1
     if os.geteuid() != 0:
         max_processes += _processes_of(os.getuid())

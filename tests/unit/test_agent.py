@@ -455,10 +455,8 @@ def test_the_sandboxed_python_tool_answers_hostile_code_with_an_error():
         "import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=2)",
         "x = bytearray(8 * 2**30)",
     ]
-    # The benign call first: sandboxed runs share user nobody's process limit, so a fork bomb running
-    # at the same time can make another run's start fail (EAGAIN); see the note in rlactors.sandbox.
-    outcomes = runner.submit([ToolCall("python", {"code": codes[0]})], {"python": python}).result(60)
-    outcomes += runner.submit([ToolCall("python", {"code": c}) for c in codes[1:]], {"python": python}).result(60)
+    # All at once: each run has a user of its own, so the fork bomb cannot keep the others from starting.
+    outcomes = runner.submit([ToolCall("python", {"code": c}) for c in codes], {"python": python}).result(60)
     runner.close()
     assert outcomes[0].content == "42"
     assert all(o.kind == "ok" and o.content.startswith("Error:") for o in outcomes[1:]), [o.content for o in outcomes]

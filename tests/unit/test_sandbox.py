@@ -8,7 +8,7 @@ import time
 import psutil
 import pytest
 
-from rlactors.sandbox import SandboxError, namespaces_available, run_python
+from rlactors.sandbox import RUN_UIDS, SandboxError, namespaces_available, run_python
 
 pytestmark = pytest.mark.unit
 needs_namespaces = pytest.mark.skipif(not namespaces_available(), reason="no usable `unshare` here")
@@ -50,11 +50,29 @@ def test_hostile_completions_score_the_failure_value_and_leave_the_host_alone(tm
         for p in psutil.process_iter(["pid", "uids", "status"])
         if p.pid not in before
         and p.info["uids"]
-        and p.info["uids"].real == 65534
+        and p.info["uids"].real in RUN_UIDS
         and p.info["status"] != psutil.STATUS_ZOMBIE
     ]  # zombies: dead, unreaped
     assert not left, f"sandboxed processes outlived their run: {left}"
     server.close()
+
+
+@needs_namespaces
+@pytest.mark.skipif(os.geteuid() != 0, reason="a user per run needs root (else runs are the caller's user)")
+def test_runs_at_once_have_users_of_their_own_and_a_fork_bomb_starves_no_other():
+    from concurrent.futures import ThreadPoolExecutor
+
+    bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
+    who = "import os, time\ntime.sleep(1.5)\nprint(os.getuid())"
+    with ThreadPoolExecutor(4) as pool:
+        bombs = [pool.submit(run_python, bomb, timeout_s=4) for _ in range(2)]
+        time.sleep(1.0)  # the bombs have filled their process limits
+        users = [pool.submit(run_python, who, timeout_s=8) for _ in range(2)]
+        results = [f.result() for f in users]
+        assert all(f.result().timed_out for f in bombs)
+    assert all(r.ok for r in results), results  # they started beside the bombs
+    uids = [int(r.stdout) for r in results]
+    assert len(set(uids)) == 2 and all(u in RUN_UIDS for u in uids)
 
 
 @needs_namespaces
