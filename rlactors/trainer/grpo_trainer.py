@@ -23,7 +23,7 @@ from rlactors.core.config import GRPOConfig
 from rlactors.distributed import cluster, scoring
 from rlactors.trainer import agent_setup, arguments, checkpoints, model_source, rollout_output
 from rlactors.trainer.callbacks import Callbacks
-from rlactors.trainer.errors import TrainingError
+from rlactors.trainer.errors import StepChecks, TrainingError
 from rlactors.trainer.generation import Generations
 from rlactors.trainer.metrics import completions_table, run_summary, step_row
 from rlactors.trainer.prompts import PromptSampler, PromptTable, load_rows
@@ -85,7 +85,7 @@ class GRPOTrainer:
         self.adapter_ref: Any = None
         self.on_device = False  # adapters by CUDA IPC (set at start; see `LearnerGroup.beside`)
         self.generations = Generations(self.config)
-        self.skipped_in_row = 0
+        self.checks = StepChecks(self.config.max_reward_error_rate, self.config.max_skipped_steps)
         self.resumed_from: str | None = None
         self.timings: dict[str, float] = {}
         self.clock = StartupClock()
@@ -233,14 +233,14 @@ class GRPOTrainer:
             scores = self._score(indices, batch)
         per_function = scores.tensor()
         adv = self._advantages(per_function)
-        self._check_reward_errors(adv.rewards, scores, step)
+        names = [r.name for r in self.reward_functions]
+        self.checks.rewards(names, adv.rewards, scores, step, self.recorder.write)
         with self._timed("update"):
             metrics = self._update(batch.with_advantages(adv.advantages), step, prepared)
         with self._timed("sync"):
             self._publish(metrics.adapter_version)
             if not cfg.max_staleness:
                 self._load_published()
-        names = [r.name for r in self.reward_functions]
         row = step_row(
             step,
             batch,
@@ -262,7 +262,7 @@ class GRPOTrainer:
                 prompts, batch.completions, adv.rewards, adv.advantages, cfg.num_completions_to_print
             )
             self.recorder.write(table)
-        self._check_skipped(metrics)  # after the row is written: the metrics show the skipped steps
+        self.checks.skipped(metrics.skipped)  # after the row is written: the metrics show the skipped steps
         stop = self.callbacks.step_end(step, row, logged)
         if cfg.save_steps and (step % cfg.save_steps == 0 or step == cfg.max_steps or stop):
             self._save_checkpoint(step)
@@ -325,31 +325,6 @@ class GRPOTrainer:
                 "from fresh weights, so the run stops. Re-run with resume_from_checkpoint: auto to continue "
                 f"from the newest checkpoint in {self.config.output_dir}. Cause: {err}"
             ) from err
-
-    def _check_reward_errors(self, combined: Any, scores: scoring.Scores, step: int) -> None:
-        import torch
-
-        missing = float(torch.isnan(combined).float().mean())
-        for reward, result in zip(self.reward_functions, scores.results):
-            if result.errors:
-                self.recorder.write(
-                    f"rlactors: step {step}: reward {reward.name!r}: {result.errors} sample(s) without a reward; "
-                    f"first: {result.first_error.strip().splitlines()[-1] if result.first_error else '?'}"
-                )
-        if missing > self.config.max_reward_error_rate:
-            raise TrainingError(
-                f"step {step}: {missing:.0%} of samples have no reward (max_reward_error_rate="
-                f"{self.config.max_reward_error_rate}); first error: {scores.first_error()}. Fix the reward "
-                "function(s) or raise max_reward_error_rate"
-            )
-
-    def _check_skipped(self, metrics: Any) -> None:
-        self.skipped_in_row = self.skipped_in_row + 1 if metrics.skipped else 0
-        if self.skipped_in_row >= self.config.max_skipped_steps:
-            raise TrainingError(
-                f"{self.skipped_in_row} steps in a row had a non-finite loss or gradient and were skipped "
-                f"(max_skipped_steps={self.config.max_skipped_steps}): lower learning_rate or check the rewards"
-            )
 
     def _publish(self, version: int) -> None:
         """Exports the learner's adapter once per version (one object in the store for all workers,
