@@ -161,7 +161,13 @@ class GRPOConfig(BaseModel):
         "group-normalised then summed and batch-normalised (TRL's)",
     )
     importance_sampling_level: Literal["token", "sequence"] = "token"
-    num_iterations: int = Field(1, ge=1, description="optimizer steps per generated batch")
+    num_iterations: int = Field(1, ge=1, description="passes over each generated batch")
+    num_mini_batches: int = Field(
+        1,
+        ge=1,
+        description="optimizer steps per pass, each on its own contiguous slice of the batch "
+        "(TRL's steps_per_generation / gradient_accumulation_steps)",
+    )
     mask_truncated_completions: bool = False
     max_skipped_steps: int = Field(3, ge=1, description="non-finite steps in a row before the run stops")
     overlap_scoring: bool = Field(
@@ -325,6 +331,13 @@ class GRPOConfig(BaseModel):
                 "vllm_enable_sleep_mode=true frees the rollout workers' GPUs for learners on the same "
                 "GPUs; with placement: disaggregate they share none: use placement: colocate or drop it"
             )
+        samples, learners = self.prompts_per_step * self.num_generations, max(1, self.num_learner_workers)
+        if samples % (self.num_mini_batches * learners):
+            raise ValueError(
+                f"num_mini_batches={self.num_mini_batches} does not split the {samples} samples of a step "
+                f"(prompts_per_step x num_generations) evenly over {learners} learner(s): use a divisor of "
+                f"{samples // learners}"
+            )
         if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
             raise ValueError("epsilon_high must be >= epsilon (or null for the same value)")
         if self.max_steps is None and self.num_train_epochs is None:
@@ -348,8 +361,13 @@ class GRPOConfig(BaseModel):
     @property
     def needs_logprob_passes(self) -> bool:
         """Whether an update first needs log-probs of the batch under fixed weights: the old policy's
-        (num_iterations > 1) or the base model's (beta > 0)."""
-        return self.num_iterations > 1 or self.beta > 0
+        (num_iterations or num_mini_batches > 1) or the base model's (beta > 0)."""
+        return self.needs_old_logprobs or self.beta > 0
+
+    @property
+    def needs_old_logprobs(self) -> bool:
+        """Whether some optimizer step trains on the batch after another step changed the weights."""
+        return self.num_iterations > 1 or self.num_mini_batches > 1
 
     def sampling_extras(self) -> dict[str, Any]:
         """vLLM SamplingParams fields beyond n, max_tokens, temperature and top_p: TRL's top_k, min_p

@@ -175,12 +175,25 @@ class BatchTotals:
     num_micro: int  # micro-batches over all shards
 
     @classmethod
+    def per_mini_batch(cls, shards: list[RolloutBatch], micro_batch_size: int, count: int) -> list[BatchTotals]:
+        """The totals of each of `count` mini-batches, mini-batch j being slice j of every shard."""
+        return [
+            cls.of([s.rows(*mini_batch_bounds(s.size, count)[j]) for s in shards], micro_batch_size)
+            for j in range(count)
+        ]
+
+    @classmethod
     def of(cls, shards: list[RolloutBatch], micro_batch_size: int) -> BatchTotals:
         return cls(
             size=sum(s.size for s in shards),
             num_items=float(sum(float(s.loss_mask.sum()) for s in shards)),
             num_micro=sum(-(-s.size // micro_batch_size) for s in shards),
         )
+
+
+def mini_batch_bounds(size: int, count: int) -> list[tuple[int, int]]:
+    """`count` contiguous row ranges of a batch of `size` rows, as even as can be."""
+    return [(size * j // count, size * (j + 1) // count) for j in range(count)]
 
 
 @dataclass

@@ -27,7 +27,9 @@ TRANSLATED: dict[str, str] = {
     "generation batch",
     "gradient_accumulation_steps": "micro-batches per optimizer step (with steps_per_generation)",
     "steps_per_generation": "micro-batches per generation (default gradient_accumulation_steps): prompts_per_step = "
-    "per_device_train_batch_size * learners * steps_per_generation / num_generations",
+    "per_device_train_batch_size * learners * steps_per_generation / num_generations; num_mini_batches = "
+    "steps_per_generation / gradient_accumulation_steps optimizer steps per generation (TRL's max_steps, "
+    "which counts optimizer steps, divided by it)",
     "generation_batch_size": "samples per generation: prompts_per_step = generation_batch_size / num_generations",
     "warmup_ratio": "warmup_steps = ceil(warmup_ratio * max_steps) (transformers 4's name; warmup_steps < 1 too)",
     "bf16": "dtype: bfloat16",
@@ -240,13 +242,13 @@ def translate(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _batch(out: dict[str, Any]) -> None:
-    """TRL's batch fields -> prompts_per_step and micro_batch_size.
+    """TRL's batch fields -> prompts_per_step, micro_batch_size and num_mini_batches.
 
     TRL: a generation batch is `generation_batch_size` samples, by default
     per_device_train_batch_size x processes x steps_per_generation; one optimizer step every
-    gradient_accumulation_steps micro-batches of per_device_train_batch_size samples. rlactors takes
-    one optimizer step per generation batch (per `num_iterations`), so steps_per_generation must
-    equal gradient_accumulation_steps."""
+    gradient_accumulation_steps micro-batches of per_device_train_batch_size samples, so one
+    generation serves steps_per_generation / gradient_accumulation_steps optimizer steps
+    (rlactors' num_mini_batches), and TRL's max_steps counts optimizer steps."""
     names = (
         "per_device_train_batch_size",
         "gradient_accumulation_steps",
@@ -256,24 +258,21 @@ def _batch(out: dict[str, Any]) -> None:
     if not any(name in out for name in names):
         return
     given = {name: out.pop(name) for name in names if name in out}
-    for ours in ("prompts_per_step", "micro_batch_size"):
+    for ours in ("prompts_per_step", "micro_batch_size", "num_mini_batches"):
         if ours in out:
             raise TRLFieldError(
                 f"{ours}={out[ours]!r} given with TRL's {sorted(given)}: give one or the other "
-                "(TRL's fields set prompts_per_step and micro_batch_size)"
+                "(TRL's fields set prompts_per_step, micro_batch_size and num_mini_batches)"
             )
+    if given.get("steps_per_generation") and given.get("generation_batch_size"):
+        raise TRLFieldError("steps_per_generation and generation_batch_size are both given: give one (TRL's rule)")
     per_device = int(given.get("per_device_train_batch_size") or 8)
     accumulation = int(given.get("gradient_accumulation_steps") or 1)
-    steps = int(given.get("steps_per_generation") or accumulation)
-    if steps != accumulation:
-        raise TRLFieldError(
-            f"steps_per_generation={steps} with gradient_accumulation_steps={accumulation}: rlactors takes one "
-            "optimizer step per generated batch; set them equal (several optimizer steps on one batch: num_iterations)"
-        )
     group = int(out.get("num_generations", 8))
     learners = max(1, int(out.get("num_learner_workers", 1)))
     samples = given.get("generation_batch_size")
     if samples is None:
+        steps = int(given.get("steps_per_generation") or accumulation)
         samples = per_device * learners * steps
         if samples % group:
             per_device = group
@@ -290,8 +289,28 @@ def _batch(out: dict[str, Any]) -> None:
             f"generation_batch_size={samples} is not a multiple of num_generations={group}: each "
             "prompt needs its whole group; use a multiple"
         )
+    optimizer_batch = per_device * learners * accumulation
+    if int(samples) % optimizer_batch:
+        raise TRLFieldError(
+            f"a generated batch of {samples} samples (generation_batch_size, or per_device_train_batch_size x "
+            f"learners x steps_per_generation) is not a whole number of optimizer batches of {optimizer_batch} "
+            "(per_device_train_batch_size x learners x gradient_accumulation_steps): make steps_per_generation "
+            "a multiple of gradient_accumulation_steps"
+        )
     out["prompts_per_step"] = int(samples) // group
     out["micro_batch_size"] = per_device
+    minis = int(samples) // optimizer_batch
+    if minis > 1:
+        out["num_mini_batches"] = minis
+        if out.get("max_steps") not in (None, -1):
+            trl_steps = int(out["max_steps"])
+            out["max_steps"] = math.ceil(trl_steps / minis)
+            warnings.warn(
+                f"rlactors: TRL's max_steps={trl_steps} counts optimizer steps; {minis} of them per generated "
+                f"batch make max_steps={out['max_steps']} here (a step: one generated batch)",
+                UserWarning,
+                stacklevel=5,
+            )
 
 
 def _precision(out: dict[str, Any]) -> None:

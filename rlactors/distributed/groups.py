@@ -287,8 +287,8 @@ class LearnerGroup(WorkerGroup):
         from rlactors.core.records import BatchTotals
 
         shards = self._shards(batch)
-        whole = BatchTotals.of(shards, self.config.micro_batch_size)
-        return ray.get([a.update.remote(s, step, whole) for a, s in zip(self.actors, shards)])[0]
+        totals = BatchTotals.per_mini_batch(shards, self.config.micro_batch_size, self.config.num_mini_batches)
+        return ray.get([a.update.remote(s, step, totals) for a, s in zip(self.actors, shards)])[0]
 
     def _shards(self, batch: RolloutBatch) -> list[RolloutBatch]:
         """Each learner's rows of `batch` (the whole batch for one learner)."""

@@ -7,6 +7,7 @@ The adapter version counts applied updates; a batch must come from the current v
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 from dataclasses import fields
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from rlactors.core import algorithm
 from rlactors.core.adapter import DeviceAdapter, LoRAAdapter, export_adapter, gpu_uuid
-from rlactors.core.records import BatchTotals, MemoryNeed, RolloutBatch, StepMetrics
+from rlactors.core.records import BatchTotals, MemoryNeed, RolloutBatch, StepMetrics, mini_batch_bounds
 from rlactors.loader.fast_language_model import FastLanguageModel, compile_layers, keep_inputs_in_base_dtype
 from rlactors.loader.fast_state import state_of
 from rlactors.workers import collective, step_stats
@@ -149,20 +150,24 @@ class LearnerWorker:
         while it scores. Whether there were passes to run."""
         self.build()
         self._check_version(batch)
-        passes = self._reference_passes(self._micro_batches(batch))
+        passes = self._reference_passes([mb for mini in self._micro_batches(batch) for mb in mini])
         self._prepared = ((step, self.version, batch.size), passes)
         return any(p is not None for p in passes[0] + passes[1])
 
-    def _micro_batches(self, batch: RolloutBatch) -> list[RolloutBatch]:
+    def _micro_batches(self, batch: RolloutBatch) -> list[list[RolloutBatch]]:
+        """The micro-batches of each of `num_mini_batches` slices of `batch`, on the device."""
         # On the device before any kernel is queued: a copy from pageable memory waits for the GPU.
         size = self.config.micro_batch_size
-        return [batch.rows(i, min(i + size, batch.size)).to(self.device) for i in range(0, batch.size, size)]
+        minis = [batch.rows(a, b) for a, b in mini_batch_bounds(batch.size, self.config.num_mini_batches)]
+        return [[m.rows(i, min(i + size, m.size)).to(self.device) for i in range(0, m.size, size)] for m in minis]
 
-    def update(self, batch: RolloutBatch, step: int, whole: BatchTotals | None = None) -> StepMetrics:
-        """One GRPO update on `batch` (advantages set); `num_iterations` optimizer steps.
+    def update(self, batch: RolloutBatch, step: int, totals: list[BatchTotals] | None = None) -> StepMetrics:
+        """One GRPO update on `batch` (advantages set): `num_iterations` passes over it, each of
+        `num_mini_batches` optimizer steps on consecutive slices of it.
 
-        With several learners, `batch` is this learner's shard of the optimizer batch `whole`:
-        losses are normalised by `whole`, gradients and statistics summed over the learners."""
+        With several learners, `batch` is this learner's shard: `totals` are those of each whole
+        mini-batch (slice j of every shard); losses are normalised by them, gradients and
+        statistics summed over the learners."""
         import torch
 
         self.build()
@@ -170,29 +175,31 @@ class LearnerWorker:
         if batch.advantages is None:
             raise ValueError("RolloutBatch.advantages is None: score the batch before update")
         cfg = self.config
-        whole = whole or BatchTotals.of([batch], cfg.micro_batch_size)
-        micro = self._micro_batches(batch)
+        totals = totals or BatchTotals.per_mini_batch([batch], cfg.micro_batch_size, cfg.num_mini_batches)
+        minis = self._micro_batches(batch)
+        micro = [mb for mini in minis for mb in mini]
         prepared, self._prepared = self._prepared, None
         ahead = prepared is not None and prepared[0] == (step, self.version, batch.size)
         old, ref = prepared[1] if ahead else self._reference_passes(micro)
         weights: list = [None] * len(micro)  # importance weights, fixed by the first iteration
         params = [p for p in self.model.parameters() if p.requires_grad]
-        totals: dict[str, float] = {}
+        sums: dict[str, float] = {}
         skipped, grad_norm, mismatch = False, 0.0, 0.0
-        for iteration in range(cfg.num_iterations):
+        for iteration, (j, mini) in itertools.product(range(cfg.num_iterations), enumerate(minis)):
             self.optimizer.zero_grad(set_to_none=True)
             stats = []
-            for i, mb in enumerate(micro):
-                loss, mb_stats, weights[i] = self._micro_loss(mb, old[i], ref[i], weights[i], whole)
+            first = sum(len(m) for m in minis[:j])  # the index of this mini-batch's first micro-batch
+            for i, mb in enumerate(mini, start=first):
+                loss, mb_stats, weights[i] = self._micro_loss(mb, old[i], ref[i], weights[i], totals[j])
                 loss.backward()
                 stats.append(mb_stats)
-            totals = step_stats.over_learners(*step_stats.summed(stats), self.device)
-            if iteration == 0:
-                mismatch = totals["mismatch"] / max(whole.num_items, 1.0)
+            sums = step_stats.over_learners(*step_stats.summed(stats), self.device)
+            if iteration == 0 and j == 0:  # before any optimizer step: vLLM's policy is the learner's
+                mismatch = sums["mismatch"] / max(totals[0].num_items, 1.0)
                 self._check_mismatch(mismatch)
             collective.all_reduce_grads(params)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-            if not (math.isfinite(grad_norm) and math.isfinite(totals["loss"])):
+            if not (math.isfinite(grad_norm) and math.isfinite(sums["loss"])):
                 self.optimizer.zero_grad(set_to_none=True)
                 skipped = True
                 break
@@ -203,23 +210,23 @@ class LearnerWorker:
             self.version += 1
         if cfg.vllm_enable_sleep_mode and torch.cuda.is_available():
             torch.cuda.empty_cache()  # hand the update's cached blocks back before vLLM wakes beside us
-        tokens = max(whole.num_items, 1.0)
+        tokens = max(totals[j].num_items, 1.0)  # the statistics are the last optimizer step's
         extra = {"learner/reference_passes_ahead": float(ahead)} if cfg.needs_logprob_passes else {}
-        if cfg.vllm_importance_sampling_correction and totals["is_count"]:
+        if cfg.vllm_importance_sampling_correction and sums["is_count"]:
             extra |= {
-                "sampling/importance_sampling_ratio/mean": totals["is_sum"] / totals["is_count"],
-                "sampling/importance_sampling_ratio/min": totals["is_min"],
-                "sampling/importance_sampling_ratio/max": totals["is_max"],
+                "sampling/importance_sampling_ratio/mean": sums["is_sum"] / sums["is_count"],
+                "sampling/importance_sampling_ratio/min": sums["is_min"],
+                "sampling/importance_sampling_ratio/max": sums["is_max"],
             }
         return StepMetrics(
             step=step,
             adapter_version=self.version,
-            loss=totals["loss"],
+            loss=sums["loss"],
             grad_norm=grad_norm,
             learning_rate=float(self.scheduler.get_last_lr()[0]),
-            kl=totals["kl"] / tokens,
-            clip_ratio_low=totals["clip_low"] / tokens,
-            clip_ratio_high=totals["clip_high"] / tokens,
+            kl=sums["kl"] / tokens,
+            clip_ratio_low=sums["clip_low"] / tokens,
+            clip_ratio_high=sums["clip_high"] / tokens,
             logprob_mismatch=mismatch,
             skipped=skipped,
             optimizer_steps=self.optimizer_steps,
@@ -257,8 +264,9 @@ class LearnerWorker:
         return logp, raw.detach()
 
     def _reference_passes(self, micro: list[RolloutBatch]) -> tuple[list, list]:
-        """Before any update: old log-probs (only for num_iterations > 1; else the current ones,
-        detached, are the same) and base-model log-probs with the adapter disabled (beta > 0)."""
+        """Before any update: old log-probs (only when a step trains after another: num_iterations
+        or num_mini_batches > 1; else the current ones, detached, are the same) and base-model
+        log-probs with the adapter disabled (beta > 0)."""
         import torch
 
         cfg = self.config
@@ -268,8 +276,8 @@ class LearnerWorker:
             return old, ref
         with torch.no_grad():
             for i, mb in enumerate(micro):
-                if cfg.num_iterations > 1:
-                    old[i] = self._forward_logprobs(mb)[0]
+                if cfg.needs_old_logprobs:
+                    old[i] = self._forward_logprobs(mb)  # (logp, logp at temperature 1)
                 if cfg.beta > 0:
                     with self.model.disable_adapter():
                         ref[i] = self._forward_logprobs(mb)[0]
@@ -291,10 +299,11 @@ class LearnerWorker:
 
         cfg = self.config
         logp, raw = self._forward_logprobs(mb)  # mb is on the device (see update)
+        old_logp, old_raw = old if old is not None else (logp.detach(), raw)  # the policy vLLM sampled from
         mask, behaviour = mb.loss_mask, mb.behaviour_logprobs  # tool results: no loss, no KL, not counted
         if cfg.vllm_importance_sampling_correction and weights is None:
             weights = algorithm.importance_weights(
-                raw,
+                old_raw,
                 behaviour,
                 mask,
                 cfg.vllm_importance_sampling_mode,
@@ -305,7 +314,7 @@ class LearnerWorker:
             mask = mask * (~mb.truncated).unsqueeze(1).long()
         out = algorithm.policy_loss(
             logp,
-            logp.detach() if old is None else old,
+            old_logp,
             mb.advantages,
             mask,
             loss_type=cfg.loss_type,

@@ -56,7 +56,7 @@ def make_optimizer(cfg: GRPOConfig, params: list[Any]) -> Any:
 
 def schedule(cfg: GRPOConfig) -> Callable[[int], float]:
     """lr multiplier by optimizer step: linear warm-up, then constant / linear / cosine decay."""
-    total = max((cfg.max_steps or 1) * cfg.num_iterations, 1)
+    total = max((cfg.max_steps or 1) * cfg.num_iterations * cfg.num_mini_batches, 1)
     warmup = int(cfg.warmup_steps) if cfg.warmup_steps >= 1 else math.ceil(cfg.warmup_steps * total)
 
     def factor(step: int) -> float:

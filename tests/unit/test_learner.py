@@ -74,6 +74,26 @@ def test_update_advances_version_and_refuses_stale_batches(tiny_llama, tmp_path)
         learner.update(_batch(learner, 0), step=2)
 
 
+def test_mini_batches_take_one_optimizer_step_per_slice_against_the_old_policy(tiny_llama, tmp_path):
+    """num_mini_batches=2 (TRL's steps_per_generation = 2 x gradient_accumulation_steps): two
+    optimizer steps per update, the first exactly the step a learner takes on the first slice
+    alone; the second slice's ratios are taken against the policy before the update (a tiny
+    epsilon then clips them), not against the weights the first step left."""
+    config = _config(tiny_llama, tmp_path, num_mini_batches=2, epsilon=1e-6)
+    two, one = LearnerWorker(config), LearnerWorker(config.model_copy(update={"num_mini_batches": 1}))
+    two.build()
+    one.build()
+    batch = _batch(two, 0)
+    after_first: list[dict] = []
+    two.optimizer.register_step_post_hook(lambda *_: after_first.append(_adapter(two)) if not after_first else None)
+    metrics = two.update(batch, step=1)
+    assert metrics.optimizer_steps == 2 and metrics.adapter_version == 1 and not metrics.skipped
+    assert metrics.clip_ratio_low + metrics.clip_ratio_high > 0  # slice 2 against the old policy
+    one.update(batch.rows(0, 2), step=1)
+    first, alone = after_first[0], _adapter(one)
+    assert all(torch.allclose(first[k], alone[k], atol=1e-6) for k in alone)
+
+
 def test_passes_prepared_ahead_give_the_same_step(tiny_llama, tmp_path):
     """`prepare` (run while the driver scores) computes the old and base-model log-probs the update
     would compute itself: the update that takes them trains to the same adapter, bit for bit; passes

@@ -72,7 +72,15 @@ def test_an_unsloth_notebook_config_builds_the_run_it_describes():
             {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 2, "num_generations": 4},
             {"prompts_per_step": 4, "micro_batch_size": 8},
         ),
-        ({"generation_batch_size": 32, "num_generations": 8}, {"prompts_per_step": 4}),
+        ({"generation_batch_size": 32, "num_generations": 8}, {"prompts_per_step": 4, "num_mini_batches": 4}),
+        (
+            {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 2, "steps_per_generation": 4},
+            {"prompts_per_step": 4, "micro_batch_size": 8, "num_mini_batches": 2},
+        ),
+        (
+            {"per_device_train_batch_size": 4, "steps_per_generation": 2, "num_generations": 4, "max_steps": 7},
+            {"prompts_per_step": 2, "num_mini_batches": 2, "max_steps": 4},
+        ),
         (
             {"per_device_train_batch_size": 4, "num_learner_workers": 2, "num_generations": 4},
             {"prompts_per_step": 2, "micro_batch_size": 4},
@@ -103,7 +111,8 @@ def test_trl_fields_map_to_rlactors(trl, ours):
 @pytest.mark.parametrize(
     "values, expected",
     [
-        ({"steps_per_generation": 4, "gradient_accumulation_steps": 2}, "steps_per_generation=4 with"),
+        ({"steps_per_generation": 3, "gradient_accumulation_steps": 2}, "make steps_per_generation a multiple"),
+        ({"steps_per_generation": 2, "generation_batch_size": 16}, "are both given"),
         ({"generation_batch_size": 12, "num_generations": 8}, "generation_batch_size=12 is not a multiple"),
         ({"prompts_per_step": 2, "per_device_train_batch_size": 8}, "prompts_per_step=2 given with TRL's"),
         ({"top_entropy_quantile": 0.2}, "top_entropy_quantile=0.2: rlactors does not implement"),
