@@ -1,5 +1,7 @@
 """Two learner actors (gloo) on halves of a batch train the same adapter as one learner on all of it."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -63,14 +65,23 @@ def _batch(learner, version, seed):
     return batch
 
 
+def _reordered(batch, order):
+    index = torch.tensor(order)
+    tensors = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "behaviour_logprobs")
+    tensors += ("prompt_index", "sample_index", "truncated", "advantages")
+    fields = {name: getattr(batch, name)[index] for name in tensors}
+    return dataclasses.replace(batch, completions=[batch.completions[i] for i in order], **fields)
+
+
 @pytest.mark.parametrize(
     "options",
     [
         {"loss_type": "dapo", "num_iterations": 2, "beta": 0.04},
         {"loss_type": "grpo", "vllm_importance_sampling_mode": "sequence_truncate"},
         {"loss_type": "bnpo"},
+        {"loss_type": "grpo", "num_mini_batches": 2},
     ],
-    ids=["dapo-iterations-kl", "grpo-sequence-is", "bnpo"],
+    ids=["dapo-iterations-kl", "grpo-sequence-is", "bnpo", "grpo-mini-batches"],
 )
 def test_two_learners_on_halves_equal_one_learner_on_the_whole(ray_cluster, tiny_llama, tmp_path, options):
     import ray
@@ -84,8 +95,10 @@ def test_two_learners_on_halves_equal_one_learner_on_the_whole(ray_cluster, tiny
         ahead = "learner/reference_passes_ahead"
         for step in (1, 2):
             batch = _batch(single, step - 1, seed=step)
-            one = single.update(batch, step)
-            if "beta" in options:  # the group's learners run their passes ahead, each on its shard
+            # Mini-batch j is slice j of each learner's shard: the one learner gets the rows in that order.
+            order = [0, 1, 4, 5, 2, 3, 6, 7] if config.num_mini_batches == 2 else list(range(8))
+            one = single.update(_reordered(batch, order), step)
+            if config.needs_logprob_passes:  # the group's learners run their passes ahead, each on its shard
                 assert ray.get(group.prepare(batch, step)) == [True, True]
             two = group.update(batch, step)
             assert two.adapter_version == one.adapter_version == step
