@@ -25,3 +25,20 @@ def test_doctor_reports_every_component():
 
     names = {c.name for c in run_checks()}
     assert {"torch", "vllm", "4-bit", "ray", "transformers", "peft", "embedded model"} <= names
+
+
+def test_llama_rewritten_as_qwen2_computes_the_same(smollm2, tmp_path):
+    """The GPU tool-loop test's model: SmolLM2 in Qwen2's class, zero q/k/v biases, equal logits."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlactors.testing.models import llama_as_qwen2
+
+    path = llama_as_qwen2(smollm2, str(tmp_path / "qwen2"), chat_template="{{ 'x' }}")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    ids = tokenizer("What is 12*34?", return_tensors="pt").input_ids
+    qwen = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    llama = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32)
+    assert type(qwen).__name__ == "Qwen2ForCausalLM" and tokenizer.chat_template == "{{ 'x' }}"
+    with torch.no_grad():
+        assert torch.equal(qwen(ids).logits, llama(ids).logits)
