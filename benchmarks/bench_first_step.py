@@ -52,6 +52,7 @@ VARIANTS: dict[str, list[str]] = {
     "4bit": ["load_in_4bit=true"],  # vLLM on the bitsandbytes 4-bit base, as the learner
     "4bit_bf16_rollout": ["load_in_4bit=true", f"engine_kwargs={json.dumps({**KV, 'quantization': None})}"],
 }
+ENGINE_TIMING = re.compile(r"took [0-9.]+ ?s|finished in [0-9.]+ ?s|[0-9.]+ ?s in total|seconds", re.IGNORECASE)
 COMPILERS = re.compile(r"\b(nvcc|cicc|ptxas|cudafe\+\+|cc1plus|cc1|fatbinary|nvlink|ninja)\b")
 
 
@@ -106,6 +107,15 @@ def run_one(name: str, sets: list[str], args: argparse.Namespace, index: int) ->
         "generate_median_s": round(statistics.median(r["time/generate_s"] for r in rows[2:]), 3) if steps else None,
         "rewards": [round(r["reward"], 2) for r in rows],
         "phases": [f"{t:>6.1f}s {line}" for t, line in lines if re.search(r"ready in|first step done|\.\.\.$", line)],
+        # vLLM's own timings of its start: weights, torch.compile, CUDA graphs, the KV cache, the engine
+        "engine_timings": [f"{t:>6.1f}s {line[-160:]}" for t, line in lines if ENGINE_TIMING.search(line)],
+        # where a step's time goes, the median of steps 3 and later
+        "step_parts_median_s": {
+            key: round(statistics.median(r[key] for r in rows[2:]), 3)
+            for key in (sorted(k for k in rows[0] if k.startswith("time/")) if rows else [])
+        }
+        if steps
+        else {},
         "compilers": seen,
     }
     if rc != 0:

