@@ -68,6 +68,13 @@ def watch_compilers(seen: dict[str, float], stop: threading.Event, started: floa
                 seen.setdefault(key, round(time.perf_counter() - started, 1))
 
 
+def engine_timings(log_path: str) -> list[str]:
+    if not os.path.exists(log_path):
+        return []
+    with open(log_path, errors="replace") as f:
+        return [line.strip()[-200:] for line in f if ENGINE_TIMING.search(line)]
+
+
 def run_one(name: str, sets: list[str], args: argparse.Namespace, index: int) -> dict:
     out_dir = os.path.join(args.work, f"{index}-{name}")
     command = [sys.executable, "-m", "rlactors", "train", args.config]
@@ -81,7 +88,8 @@ def run_one(name: str, sets: list[str], args: argparse.Namespace, index: int) ->
     watcher = threading.Thread(target=watch_compilers, args=(seen, stop, started), daemon=True)
     watcher.start()
     lines: list[tuple[float, str]] = []
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {**os.environ, "VLLM_CONFIGURE_LOGGING": "1"}  # vLLM's own timing lines, in the workers' logs
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
     def read() -> None:
         for line in proc.stdout:
@@ -107,8 +115,9 @@ def run_one(name: str, sets: list[str], args: argparse.Namespace, index: int) ->
         "generate_median_s": round(statistics.median(r["time/generate_s"] for r in rows[2:]), 3) if steps else None,
         "rewards": [round(r["reward"], 2) for r in rows],
         "phases": [f"{t:>6.1f}s {line}" for t, line in lines if re.search(r"ready in|first step done|\.\.\.$", line)],
-        # vLLM's own timings of its start: weights, torch.compile, CUDA graphs, the KV cache, the engine
-        "engine_timings": [f"{t:>6.1f}s {line[-160:]}" for t, line in lines if ENGINE_TIMING.search(line)],
+        # vLLM's own timings of its start (weights, torch.compile, CUDA graphs, the KV cache), from
+        # the rollout worker's log
+        "engine_timings": engine_timings(os.path.join(out_dir, "logs", "rollout-0.log")),
         # where a step's time goes, the median of steps 3 and later
         "step_parts_median_s": {
             key: round(statistics.median(r[key] for r in rows[2:]), 3)
