@@ -107,8 +107,8 @@ def run_python(
             stacklevel=2,
         )
     workdir = tempfile.mkdtemp(prefix="rlactors-sandbox-")
-    with contextlib.ExitStack() as held:
-        uid = held.enter_context(_run_uid()) if backend == "namespaces" and os.geteuid() == 0 else None
+    own_user = backend == "namespaces" and os.geteuid() == 0
+    with _run_uid() if own_user else contextlib.nullcontext() as uid:
         return _run(code, backend, workdir, uid, stdin, timeout_s, memory_mb, max_processes)
 
 

@@ -185,11 +185,11 @@ class LearnerWorker:
         params = [p for p in self.model.parameters() if p.requires_grad]
         sums: dict[str, float] = {}
         skipped, grad_norm, mismatch = False, 0.0, 0.0
+        firsts = list(itertools.accumulate((len(m) for m in minis[:-1]), initial=0))  # each one's first micro-batch
         for iteration, (j, mini) in itertools.product(range(cfg.num_iterations), enumerate(minis)):
             self.optimizer.zero_grad(set_to_none=True)
             stats = []
-            first = sum(len(m) for m in minis[:j])  # the index of this mini-batch's first micro-batch
-            for i, mb in enumerate(mini, start=first):
+            for i, mb in enumerate(mini, start=firsts[j]):
                 loss, mb_stats, weights[i] = self._micro_loss(mb, old[i], ref[i], weights[i], totals[j])
                 loss.backward()
                 stats.append(mb_stats)
