@@ -148,6 +148,7 @@ def report(shape: str, memory_gmu: float) -> dict:
             ours.get(f"rlactors_rollout_bs{b}_lora_tok_s"), bare.get(f"bare_vllm_bs{b}_lora_logprobs_tok_s")
         ),
         "adapter_sync_p50_ms": sync.get("adapter_sync_p50_ms"),
+        "adapter_sync_in_step_p50_ms": sync.get("adapter_sync_in_step_p50_ms"),
         "adapter_sync_speedup_vs_disk": sync.get("adapter_sync_speedup_vs_disk"),
         "adapter_sync_piece": sync_piece,
         "grpo_step_s": ours.get("grpo_step_s"),

