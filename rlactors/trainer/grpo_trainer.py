@@ -14,6 +14,7 @@ import math
 import os
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -94,10 +95,14 @@ class GRPOTrainer:
     # ---- lifecycle -------------------------------------------------------------------------
     def train(self) -> TrainResult:
         self.clock = StartupClock()
-        with self.clock.phase("Ray"):
-            owns_ray = self._init_ray()
+        with ThreadPoolExecutor(1, thread_name_prefix="rlactors-prompts") as pool:
+            prompts = pool.submit(self._prepare_prompts)  # tokenizer and dataset load while Ray starts
+            with self.clock.phase("Ray"):
+                owns_ray = self._init_ray()
+            # waits for the prompts, whose errors are raised below, inside the try that stops Ray
         final = None
         try:
+            prompts.result()
             start_step = self._start()
             self.callbacks.train_begin(self.config, start_step, model=self.model, processing_class=self.tokenizer)
             step = start_step
@@ -133,12 +138,11 @@ class GRPOTrainer:
         run_dir = self.config.output_dir
         return checkpoints.save_model(output_dir or run_dir, run_dir, self.model, self.processing_class)
 
-    def _start(self) -> int:
-        from rlactors.distributed.placement import cluster_has_gpus, plan, reserve
+    def _prepare_prompts(self) -> None:
+        """The tokenizer, the dataset's rows rendered and tokenized, the sampler over them, and
+        `max_steps` from `num_train_epochs`. Needs no Ray: `train()` runs it while Ray starts."""
         from rlactors.loader.fast_language_model import load_tokenizer
         from rlactors.loader.model_files import resolve_model_path
-        from rlactors.trainer import launch
-        from rlactors.trainer.run_folder import RunRecorder
 
         cfg = self.config
         self.tokenizer = self.processing_class or load_tokenizer(resolve_model_path(cfg.model_name))
@@ -167,6 +171,15 @@ class GRPOTrainer:
                 f"max_steps={steps}",
                 flush=True,
             )
+
+    def _start(self) -> int:
+        from rlactors.distributed.placement import cluster_has_gpus, plan, reserve
+        from rlactors.trainer import launch
+        from rlactors.trainer.run_folder import RunRecorder
+
+        if getattr(self, "prompts", None) is None:
+            self._prepare_prompts()
+        cfg = self.config
         resume_from = self.resumed_from = self._resume_path()
         layout = plan(cfg, cluster_has_gpus())
         self.placement_group = reserve(layout, cfg.placement_timeout_s, strategy=cfg.placement_strategy)
