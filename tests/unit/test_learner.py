@@ -167,6 +167,25 @@ def test_two_steps_equal_one_step_save_resume_one_step(tiny_llama, tmp_path):
     assert straight.scheduler.get_last_lr() == resumed.scheduler.get_last_lr()
 
 
+def test_warm_up_leaves_no_trace(tiny_llama, tmp_path):
+    """The GPU warm-up pass (run at build on CUDA) changes no weight, leaves no gradient and draws
+    nothing from the random generator: the step after it equals a step without it."""
+    config = _config(tiny_llama, tmp_path)
+    plain, warmed = LearnerWorker(config), LearnerWorker(config)
+    plain.build()
+    warmed.build()
+    before = {k: v.clone() for k, v in _adapter(warmed).items()}
+    rng = torch.get_rng_state()
+    warmed.warm_up()
+    assert torch.equal(rng, torch.get_rng_state())
+    assert all(p.grad is None for p in warmed.model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in _adapter(warmed).items())
+    for learner in (plain, warmed):
+        learner.update(_batch(learner, 0, seed=1), step=1)
+    for name, tensor in _adapter(plain).items():
+        assert torch.equal(tensor, _adapter(warmed)[name]), name
+
+
 def test_bf16_base_trains_fp32_lora_with_bf16_matmuls(tiny_llama, tmp_path):
     """A bf16 base: the LoRA weights and their gradients stay float32 (AdamW's precision), their
     inputs stay bf16 (no per-layer upcast) and the forward's log-probs match the fp32-LoRA math."""
