@@ -13,13 +13,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rlactors.core import trl_fields
+from rlactors.core.config_rules import ConfigError, check_consistent, format_errors
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message names each field, its value and the fix."""
 
 
 class GRPOConfig(BaseModel):
@@ -246,7 +243,7 @@ class GRPOConfig(BaseModel):
         try:
             super().__init__(**values)
         except ValidationError as err:
-            raise ConfigError(format_errors(err, values, "GRPOConfig")) from None
+            raise ConfigError(format_errors(err, values, "GRPOConfig", GRPOConfig.model_fields)) from None
 
     @model_validator(mode="before")
     @classmethod
@@ -299,58 +296,7 @@ class GRPOConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> GRPOConfig:
-        if self.lora_r > self.max_lora_rank:
-            raise ValueError(
-                f"lora_r={self.lora_r} exceeds max_lora_rank={self.max_lora_rank}: "
-                f"raise max_lora_rank to >= {self.lora_r} or lower lora_r"
-            )
-        if self.max_prompt_length + self.max_completion_length > self.max_seq_length:
-            raise ValueError(
-                f"max_prompt_length ({self.max_prompt_length}) + max_completion_length "
-                f"({self.max_completion_length}) exceeds max_seq_length ({self.max_seq_length}): "
-                "raise max_seq_length or shorten one of them"
-            )
-        share = self.gpu_memory_utilization
-        if self.placement == "colocate" and share != "auto" and share >= 1.0:
-            raise ValueError(
-                f"gpu_memory_utilization={share} with placement: colocate leaves the learner no share "
-                "of the GPU: use < 1 (e.g. 0.5) or placement: disaggregate"
-            )
-        if self.reward_weights is not None and self.reward_funcs and len(self.reward_weights) != len(self.reward_funcs):
-            raise ValueError(
-                f"reward_weights has {len(self.reward_weights)} entries but reward_funcs has "
-                f"{len(self.reward_funcs)}: give one weight per function"
-            )
-        if self.vllm_enable_sleep_mode and self.max_staleness:
-            raise ValueError(
-                "vllm_enable_sleep_mode=true needs max_staleness: 0: with max_staleness 1 generation "
-                "runs while the learner trains, so vLLM cannot sleep then; drop one of them"
-            )
-        if self.vllm_enable_sleep_mode and self.placement != "colocate":
-            raise ValueError(
-                "vllm_enable_sleep_mode=true frees the rollout workers' GPUs for learners on the same "
-                "GPUs; with placement: disaggregate they share none: use placement: colocate or drop it"
-            )
-        samples, learners = self.prompts_per_step * self.num_generations, max(1, self.num_learner_workers)
-        if samples % (self.num_mini_batches * learners):
-            raise ValueError(
-                f"num_mini_batches={self.num_mini_batches} does not split the {samples} samples of a step "
-                f"(prompts_per_step x num_generations) evenly over {learners} learner(s): use a divisor of "
-                f"{samples // learners}"
-            )
-        if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
-            raise ValueError("epsilon_high must be >= epsilon (or null for the same value)")
-        if self.max_steps is None and self.num_train_epochs is None:
-            raise ValueError("max_steps is null and num_train_epochs is not set: give one of them")
-        for name in ("warmup_steps", "logging_steps"):
-            value = getattr(self, name)
-            if value >= 1 and not float(value).is_integer():
-                raise ValueError(f"{name}={value}: give a whole number of steps, or a fraction below 1")
-        if self.loss_type == "vespo" and not self.vllm_importance_sampling_mode.startswith("token"):
-            raise ValueError(
-                f"loss_type vespo needs vllm_importance_sampling_mode token_truncate or token_mask (TRL's rule), "
-                f"not {self.vllm_importance_sampling_mode}"
-            )
+        check_consistent(self)
         return self
 
     def steps_of(self, value: float) -> int:
@@ -391,36 +337,7 @@ class GRPOConfig(BaseModel):
         try:
             return cls.model_validate(values)
         except ValidationError as err:
-            raise ConfigError(format_errors(err, values, source)) from None
-
-
-def format_errors(err: ValidationError, values: dict[str, Any], source: str) -> str:
-    """One line per problem: `source: field=value: what is wrong and how to fix it`."""
-    lines = []
-    for problem in err.errors():
-        field = ".".join(str(p) for p in problem["loc"]) or "(config)"
-        if problem["type"] == "extra_forbidden":
-            near = _closest(field, GRPOConfig.model_fields)
-            hint = f"; did you mean {near!r}?" if near else "; remove it"
-            lines.append(f"{source}: unknown key {field!r}{hint}")
-            continue
-        if problem["type"] == "missing":
-            lines.append(f"{source}: {field} is required: {GRPOConfig.model_fields[field].description or ''}")
-            continue
-        message = problem["msg"].removeprefix("Value error, ")
-        if not problem["loc"]:  # a rule over several fields: the message names them
-            lines.append(f"{source}: {message}")
-            continue
-        value = values.get(problem["loc"][0], "(default)")
-        lines.append(f"{source}: {field}={value!r}: {message}")
-    return "\n".join(lines)
-
-
-def _closest(name: str, options: Any) -> str | None:
-    import difflib
-
-    found = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
-    return found[0] if found else None
+            raise ConfigError(format_errors(err, values, source, cls.model_fields)) from None
 
 
 def parse_override(text: str) -> tuple[str, Any]:
