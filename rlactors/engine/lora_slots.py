@@ -94,3 +94,29 @@ def learn(
         scaled=[tensors[n] for n in b_names] if folded else [],
         scale=scale,
     )
+
+
+def copy_into_slots(worker: Any, flat: torch.Tensor, layout: list, peft_config: dict) -> int | None:
+    """Runs inside the vLLM worker: copies a new version into the adapter installed before, as
+    vLLM would (lora_B scaled), and returns its id; None when none has this layout and config."""
+    slots = getattr(worker, "_rlactors_slots", None)
+    if slots is None or not slots.takes(layout, peft_config, lora_manager(worker).lora_index_to_id):
+        return None
+    slots.copy_in(flat)
+    return slots.lora_id
+
+
+def unstacked_mapper(manager: Any) -> Any:
+    # Keep the model's renames but not its qkv/gate_up fusion maps: PEFT tensors name q/k/v apart.
+    mapper = getattr(getattr(manager, "model", None), "hf_to_vllm_mapper", None)
+    if mapper is None:
+        return None
+    for method in ("get_unstacked_mapper", "get_rename_mapper"):
+        if hasattr(mapper, method):
+            return getattr(mapper, method)()
+    return mapper
+
+
+def lora_manager(worker: Any) -> Any:
+    """The vLLM worker's LoRA model manager: its adapters, slots and LoRA layers."""
+    return worker.model_runner.lora_manager._adapter_manager

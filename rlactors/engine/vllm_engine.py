@@ -15,10 +15,11 @@ import contextlib
 import inspect
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rlactors.core.adapter import LoRAAdapter
+from rlactors.engine import lora_slots
+from rlactors.engine.samples import Sample, Turn
 from rlactors.engine.spec import EngineSpec, device_defaults, is_cuda
 
 if TYPE_CHECKING:
@@ -175,23 +176,13 @@ def load_adapter(llm: LLM, adapter: LoRAAdapter, lora_id: int) -> LoRARequest:
     flat = adapter.flat if adapter.flat is not None else flatten(adapter.tensors)[0]
     layout = [(name, tuple(t.shape)) for name, t in adapter.tensors.items()]
     on_device = flat.to(device)
-    held = llm.collective_rpc(_copy_into_slots, args=(on_device, layout, adapter.peft_config))
+    held = llm.collective_rpc(lora_slots.copy_into_slots, args=(on_device, layout, adapter.peft_config))
     if None in held:
         private = on_device.clone() if on_device is flat else on_device  # vLLM scales it in place
         llm.collective_rpc(_install_lora, args=(lora_id, private, layout, adapter.peft_config, device))
         held = [lora_id]
     llm.reset_prefix_cache()
     return memory_request(adapter.name, held[0])
-
-
-def _copy_into_slots(worker: Any, flat: torch.Tensor, layout: list, peft_config: dict) -> int | None:
-    """Runs inside the vLLM worker: copies a new version into the adapter installed before, as
-    vLLM would (lora_B scaled), and returns its id; None when none has this layout and config."""
-    slots = getattr(worker, "_rlactors_slots", None)
-    if slots is None or not slots.takes(layout, peft_config, _lora_manager(worker).lora_index_to_id):
-        return None
-    slots.copy_in(flat)
-    return slots.lora_id
 
 
 def _install_lora(
@@ -202,7 +193,6 @@ def _install_lora(
     from vllm.lora.peft_helper import PEFTHelper
 
     from rlactors.core.adapter import unflatten
-    from rlactors.engine import lora_slots
 
     try:
         from vllm.lora.lora_model import LoRAModel
@@ -210,14 +200,14 @@ def _install_lora(
         from vllm.lora.models import LoRAModel
 
     worker_manager = worker.model_runner.lora_manager
-    manager = _lora_manager(worker)
+    manager = lora_slots.lora_manager(worker)
     helper = PEFTHelper.from_dict(dict(peft_config))
     helper.validate_legal(worker_manager.lora_config)
     candidates = dict(
         device=device,
         dtype=worker_manager.lora_config.lora_dtype,
         model_vocab_size=worker_manager.vocab_size,
-        weights_mapper=_unstacked_mapper(manager),
+        weights_mapper=lora_slots.unstacked_mapper(manager),
     )
     accepted = inspect.signature(LoRAModel.from_lora_tensors).parameters
     tensors = unflatten(private, layout)
@@ -235,22 +225,6 @@ def _install_lora(
     return len(lora.loras)
 
 
-def _unstacked_mapper(manager: Any) -> Any:
-    # Keep the model's renames but not its qkv/gate_up fusion maps: PEFT tensors name q/k/v apart.
-    mapper = getattr(getattr(manager, "model", None), "hf_to_vllm_mapper", None)
-    if mapper is None:
-        return None
-    for method in ("get_unstacked_mapper", "get_rename_mapper"):
-        if hasattr(mapper, method):
-            return getattr(mapper, method)()
-    return mapper
-
-
-def _lora_manager(worker: Any) -> Any:
-    """The vLLM worker's LoRA model manager: its adapters, slots and LoRA layers."""
-    return worker.model_runner.lora_manager._adapter_manager
-
-
 def generate(
     llm: LLM,
     prompts: Sequence[str] | Sequence[Sequence[int]],
@@ -261,18 +235,6 @@ def generate(
     """vLLM `generate` over text prompts or token-id lists; returns vLLM's `RequestOutput`s."""
     inputs = [p if isinstance(p, str) else {"prompt_token_ids": list(p)} for p in prompts]
     return llm.generate(inputs, params, lora_request=lora_request, use_tqdm=use_tqdm)
-
-
-@dataclass
-class Sample:
-    """One completion as the learner needs it."""
-
-    prompt_index: int
-    prompt_token_ids: list[int]
-    completion_token_ids: list[int]
-    logprobs: list[float]  # [completion_len], vLLM's raw log-probs of the sampled tokens
-    text: str
-    finish_reason: str | None
 
 
 def sample(
@@ -316,16 +278,6 @@ def sample(
         for sample_, text in zip(samples, texts):
             sample_.text = text
     return samples
-
-
-@dataclass
-class Turn:
-    """One finished request of a `TurnStream`."""
-
-    key: str
-    token_ids: list[int]
-    logprobs: list[float]
-    finish_reason: str | None
 
 
 class TurnStream:

@@ -37,7 +37,7 @@ def pack(out: dict[str, Any], num_prompts: int, num_generations: int, version: i
     """rollout_func's lists as a `RolloutBatch` (its `env_mask`, if given, as the loss mask)."""
     import torch
 
-    from rlactors.engine.vllm_engine import Sample
+    from rlactors.engine.samples import Sample
     from rlactors.workers.rollout import samples_to_batch
 
     size = num_prompts * num_generations
