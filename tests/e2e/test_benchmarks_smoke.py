@@ -38,7 +38,9 @@ def test_run_all_smoke_runs_every_cpu_part_and_writes_the_report(smollm2, tmp_pa
         "--tokenizer",
         smollm2,
         "--parts",
-        "bare,bare_mp,rlactors,profile,memory_rlactors,step,sync,overlap",
+        # `step` and `sync` are bench_rlactors.py again with --step-only / --sync-only: their report
+        # wiring is checked without an engine below
+        "bare,bare_mp,rlactors,profile,memory_rlactors,overlap",
     ]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -48,8 +50,8 @@ def test_run_all_smoke_runs_every_cpu_part_and_writes_the_report(smollm2, tmp_pa
         report = json.load(f)
     assert REPORT_KEYS <= set(report) and report["gpu"] == "cpu" and report["model_shape"] == "tiny"
     assert report["rollout_batch"] == 16  # the smoke batch; 256 on a GPU
-    assert report["adapter_sync_piece"] == "rlactors_sync"  # the sync part's figures over the rlactors part's
-    assert report["adapter_sync_p50_ms"] == report["pieces"]["rlactors_sync"]["adapter_sync_p50_ms"]
+    assert report["adapter_sync_piece"] == "rlactors"  # no sync part ran: the rlactors part's figures
+    assert report["adapter_sync_in_step_p50_ms"] <= report["adapter_sync_p50_ms"]  # no probe in a step's sync
     for key in (
         "rollout_vs_bare_vllm",
         "adapter_sync_p50_ms",
@@ -59,11 +61,30 @@ def test_run_all_smoke_runs_every_cpu_part_and_writes_the_report(smollm2, tmp_pa
         "update_vs_fp32_lora",
         "memory_grpo_step_s",
         "bare_vllm_multiprocess_vs_in_process",
-        "grpo_step_only_s",
         "step_overlap_scoring_vs_not",
     ):
         assert report[key] is not None and report[key] > 0, key
     assert report["trl_grpo_step_s"] is None and report["grpo_step_vs_trl"] is None  # no figure is made up
+
+
+def test_report_takes_the_sync_and_step_parts_over_the_rlactors_part(monkeypatch):
+    """`--parts sync` and `--parts step` leave pieces `rlactors_sync` and `rlactors_step`; the report
+    reads the sync figures from the first and the step alone from the second."""
+    monkeypatch.syspath_prepend(os.path.join(REPO, "benchmarks"))
+    import run_all
+
+    pieces = {
+        "rlactors": {"grpo_step_s": 3.0, "adapter_sync_p50_ms": 30.0, "adapter_sync_in_step_p50_ms": 20.0},
+        "rlactors_sync": {"adapter_sync_p50_ms": 17.7, "adapter_sync_in_step_p50_ms": 8.6},
+        "rlactors_step": {"grpo_step_s": 2.5},
+    }
+    monkeypatch.setattr(run_all, "load_pieces", lambda *_: pieces)
+    report = run_all.report("tiny", 0.2)
+    assert report["adapter_sync_piece"] == "rlactors_sync"
+    assert (report["adapter_sync_p50_ms"], report["adapter_sync_in_step_p50_ms"]) == (17.7, 8.6)
+    assert (report["grpo_step_s"], report["grpo_step_only_s"]) == (3.0, 2.5)
+    del pieces["rlactors_sync"]
+    assert run_all.report("tiny", 0.2)["adapter_sync_p50_ms"] == 30.0
 
 
 def test_rounds_report_pairs_each_round_and_takes_the_median_over_rounds(tmp_path, monkeypatch):
