@@ -4,10 +4,11 @@
 #   bash benchmarks/gpu_session.sh tests-a      # tests/gpu: the tool loop in a Qwen2 class, learning
 #   bash benchmarks/gpu_session.sh tests-b      # tests/gpu: loader, exports, training on the GPU
 #   bash benchmarks/gpu_session.sh sync         # the adapter sync by path (run_all.py --parts sync)
+#   bash benchmarks/gpu_session.sh round N      # round N of bare vLLM, the rlactors step and TRL's, alternated
 # Logs and JSON pieces go to $OUT; each stage prints its summary last. The embedded model is built
 # at /tmp/smollm2 on first use.
 set -uo pipefail
-stage=${1:?stage: first-step, tests-a, tests-b or sync}
+stage=${1:?stage: first-step, tests-a, tests-b, sync or round N}
 out=${OUT:-/tmp/gpu-session}
 model=/tmp/smollm2
 mkdir -p "$out"
@@ -36,5 +37,13 @@ case $stage in
     echo "sync: exit $? after $(( $(date +%s) - start )) s"
     cp /tmp/rlactors-bench/*.json "$out/" 2>/dev/null
     grep -a -E "sync|disk" "$out/sync.log" | tail -6 ;;
+  round)
+    n=${2:?round N: give the number of the round, 1 and up}
+    timeout 560 python benchmarks/run_all.py --parts bare,step,trl --round "$n" --skip-hf --tokenizer $model \
+      > "$out/round$n.log" 2>&1
+    echo "round $n: exit $? after $(( $(date +%s) - start )) s"
+    python benchmarks/run_all.py --report --tokenizer $model > "$out/report.log" 2>&1
+    cp -r /tmp/rlactors-bench "$out/pieces" 2>/dev/null
+    grep -a -E "rounds_|rollout_vs_bare|grpo_step" "$out/report.log" | tail -12 ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac

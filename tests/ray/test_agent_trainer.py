@@ -4,6 +4,7 @@ rollouts (a raising one leaves its rollouts without a reward), a Ray rollout act
 
 import json
 import os
+import shutil
 import time
 
 import pytest
@@ -110,6 +111,37 @@ def test_tools_train_on_the_episodes_with_tool_results_masked(ray_cluster, smoll
     assert row["sampling/logprob_mismatch"] < 1e-3  # the learner read what vLLM sampled
     assert row["rewards/tool_messages/mean"] > 0  # rewards see the whole trajectory, tool results included
     assert {"tools/failure_frequency", "tools/timeout", "tools/malformed", "episodes/turns_mean"} <= set(row)
+
+
+def test_episodes_in_flight_at_a_checkpoint_run_again_after_a_resume(ray_cluster, smollm2, tmp_path):
+    """`max_staleness: 1` with tools: step 2's episodes are in flight when checkpoint-1 is written; a
+    resume from checkpoint-1 runs them again (the same prompts, through the tool loop) and repeats no
+    step."""
+
+    def run(**kw):
+        config = _config(smollm2, tmp_path, max_staleness=1, max_steps=2, save_steps=1, max_logprob_mismatch=5.0, **kw)
+        trainer = GRPOTrainer(args=config, reward_funcs=[right_product], train_dataset=_rows(), tools=[multiply])
+        drawn, take = [], trainer._next_batch
+
+        def recorded(step):
+            indices, batch = take(step)
+            drawn.append(list(indices))
+            return indices, batch
+
+        trainer._next_batch = recorded
+        trainer.train()
+        return trainer, drawn
+
+    straight, drawn = run()
+    assert [r["staleness"] for r in straight.recorder.rows] == [0, 1]  # step 2 generated while step 1 trained
+    for name in ("checkpoint-2", "final"):
+        shutil.rmtree(os.path.join(straight.config.output_dir, name))
+    resumed, again = run(resume_from_checkpoint="auto")
+    assert resumed.resumed_from.endswith("checkpoint-1")
+    assert again == drawn[1:]  # the in-flight prompts, drawn again
+    rows = resumed.recorder.rows
+    assert [r["step"] for r in rows] == [1, 2]  # step 1 kept, none repeated
+    assert rows[1]["tools/call_frequency"] > 0 and rows[1]["episodes/turns_mean"] > 1  # run as episodes
 
 
 def test_environments_on_a_ray_rollout_actor(ray_cluster, smollm2, tmp_path):
