@@ -68,6 +68,11 @@ def create_engine(spec: EngineSpec, **engine_kwargs: Any) -> LLM:
         # of atomically adding split-K partial sums (whose order varies run to run), and cuBLAS
         # uses a fixed workspace. On CPU every kernel is deterministic already.
         os.environ["VLLM_BATCH_INVARIANT"] = "1"
+    if is_cuda():
+        # One Triton cache for every start. Unset, torch's Inductor points it at its own folder on a
+        # run that compiles graphs but not on one that loads them from vLLM's cache, so the second
+        # start rebuilt the LoRA kernels (ptxas for ~40 s on an H200); Triton's default, made fixed.
+        os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".triton", "cache"))
     from vllm import LLM
     from vllm.engine.arg_utils import EngineArgs
 
