@@ -37,7 +37,12 @@ def test_reward_rises_with_the_calculator_tool(smollm2, tmp_path):
         rows = [json.loads(line) for line in f]
     rewards = [r["reward"] for r in rows]
     print(f"reward per step: {[round(r, 3) for r in rewards]}")
-    first, last = rewards[0], sum(rewards[-3:]) / 3
-    assert last > first + 0.3, f"reward did not rise: step 1 {first:.3f}, last three {last:.3f}"
+    # The rise from the first step to the last along the least-squares line through every step: one
+    # noisy step (32 episodes) neither makes nor breaks it, as it would comparing single steps.
+    steps = range(len(rewards))
+    mean_x, mean_y = sum(steps) / len(rewards), sum(rewards) / len(rewards)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(steps, rewards)) / sum((x - mean_x) ** 2 for x in steps)
+    rise = slope * (len(rewards) - 1)
+    assert rise > 0.3, f"reward did not rise: {rise:.3f} along the fitted line (0.3 needed)"
     assert all(r["tools/call_frequency"] > 0.5 for r in rows)  # episodes do call the tool
     assert all(r["sampling/logprob_mismatch"] < 1e-3 for r in rows)  # on multi-turn samples too
