@@ -91,6 +91,7 @@ class GRPOTrainer:
         self.timings: dict[str, float] = {}
         self.clock = StartupClock()
         self.environment_workers: Any = None  # `environment_workers` actors, made at start
+        self.prompts: PromptTable | None = None  # the dataset's prompts, tokenized (`_prepare_prompts`)
 
     # ---- lifecycle -------------------------------------------------------------------------
     def train(self) -> TrainResult:
@@ -177,7 +178,7 @@ class GRPOTrainer:
         from rlactors.trainer import launch
         from rlactors.trainer.run_folder import RunRecorder
 
-        if getattr(self, "prompts", None) is None:
+        if self.prompts is None:  # callers that start without train()
             self._prepare_prompts()
         cfg = self.config
         resume_from = self.resumed_from = self._resume_path()

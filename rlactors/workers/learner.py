@@ -20,7 +20,7 @@ from rlactors.loader.fast_language_model import FastLanguageModel, compile_layer
 from rlactors.loader.fast_state import state_of
 from rlactors.workers import collective, step_stats
 from rlactors.workers.host import current_node_id, use_all_cores, worker_log
-from rlactors.workers.learner_memory import measure_learner
+from rlactors.workers.learner_memory import measure_learner, warm_up
 from rlactors.workers.learner_state import load_learner_state, save_learner_state
 from rlactors.workers.optim import make_optimizer, schedule
 
@@ -80,17 +80,8 @@ class LearnerWorker:
         return os.getpid()
 
     def warm_up(self) -> None:
-        """One forward and backward pass of a short dummy sequence, so that the first step does not pay
-        for the GPU kernels loaded or built on first use (1-6 s measured on an H200). Leaves no trace:
-        no gradients, no optimizer step, the random generators as they were."""
-        import torch
-
-        ids = torch.zeros((1, 16), dtype=torch.long, device=self.device)
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            with self.mixed_precision():
-                logits = self.model(input_ids=ids, logits_to_keep=8).logits
-            algorithm.selective_logprobs(logits, ids[:, -8:], self.config.temperature).sum().backward()
-        self.model.zero_grad(set_to_none=True)
+        """A dummy pass that loads the GPU's first-use kernels; see `learner_memory.warm_up`."""
+        warm_up(self)
 
     def _load_model(self) -> Any:
         import torch
