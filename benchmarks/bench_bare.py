@@ -66,7 +66,9 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for a CPU check of the script")
     parser.add_argument("--skip-hf", action="store_true", help="skip the (slow) HF generate baseline")
-    parser.add_argument("--batches", default="64,256", help="rollout batch sizes (the last one also with log-probs)")
+    parser.add_argument(
+        "--batches", default=None, help="rollout batch sizes, the last one also with log-probs (64,256; smoke: 16)"
+    )
     parser.add_argument(
         "--multiprocessing",
         action="store_true",
@@ -75,7 +77,8 @@ def main() -> None:
     args = parser.parse_args()
     # In-process, like a rollout worker's engine, unless asked for vLLM's default.
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if args.multiprocessing else "0"
-    tokens, batches, group = (8, (16,), 8) if args.smoke else (256, tuple(map(int, args.batches.split(","))), 8)
+    tokens, group = (8 if args.smoke else 256), 8
+    batches = tuple(map(int, (args.batches or ("16" if args.smoke else "64,256")).split(",")))
     result: dict = {}
     if not args.smoke and not args.skip_hf:
         result["hf_generate_bs64_tok_s"] = round(hf_generate(args.model, 64, tokens), 1)

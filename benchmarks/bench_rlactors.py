@@ -191,6 +191,11 @@ def main() -> None:
         "--sleep", action="store_true", help="vllm_enable_sleep_mode: vLLM sleeps while the learner trains"
     )
     parser.add_argument("--compile", action="store_true", help="torch_compile: the learner's decoder layers compiled")
+    parser.add_argument(
+        "--rollout-batches",
+        default="",
+        help="with --step-only: after the steps, the rollout throughput at these batches (the trained adapter)",
+    )
     args = parser.parse_args()
     if args.step_only and args.sync_only:
         parser.error("--step-only and --sync-only: give one (each alone leaves out the other's figures)")
@@ -209,6 +214,7 @@ def main() -> None:
         "gradient_checkpointing": config.gradient_checkpointing,
         "micro_batch_size": config.micro_batch_size,
     }
+    launched = time.perf_counter()
     owns_ray = trainer._init_ray()
     try:
         start = time.perf_counter()
@@ -220,8 +226,14 @@ def main() -> None:
             rollout_throughput(trainer, batches, "base", out)
         if not args.sync_only:
             grpo_steps(trainer, args.steps, out)
+            # Ray's start, the actors' and the first step: what a user waits for (steps follow at once)
+            out["rlactors_first_step_s"] = round(
+                start - launched + out["rlactors_startup_s"] + out["grpo_step_s_all"][0], 1
+            )
         if everything:
             rollout_throughput(trainer, batches, "lora", out)
+        elif args.rollout_batches:
+            rollout_throughput(trainer, [int(b) for b in args.rollout_batches.split(",")], "lora", out)
         if not args.step_only:
             adapter_sync(trainer, 4 if args.smoke else 8, out)
     finally:

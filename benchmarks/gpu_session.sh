@@ -44,6 +44,6 @@ case $stage in
     echo "round $n: exit $? after $(( $(date +%s) - start )) s"
     python benchmarks/run_all.py --report --tokenizer $model > "$out/report.log" 2>&1
     cp -r /tmp/rlactors-bench "$out/pieces" 2>/dev/null
-    grep -a -E "rounds_|rollout_vs_bare|grpo_step" "$out/report.log" | tail -12 ;;
+    grep -a -E "rounds_|rollout_vs_bare|grpo_step|^round " "$out/report.log" | tail -12 ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac

@@ -59,6 +59,9 @@ ARGS = {
     "sync": ["--sync-only"],
     "overlap": ["--steps", "8", "--judge-s", "0.5"],
 }
+# In a round, generation is compared at the step's own batch (16 prompts x 8; smoke: 2 x 8): bare
+# vLLM's log-prob sampling beside the rollout worker's once the step part has trained its adapter.
+ROUND_BATCH = {False: 128, True: 16}
 PIECE_NAMES = {"step": "rlactors_step", "sync": "rlactors_sync", "memory_rlactors": "rlactors_step"}  # else the part's
 # The memory comparison: the GRPO step of all three at one vLLM share, each framework's lowest-memory
 # learner setting (rlactors: vLLM asleep while the learner trains, activation checkpointing).
@@ -85,6 +88,7 @@ def run_part(
     baseline_gmu: float | None = None,
     memory_gmu: float = 0.2,
     out: str | None = None,
+    in_round: bool = False,
 ) -> None:
     base = part.removeprefix("memory_")
     out = out or (memory_pieces(memory_gmu) if part in MEMORY_PARTS else PIECES)
@@ -92,6 +96,8 @@ def run_part(
         cmd = [sys.executable, f"{HERE}/{SCRIPTS[base]}", "--model", model] + (["--smoke"] if smoke else [])
         cmd += ["--skip-hf"] if skip_hf and part == "bare" else []
         cmd += ARGS.get(part, [])
+        flag = {"bare": "--batches", "step": "--rollout-batches"}.get(part)
+        cmd += [flag, str(ROUND_BATCH[smoke])] if in_round and flag else []
         cmd += MEMORY_RLACTORS + ["--gmu", str(memory_gmu)] if part in MEMORY_PARTS else []
     else:
         cmd = [sys.executable, f"{HERE}/baselines/{base}_baseline.py"]
@@ -172,7 +178,7 @@ def report(shape: str, memory_gmu: float) -> dict:
     result["grpo_step_vs_unsloth"] = ratio(result["grpo_step_s"], result["unsloth_grpo_step_s"])
     result["grpo_step_async_vs_trl"] = ratio(result["grpo_step_async_s"], result["trl_grpo_step_s"])
     result["grpo_step_async_vs_unsloth"] = ratio(result["grpo_step_async_s"], result["unsloth_grpo_step_s"])
-    result.update(rounds_report())
+    result.update(rounds_report(shape == "tiny"))
     result.update(memory_report(memory_gmu))
     result["pieces"] = pieces
     suffix = "" if shape == "llama-1b" else f"-{shape}"
@@ -185,23 +191,28 @@ def report(shape: str, memory_gmu: float) -> dict:
     return result
 
 
-def rounds_report() -> dict:
+def rounds_report(smoke: bool = False) -> dict:
     """The step comparison run in alternation (`--rounds N`: step, trl, unsloth, step, trl, ...):
     each round's figures and ratios, and the median over rounds of each. The host-bound generation
     drifts between runs on one machine; rounds put rlactors and its baselines through the same drift."""
+    batch = ROUND_BATCH[smoke]
     names = os.listdir(PIECES) if os.path.isdir(PIECES) else []
     numbers = sorted(int(m.group(1)) for name in names if (m := re.fullmatch(r"round(\d+)", name)))
     rounds = []
     for number in numbers:
         pieces = load_pieces(round_pieces(number))
-        ours = pieces.get("rlactors_step", {})
+        ours, bare = pieces.get("rlactors_step", {}), pieces.get("bare", {})
         row = {
             "round": number,
+            "rollout_tok_s": ours.get(f"rlactors_rollout_bs{batch}_lora_tok_s"),
+            "bare_vllm_tok_s": bare.get(f"bare_vllm_bs{batch}_lora_logprobs_tok_s"),
+            "first_step_s": ours.get("rlactors_first_step_s"),
             "grpo_step_s": ours.get("grpo_step_s"),
             "grpo_phase_s": ours.get("grpo_phase_s"),
             "trl_grpo_step_s": pieces.get("trl", {}).get("trl_step_s_median_last4"),
             "unsloth_grpo_step_s": pieces.get("unsloth", {}).get("unsloth_step_s_median_last4"),
         }
+        row["rollout_vs_bare"] = ratio(row["rollout_tok_s"], row["bare_vllm_tok_s"])
         row["vs_trl"] = ratio(row["grpo_step_s"], row["trl_grpo_step_s"])
         row["vs_unsloth"] = ratio(row["grpo_step_s"], row["unsloth_grpo_step_s"])
         rounds.append(row)
@@ -214,6 +225,8 @@ def rounds_report() -> dict:
 
     return {
         "rounds": rounds,
+        "rounds_rollout_vs_bare_vllm": over_rounds("rollout_vs_bare"),
+        "rounds_first_step_s": over_rounds("first_step_s"),
         "rounds_grpo_step_s": over_rounds("grpo_step_s"),
         "rounds_trl_grpo_step_s": over_rounds("trl_grpo_step_s"),
         "rounds_unsloth_grpo_step_s": over_rounds("unsloth_grpo_step_s"),
@@ -305,6 +318,7 @@ def main() -> None:
                     args.baseline_gmu,
                     args.memory_gmu,
                     out=round_pieces(number) if args.rounds > 1 or args.round else None,
+                    in_round=args.rounds > 1 or bool(args.round),
                 )
     report("tiny" if args.smoke else args.model_shape, args.memory_gmu)
 

@@ -98,7 +98,11 @@ def test_rounds_report_pairs_each_round_and_takes_the_median_over_rounds(tmp_pat
     for number, (ours, trl, unsloth) in steps.items():
         folder = run_all.round_pieces(number)
         os.makedirs(folder)
-        pieces = {"rlactors_step": {"grpo_step_s": ours}, "trl": {"trl_step_s_median_last4": trl}}
+        pieces = {
+            "rlactors_step": {"grpo_step_s": ours, "rlactors_rollout_bs128_lora_tok_s": 9000.0 * number},
+            "trl": {"trl_step_s_median_last4": trl},
+            "bare": {"bare_vllm_bs128_lora_logprobs_tok_s": 10000.0 * number},
+        }
         if unsloth:
             pieces["unsloth"] = {"unsloth_step_s_median_last4": unsloth}
         for name, values in pieces.items():
@@ -111,6 +115,9 @@ def test_rounds_report_pairs_each_round_and_takes_the_median_over_rounds(tmp_pat
     assert report["rounds_grpo_step_s"] == 2.5 and report["rounds_trl_grpo_step_s"] == 4.0
     assert report["rounds_grpo_step_vs_trl"] == 0.5  # the median of the rounds' ratios, not a ratio of medians
     assert report["rounds_grpo_step_vs_unsloth"] == 0.5  # upper median of [0.4, 0.5]: the benchmarks' median
+    # generation at the step's batch against bare vLLM's log-prob sampling of the same round
+    assert [row["rollout_vs_bare"] for row in report["rounds"]] == [0.9, 0.9, 0.9]
+    assert report["rounds_rollout_vs_bare_vllm"] == 0.9
 
 
 def test_lora_load_benchmark_runs_both_loads(smollm2):
