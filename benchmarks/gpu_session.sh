@@ -28,8 +28,10 @@ case $stage in
     files="tests/gpu/test_gpu_agent.py tests/gpu/test_gpu_learning.py"
     [ "$stage" = tests-b ] && files="tests/gpu/test_gpu_loader.py tests/gpu/test_gpu_training.py"
     # shellcheck disable=SC2086
-    timeout 540 python -m pytest $files -s -rA -p no:cacheprovider > "$out/$stage.log" 2>&1
+    timeout 540 python -m pytest $files -s -rA -p no:cacheprovider --basetemp /tmp/pytest-$stage > "$out/$stage.log" 2>&1
     echo "$stage: exit $? after $(( $(date +%s) - start )) s"
+    # the actors' own logs (vLLM's start-up lines among them), one archive: few files come back
+    (cd /tmp && find pytest-$stage -path '*/logs/*.log' -print0 | tar czf "$out/$stage-actor-logs.tgz" --null -T -)
     grep -a -E "first step|median step|merged_4bit|logp_vllm|Qwen2 class|^(PASSED|FAILED|ERROR|SKIPPED)|passed|failed" \
       "$out/$stage.log" | tail -30 ;;
   sync)

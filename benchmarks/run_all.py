@@ -54,7 +54,7 @@ SCRIPTS = {
 # the learners' log-prob passes overlapped with the scoring or not, alternating step by step.
 EXTRA_PARTS = ("step", "sync", "overlap")
 ARGS = {
-    "bare_mp": ["--multiprocessing", "--skip-hf", "--batches", "256"],
+    "bare_mp": ["--multiprocessing", "--skip-hf"],
     "step": ["--step-only", "--steps", "8"],
     "sync": ["--sync-only"],
     "overlap": ["--steps", "8", "--judge-s", "0.5"],
@@ -98,6 +98,7 @@ def run_part(
         cmd += ARGS.get(part, [])
         flag = {"bare": "--batches", "step": "--rollout-batches"}.get(part)
         cmd += [flag, str(ROUND_BATCH[smoke])] if in_round and flag else []
+        cmd += ["--batches", "16" if smoke else "256"] if part == "bare_mp" else []  # the largest batch alone
         cmd += MEMORY_RLACTORS + ["--gmu", str(memory_gmu)] if part in MEMORY_PARTS else []
     else:
         cmd = [sys.executable, f"{HERE}/baselines/{base}_baseline.py"]

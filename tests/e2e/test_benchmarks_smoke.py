@@ -38,9 +38,9 @@ def test_run_all_smoke_runs_every_cpu_part_and_writes_the_report(smollm2, tmp_pa
         "--tokenizer",
         smollm2,
         "--parts",
-        # `step` and `sync` are bench_rlactors.py again with --step-only / --sync-only: their report
-        # wiring is checked without an engine below
-        "bare,bare_mp,rlactors,profile,memory_rlactors,overlap",
+        # `step` and `sync` are bench_rlactors.py again with --step-only / --sync-only, `bare_mp`
+        # bench_bare.py with --multiprocessing: their report wiring is checked without an engine below
+        "bare,rlactors,profile,memory_rlactors,overlap",
     ]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -60,7 +60,6 @@ def test_run_all_smoke_runs_every_cpu_part_and_writes_the_report(smollm2, tmp_pa
         "rollout_worker_vs_vllm_in_process",
         "update_vs_fp32_lora",
         "memory_grpo_step_s",
-        "bare_vllm_multiprocess_vs_in_process",
         "step_overlap_scoring_vs_not",
     ):
         assert report[key] is not None and report[key] > 0, key
@@ -69,7 +68,9 @@ def test_run_all_smoke_runs_every_cpu_part_and_writes_the_report(smollm2, tmp_pa
 
 def test_report_takes_the_sync_and_step_parts_over_the_rlactors_part(monkeypatch):
     """`--parts sync` and `--parts step` leave pieces `rlactors_sync` and `rlactors_step`; the report
-    reads the sync figures from the first and the step alone from the second."""
+    reads the sync figures from the first and the step alone from the second. `--parts bare_mp`
+    (vLLM's engine core in its own process) is set beside the in-process `bare` at their largest
+    common batch."""
     monkeypatch.syspath_prepend(os.path.join(REPO, "benchmarks"))
     import run_all
 
@@ -77,12 +78,15 @@ def test_report_takes_the_sync_and_step_parts_over_the_rlactors_part(monkeypatch
         "rlactors": {"grpo_step_s": 3.0, "adapter_sync_p50_ms": 30.0, "adapter_sync_in_step_p50_ms": 20.0},
         "rlactors_sync": {"adapter_sync_p50_ms": 17.7, "adapter_sync_in_step_p50_ms": 8.6},
         "rlactors_step": {"grpo_step_s": 2.5},
+        "bare": {"bare_vllm_bs64_lora_logprobs_tok_s": 90.0, "bare_vllm_bs256_lora_logprobs_tok_s": 100.0},
+        "bare_mp": {"bare_vllm_bs256_lora_logprobs_tok_s": 80.0},
     }
     monkeypatch.setattr(run_all, "load_pieces", lambda *_: pieces)
     report = run_all.report("tiny", 0.2)
     assert report["adapter_sync_piece"] == "rlactors_sync"
     assert (report["adapter_sync_p50_ms"], report["adapter_sync_in_step_p50_ms"]) == (17.7, 8.6)
     assert (report["grpo_step_s"], report["grpo_step_only_s"]) == (3.0, 2.5)
+    assert report["bare_vllm_multiprocess_vs_in_process"] == 0.8
     del pieces["rlactors_sync"]
     assert run_all.report("tiny", 0.2)["adapter_sync_p50_ms"] == 30.0
 
