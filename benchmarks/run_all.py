@@ -6,7 +6,8 @@
     python benchmarks/run_all.py --parts async,profile  # one-step-off-policy; where the step's time goes
     python benchmarks/run_all.py --parts memory --memory-gmu 0.2  # all three at one vLLM share
     python benchmarks/run_all.py --parts step,trl,unsloth --rounds 3  # the step comparison, alternated
-    python benchmarks/run_all.py --parts step,trl --round 2  # one round of it (a comparison split over calls)
+    python benchmarks/run_all.py --parts bare,step,trl --round 2  # one round of it (split over calls);
+                                                      # bare and step then also compare generation at batch 128
     python benchmarks/run_all.py --parts sync         # the adapter sync alone (paths and disk), piece rlactors_sync
     python benchmarks/run_all.py --parts overlap      # rewards scored while the learners run their log-prob passes
     python benchmarks/run_all.py --report [--memory-gmu 0.1]  # the table and JSON from the parts run so far
@@ -193,8 +194,9 @@ def report(shape: str, memory_gmu: float) -> dict:
 
 
 def rounds_report(smoke: bool = False) -> dict:
-    """The step comparison run in alternation (`--rounds N`: step, trl, unsloth, step, trl, ...):
-    each round's figures and ratios, and the median over rounds of each. The host-bound generation
+    """The comparison run in alternation (`--rounds N`: bare, step, trl, unsloth, bare, step, ...):
+    each round's figures and ratios (generation against bare vLLM at the step's batch, the step
+    against TRL's and Unsloth's, rlactors' first step), and the median over rounds of each. The host-bound generation
     drifts between runs on one machine; rounds put rlactors and its baselines through the same drift."""
     batch = ROUND_BATCH[smoke]
     names = os.listdir(PIECES) if os.path.isdir(PIECES) else []
