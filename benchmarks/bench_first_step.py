@@ -114,7 +114,11 @@ def run_one(name: str, sets: list[str], args: argparse.Namespace, index: int) ->
         "step_median_s": round(statistics.median(steps), 3) if steps else None,
         "generate_median_s": round(statistics.median(r["time/generate_s"] for r in rows[2:]), 3) if steps else None,
         "rewards": [round(r["reward"], 2) for r in rows],
-        "phases": [f"{t:>6.1f}s {line}" for t, line in lines if re.search(r"ready in|first step done|\.\.\.$", line)],
+        "phases": [
+            f"{t:>6.1f}s {line}"
+            for t, line in lines
+            if re.search(r"ready in|start-up by worker|first step done|\.\.\.$", line)
+        ],
         # vLLM's own timings of its start (weights, torch.compile, CUDA graphs, the KV cache), from
         # the rollout worker's log
         "engine_timings": engine_timings(os.path.join(out_dir, "logs", "rollout-0.log")),

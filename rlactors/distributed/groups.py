@@ -41,6 +41,8 @@ class WorkerGroup:
         self.config = config
         self.local = None
         self.actors: list[Any] = []
+        self.created = time.perf_counter()  # the actors' processes start now; `build` waits for them
+        self.built_s: float | None = None  # seconds from here until `build` returned
         if not shares:
             self.local = cls(config, 0, **init_kwargs)
             return
@@ -84,7 +86,16 @@ class WorkerGroup:
         started = time.perf_counter()
         pids = self._each(lambda w: w.build)
         log.info("%s group built in %.1fs (pids %s)", self.role, time.perf_counter() - started, pids)
+        self.built_s = self.built_s or time.perf_counter() - self.created
         return pids
+
+    def startup_phases(self) -> dict[str, float]:
+        """Where the first worker's start went: its process until `build` ran (Ray's scheduling,
+        the process, imports), then `build`'s own phases (`engine`; `model`, `warm-up`)."""
+        phases = self._first(lambda w: w.startup_phases)
+        if self.built_s is None or self.local is not None:
+            return phases
+        return {"process and imports": max(0.0, self.built_s - sum(phases.values())), **phases}
 
     def pids(self) -> list[int]:
         return self._each(lambda w: w.pid)

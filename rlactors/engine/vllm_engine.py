@@ -57,6 +57,11 @@ def vllm_version() -> str | None:
     return None
 
 
+def import_vllm() -> None:
+    """Imports vLLM's engine modules (and torch's CUDA libraries): a worker's start times it apart."""
+    from vllm import LLM  # noqa: F401
+
+
 def create_engine(spec: EngineSpec, **engine_kwargs: Any) -> LLM:
     """A vLLM `LLM` with LoRA enabled up to `spec.max_lora_rank`.
 

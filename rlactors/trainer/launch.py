@@ -75,4 +75,5 @@ def start_workers(
                 learner_build = pool.submit(learners.build)
                 rollout_pids = rollouts.build()
                 learner_pids = learner_build.result()
+    clock.workers({"vLLM worker": rollouts.startup_phases(), "learner": learners.startup_phases()})
     return Workers(learners, rollouts, learner_pids, rollout_pids)

@@ -2,8 +2,10 @@
 
 A run's first minute is Ray, the learner's model, vLLM's start (weights, torch.compile, CUDA
 graphs) and the first step (on a fresh GPU machine, kernels built on first use). Each phase is
-announced when it starts and timed when it ends, and the first step's line sums them up, so a
-slow start shows where it stands instead of a silent console.
+announced when it starts and timed when it ends, each group's first worker says where its own
+start went (its process and imports, vLLM's import and engine, the learner's model and warm-up),
+and the first step's line sums them up, so a slow start shows where it stands instead of a silent
+console.
 """
 
 from __future__ import annotations
@@ -29,6 +31,16 @@ class StartupClock:
         self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - start
         if announce:
             print(f"rlactors: {name} ready in {self.phases[name]:.1f}s", flush=True)
+
+    def workers(self, phases: dict[str, dict[str, float]]) -> None:
+        """The first worker of each group: where its start went (`WorkerGroup.startup_phases`)."""
+        said = [
+            f"{role} {', '.join(f'{name} {seconds:.1f}s' for name, seconds in parts.items())}"
+            for role, parts in phases.items()
+            if parts
+        ]
+        if said:
+            print(f"rlactors: start-up by worker: {'; '.join(said)}", flush=True)
 
     def first_step(self, timings: dict[str, float]) -> None:
         """Once, after the first step: the seconds since `train()` began, by phase."""

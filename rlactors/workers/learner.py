@@ -19,7 +19,7 @@ from rlactors.core.records import BatchTotals, MemoryNeed, RolloutBatch, StepMet
 from rlactors.loader.fast_language_model import FastLanguageModel, compile_layers, keep_inputs_in_base_dtype
 from rlactors.loader.fast_state import state_of
 from rlactors.workers import collective, step_stats
-from rlactors.workers.host import current_node_id, use_all_cores, worker_log
+from rlactors.workers.host import WorkerProcess, timed, use_all_cores, worker_log
 from rlactors.workers.learner_memory import measure_learner, warm_up
 from rlactors.workers.learner_state import load_learner_state, save_learner_state
 from rlactors.workers.optim import make_optimizer, schedule
@@ -38,7 +38,7 @@ class LogprobMismatchError(RuntimeError):
     """Rollouts did not come from the policy being trained."""
 
 
-class LearnerWorker:
+class LearnerWorker(WorkerProcess):
     def __init__(self, config: GRPOConfig, rank: int = 0, model: Any = None):
         """`model`: a caller's PEFT model (from `FastLanguageModel`) to train in place, in this process;
         None: `build` loads one from `config`."""
@@ -52,6 +52,7 @@ class LearnerWorker:
         self.device = "cpu"
         self._shared: dict[int, tuple[DeviceAdapter, Any]] = {}  # version -> (record, its GPU buffer)
         self._prepared: tuple[tuple[int, int, int], tuple[list, list]] | None = None  # see prepare
+        self.startup: dict[str, float] = {}  # seconds by phase of `build`, for the driver's console
         worker_log(config.output_dir, "learner", rank)
         self.loss_shape = algorithm.LossShape(**{f.name: getattr(config, f.name) for f in fields(algorithm.LossShape)})
 
@@ -64,7 +65,8 @@ class LearnerWorker:
         use_all_cores()
         cfg = self.config
         if self.model is None:
-            self.model = self._load_model()
+            with timed(self.startup, "model"):
+                self.model = self._load_model()
         self.model.train()
         self.device = next(self.model.parameters()).device
         if self._autocast_dtype() is not None:
@@ -76,7 +78,8 @@ class LearnerWorker:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule(cfg))
         collective.broadcast_params(params)  # every data-parallel learner starts from rank 0's adapter
         if self.device.type == "cuda":
-            self.warm_up()  # while vLLM starts beside it, not in the first step
+            with timed(self.startup, "warm-up"):
+                self.warm_up()  # while vLLM starts beside it, not in the first step
         return os.getpid()
 
     def warm_up(self) -> None:
@@ -113,12 +116,6 @@ class LearnerWorker:
     def join_group(self, address: str, world_size: int) -> str:
         """Joins the data-parallel group of `world_size` learners (before `build`)."""
         return collective.join(address, self.rank, world_size)
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def node_id(self) -> str:
-        return current_node_id()
 
     def memory_need(self) -> MemoryNeed | None:
         """What a training micro-step at the configured sizes needs of this GPU; None without CUDA.

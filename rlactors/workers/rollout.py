@@ -17,7 +17,7 @@ from rlactors.core.records import RolloutBatch
 from rlactors.engine import vllm_engine as engine
 from rlactors.loader.fast_language_model import load_engine, resolve_dtype
 from rlactors.loader.model_files import resolve_model_path
-from rlactors.workers.host import current_node_id, use_all_cores, worker_log
+from rlactors.workers.host import WorkerProcess, timed, use_all_cores, worker_log
 
 if TYPE_CHECKING:
     from rlactors.core.config import GRPOConfig
@@ -41,7 +41,7 @@ class EngineStartError(RuntimeError):
     """vLLM did not start in a rollout worker; the message quotes vLLM's reason."""
 
 
-class RolloutWorker:
+class RolloutWorker(WorkerProcess):
     def __init__(self, config: GRPOConfig, rank: int = 0, engine: Any = None, agent: AgentSpec | None = None):
         """`engine`: a caller's vLLM engine (`model.vllm_engine`) to generate with, in this process;
         None: `build` starts one from `config`. `agent`: tools and environments; `generate` then
@@ -56,12 +56,16 @@ class RolloutWorker:
         self._pad_id: int | None = None
         self._asleep = False
         self._folder_loads = 0
+        self.startup: dict[str, float] = {}  # seconds by phase of `build`, for the driver's console
         worker_log(config.output_dir, "rollout", rank)
 
     def build(self) -> int:
         """Starts the vLLM engine (unless given one); returns this process's pid (for fault injection and logs)."""
         if self._engine is None:
-            self._engine = self._start_engine()
+            with timed(self.startup, "import vLLM"):
+                engine.import_vllm()
+            with timed(self.startup, "engine"):
+                self._engine = self._start_engine()
         if self._pad_id is None:
             tokenizer = self._engine.get_tokenizer()
             self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -109,12 +113,6 @@ class RolloutWorker:
             return False
         self._asleep = self._asleep or engine.sleep(self._engine)
         return self._asleep
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def node_id(self) -> str:
-        return current_node_id()
 
     def gpu(self) -> str | None:
         """This worker's GPU UUID; None on CPU."""

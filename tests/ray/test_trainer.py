@@ -105,6 +105,10 @@ def test_ray_actors_named_adapter_by_reference(ray_cluster, tiny_llama, tmp_path
         said = capsys.readouterr().out
         assert "rollout worker(s), together ..." in said and "learner and vLLM ready in" in said
         assert said.count("first step done") == 1
+        # and where each actor's start went: its process and imports, then vLLM's engine, the model
+        [line] = [x for x in said.splitlines() if x.startswith("rlactors: start-up by worker:")]
+        assert "vLLM worker process and imports" in line and "import vLLM" in line and "engine" in line
+        assert "learner process and imports" in line and "model" in line
         trainer._step(2)
         for name in ("rlactors/rollout-0", "rlactors/learner-0"):
             assert ray.get_actor(name) is not None

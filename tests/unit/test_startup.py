@@ -18,3 +18,13 @@ def test_each_phase_is_said_and_the_first_step_sums_them_up_once(capsys):
     said = capsys.readouterr().out.splitlines()
     assert said[0] == "rlactors: starting vLLM ..." and said[1].startswith("rlactors: vLLM ready in ")
     assert len(said) == 3 and "Ray 0.0s" in said[2] and said[2].endswith("the step: generate 1.2s, update 2.0s")
+
+
+def test_each_workers_start_is_said_by_phase_and_an_empty_one_is_left_out(capsys):
+    StartupClock().workers(
+        {"vLLM worker": {"process and imports": 8.04, "engine": 24.5}, "learner": {"model": 5.25}, "other": {}}
+    )
+    StartupClock().workers({"learner": {}})  # nothing timed (a caller's model, no GPU): nothing said
+    assert capsys.readouterr().out.splitlines() == [
+        "rlactors: start-up by worker: vLLM worker process and imports 8.0s, engine 24.5s; learner model 5.2s"
+    ]
