@@ -24,6 +24,12 @@ class ModelPathError(ValueError):
 
 def resolve_model_path(model_name: str, token: str | None = None) -> str:
     """A local folder holding `config.json`, from a folder path or a hub id."""
+    return local_model_path(model_name) or _download(model_name, token)
+
+
+def local_model_path(model_name: str) -> str | None:
+    """`model_name`'s folder when it is a local path (checked: it holds `config.json`), None when it is a
+    hub id; ModelPathError otherwise. Touches no network: a run checks it before starting anything."""
     if not isinstance(model_name, str) or not model_name:
         raise ModelPathError(f"model_name={model_name!r}: pass a local model folder or a hub id.")
     expanded = os.path.expanduser(model_name)
@@ -39,7 +45,7 @@ def resolve_model_path(model_name: str, token: str | None = None) -> str:
             f"model_name={model_name!r} is neither an existing folder nor a hub id like 'org/name'; "
             "fix the path, or run `rlactors prepare-model smollm2 --out models/smollm2`."
         )
-    return _download(model_name, token)
+    return None
 
 
 def _download(repo_id: str, token: str | None) -> str:

@@ -27,7 +27,7 @@ from rlactors.trainer.callbacks import Callbacks
 from rlactors.trainer.errors import StepChecks, TrainingError
 from rlactors.trainer.generation import Generations
 from rlactors.trainer.metrics import completions_table, run_summary, step_row
-from rlactors.trainer.prompts import PromptSampler, PromptTable, load_rows
+from rlactors.trainer.prompts import PromptSampler, PromptTable, check_local_inputs, load_rows
 from rlactors.trainer.startup import StartupClock
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,8 @@ class GRPOTrainer:
     # ---- lifecycle -------------------------------------------------------------------------
     def train(self) -> TrainResult:
         self.clock = StartupClock()
+        data = self.train_dataset if self.train_dataset is not None else self.config.dataset
+        check_local_inputs(None if self.processing_class else self.config.model_name, data)
         with ThreadPoolExecutor(1, thread_name_prefix="rlactors-prompts") as pool:
             prompts = pool.submit(self._prepare_prompts)  # tokenizer and dataset load while Ray starts
             with self.clock.phase("Ray"):

@@ -48,15 +48,30 @@ def load_rows(
     return rows
 
 
+def check_local_inputs(model_name: str | None, dataset: Any) -> None:
+    """A local model folder (`model_name`, None when the caller gave the tokenizer) and a local
+    dataset file, checked in a blink: a run fails on a mistyped path before it starts Ray, not after."""
+    from rlactors.loader.model_files import local_model_path
+
+    if model_name is not None:
+        local_model_path(model_name)
+    if isinstance(dataset, str):
+        _check_file(dataset)
+
+
+def _check_file(name: str) -> None:
+    if os.path.splitext(name)[1].lower() in (".json", ".jsonl", ".parquet") and not os.path.isfile(name):
+        raise DatasetError(f"dataset={name!r}: no such file; fix the path (relative to the working directory)")
+
+
 def _load_named(name: str, split: str, config_name: str | None) -> Any:
     from datasets import disable_progress_bars, load_dataset
 
     disable_progress_bars()  # the run's own progress bar is the one that counts
 
     ext = os.path.splitext(name)[1].lower()
+    _check_file(name)
     if ext in (".json", ".jsonl", ".parquet"):
-        if not os.path.isfile(name):
-            raise DatasetError(f"dataset={name!r}: no such file; fix the path (relative to the working directory)")
         return load_dataset("parquet" if ext == ".parquet" else "json", data_files=name, split="train")
     try:
         return load_dataset(name, config_name, split=split)

@@ -34,3 +34,20 @@ def test_a_missing_dataset_or_model_is_one_line_and_exit_2(override, expected, t
     )
     assert done.returncode == 2, done.stderr[-2000:]
     assert expected in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("override", ["dataset=examples/no_such_file.jsonl", "model_name=/no/such/model"])
+def test_a_mistyped_path_fails_before_ray_is_started(override, tmp_path, monkeypatch):
+    """The path checks take no time: a run fails on them before it waits for Ray."""
+    from rlactors.core.config import load_config
+    from rlactors.distributed import cluster
+    from rlactors.loader.model_files import ModelPathError
+    from rlactors.trainer.grpo_trainer import GRPOTrainer
+    from rlactors.trainer.prompts import DatasetError
+
+    started = []
+    monkeypatch.setattr(cluster, "connect", lambda: started.append(True) or False)
+    config = load_config("examples/arithmetic_grpo.yaml", overrides=[override, f"output_dir={tmp_path / 'run'}"])
+    with pytest.raises((DatasetError, ModelPathError), match="no such file|neither an existing folder"):
+        GRPOTrainer(config).train()
+    assert started == []
