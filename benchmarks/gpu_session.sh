@@ -5,10 +5,11 @@
 #   bash benchmarks/gpu_session.sh tests-b      # tests/gpu: loader, exports, training on the GPU
 #   bash benchmarks/gpu_session.sh sync         # the adapter sync by path (run_all.py --parts sync)
 #   bash benchmarks/gpu_session.sh round N      # round N of bare vLLM, the rlactors step and TRL's, alternated
+#   bash benchmarks/gpu_session.sh time-to-reward  # the main example to reward 0.8: rlactors, then TRL
 # Logs and JSON pieces go to $OUT; each stage prints its summary last. The embedded model is built
 # at /tmp/smollm2 on first use.
 set -uo pipefail
-stage=${1:?stage: first-step, tests-a, tests-b, sync or round N}
+stage=${1:?stage: first-step, tests-a, tests-b, sync, round N or time-to-reward}
 out=${OUT:-/tmp/gpu-session}
 model=/tmp/smollm2
 mkdir -p "$out"
@@ -47,5 +48,10 @@ case $stage in
     python benchmarks/run_all.py --report --tokenizer $model > "$out/report.log" 2>&1
     cp -r /tmp/rlactors-bench "$out/pieces" 2>/dev/null
     grep -a -E "rounds_|rollout_vs_bare|grpo_step|^round " "$out/report.log" | tail -12 ;;
+  time-to-reward)
+    timeout 560 python benchmarks/bench_time_to_reward.py --model $model --steps 30 > "$out/time-to-reward.log" 2>&1
+    echo "time-to-reward: exit $? after $(( $(date +%s) - start )) s"
+    cp /tmp/rlactors-bench/time_to_reward.json "$out/" 2>/dev/null
+    tail -4 "$out/time-to-reward.log" ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac
