@@ -29,16 +29,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def follow(path: str, rows: list[dict], stop: threading.Event, started: float) -> None:
     """Appends each new JSON line of `path` to `rows` with `arrived_s`, seconds since `started`."""
-    seen = 0
-    while not stop.wait(0.2):
-        if not os.path.exists(path):
-            continue
-        with open(path) as f:
-            lines = f.read().splitlines()
-        for line in lines[seen:]:
-            if line.strip():
+    while not os.path.exists(path):
+        if stop.wait(0.2):
+            return
+    with open(path) as f:
+        pending = ""
+        while not stop.wait(0.2):
+            pending += f.read()  # what was written since the last look
+            *lines, pending = pending.split("\n")  # a line still being written waits for its end
+            for line in filter(str.strip, lines):
                 rows.append({**json.loads(line), "arrived_s": round(time.perf_counter() - started, 2)})
-        seen = len(lines)
 
 
 def reached(rows: list[dict], target: float) -> dict | None:

@@ -96,10 +96,7 @@ def run_part(
     if base in SCRIPTS:
         cmd = [sys.executable, f"{HERE}/{SCRIPTS[base]}", "--model", model] + (["--smoke"] if smoke else [])
         cmd += ["--skip-hf"] if skip_hf and part == "bare" else []
-        cmd += ARGS.get(part, [])
-        flag = {"bare": "--batches", "step": "--rollout-batches"}.get(part)
-        cmd += [flag, str(ROUND_BATCH[smoke])] if in_round and flag else []
-        cmd += ["--batches", "16" if smoke else "256"] if part == "bare_mp" else []  # the largest batch alone
+        cmd += ARGS.get(part, []) + batch_args(part, smoke, in_round)
         cmd += MEMORY_RLACTORS + ["--gmu", str(memory_gmu)] if part in MEMORY_PARTS else []
     else:
         cmd = [sys.executable, f"{HERE}/baselines/{base}_baseline.py"]
@@ -119,6 +116,14 @@ def run_part(
         piece = os.path.join(out, f"{PIECE_NAMES.get(part, base)}.json")
         saved = os.path.exists(piece) and os.path.getmtime(piece) >= started
         save_piece(f"{part}_exit", {"returncode": done.returncode, "figures_saved_before_exit": saved})
+
+
+def batch_args(part: str, smoke: bool, in_round: bool) -> list[str]:
+    """Rollout batches: `bare_mp` at the largest alone; in a round, `bare` and `step` at the step's."""
+    if part == "bare_mp":
+        return ["--batches", "16" if smoke else "256"]
+    flag = {"bare": "--batches", "step": "--rollout-batches"}.get(part)
+    return [flag, str(ROUND_BATCH[smoke])] if in_round and flag else []
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -311,6 +316,7 @@ def main() -> None:
             "/tmp/model-tiny" if args.smoke else MODEL, "tiny" if args.smoke else args.model_shape, args.tokenizer
         )
         numbers = [args.round] if args.round else range(1, args.rounds + 1)
+        in_round = args.rounds > 1 or args.round is not None
         for number in numbers:
             for part in parts:
                 run_part(
@@ -320,8 +326,8 @@ def main() -> None:
                     args.skip_hf,
                     args.baseline_gmu,
                     args.memory_gmu,
-                    out=round_pieces(number) if args.rounds > 1 or args.round else None,
-                    in_round=args.rounds > 1 or bool(args.round),
+                    out=round_pieces(number) if in_round else None,
+                    in_round=in_round,
                 )
     report("tiny" if args.smoke else args.model_shape, args.memory_gmu)
 

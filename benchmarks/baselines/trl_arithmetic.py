@@ -15,12 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 STARTED = time.time()
 os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
 os.environ.setdefault("MASTER_PORT", "29531")
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import TARGETS
 
 
 def main() -> None:

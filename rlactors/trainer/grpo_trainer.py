@@ -13,14 +13,15 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 from rlactors.core import algorithm
 from rlactors.core.config import GRPOConfig
+from rlactors.core.timing import timed
 from rlactors.distributed import cluster, scoring
 from rlactors.trainer import agent_setup, arguments, checkpoints, model_source, rollout_output
 from rlactors.trainer.callbacks import Callbacks
@@ -221,11 +222,8 @@ class GRPOTrainer:
 
             ray.shutdown()
 
-    @contextmanager
-    def _timed(self, phase: str) -> Iterator[None]:
-        start = time.perf_counter()
-        yield
-        self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - start
+    def _timed(self, phase: str) -> AbstractContextManager[None]:
+        return timed(self.timings, phase)
 
     # ---- one step ----------------------------------------------------------------------------
     def _step(self, step: int) -> bool:

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+LOCAL_FORMATS = (".json", ".jsonl", ".parquet")  # a dataset named by a file of one of these
+
 
 class DatasetError(ValueError):
     """A dataset that cannot be used; the message says which field and how to fix it."""
@@ -60,7 +62,7 @@ def check_local_inputs(model_name: str | None, dataset: Any) -> None:
 
 
 def _check_file(name: str) -> None:
-    if os.path.splitext(name)[1].lower() in (".json", ".jsonl", ".parquet") and not os.path.isfile(name):
+    if os.path.splitext(name)[1].lower() in LOCAL_FORMATS and not os.path.isfile(name):
         raise DatasetError(f"dataset={name!r}: no such file; fix the path (relative to the working directory)")
 
 
@@ -69,9 +71,9 @@ def _load_named(name: str, split: str, config_name: str | None) -> Any:
 
     disable_progress_bars()  # the run's own progress bar is the one that counts
 
-    ext = os.path.splitext(name)[1].lower()
     _check_file(name)
-    if ext in (".json", ".jsonl", ".parquet"):
+    ext = os.path.splitext(name)[1].lower()
+    if ext in LOCAL_FORMATS:
         return load_dataset("parquet" if ext == ".parquet" else "json", data_files=name, split="train")
     try:
         return load_dataset(name, config_name, split=split)

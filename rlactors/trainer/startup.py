@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from rlactors.core.timing import timed
+
 
 class StartupClock:
     def __init__(self) -> None:
@@ -26,9 +28,8 @@ class StartupClock:
         """Times the block as `name`; prints `announce` first (a phase that may take a while)."""
         if announce:
             print(f"rlactors: {announce} ...", flush=True)
-        start = time.perf_counter()
-        yield
-        self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - start
+        with timed(self.phases, name):
+            yield
         if announce:
             print(f"rlactors: {name} ready in {self.phases[name]:.1f}s", flush=True)
 

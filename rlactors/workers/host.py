@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 
 def use_all_cores() -> None:
@@ -21,16 +18,6 @@ def use_all_cores() -> None:
     if in_actor() and not torch.cuda.is_available():
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         torch.set_num_threads(cores)
-
-
-@contextmanager
-def timed(phases: dict[str, float], name: str) -> Iterator[None]:
-    """Adds the block's seconds to `phases[name]`: a worker's start-up, reported to the driver."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        phases[name] = phases.get(name, 0.0) + time.perf_counter() - start
 
 
 class WorkerProcess:

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 from rlactors.core import algorithm
 from rlactors.core.adapter import DeviceAdapter, LoRAAdapter, export_adapter, gpu_uuid
 from rlactors.core.records import BatchTotals, MemoryNeed, RolloutBatch, StepMetrics, mini_batch_bounds
+from rlactors.core.timing import timed
 from rlactors.loader.fast_language_model import FastLanguageModel, compile_layers, keep_inputs_in_base_dtype
 from rlactors.loader.fast_state import state_of
 from rlactors.workers import collective, step_stats
-from rlactors.workers.host import WorkerProcess, timed, use_all_cores, worker_log
+from rlactors.workers.host import WorkerProcess, use_all_cores, worker_log
 from rlactors.workers.learner_memory import measure_learner, warm_up
 from rlactors.workers.learner_state import load_learner_state, save_learner_state
 from rlactors.workers.optim import make_optimizer, schedule
@@ -52,7 +53,7 @@ class LearnerWorker(WorkerProcess):
         self.device = "cpu"
         self._shared: dict[int, tuple[DeviceAdapter, Any]] = {}  # version -> (record, its GPU buffer)
         self._prepared: tuple[tuple[int, int, int], tuple[list, list]] | None = None  # see prepare
-        self.startup: dict[str, float] = {}  # seconds by phase of `build`, for the driver's console
+        self.startup: dict[str, float] = {}
         worker_log(config.output_dir, "learner", rank)
         self.loss_shape = algorithm.LossShape(**{f.name: getattr(config, f.name) for f in fields(algorithm.LossShape)})
 

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 from rlactors.agent.episodes import AgentSpec, Episode
 from rlactors.core.adapter import DeviceAdapter, LoRAAdapter, gpu_uuid, pick_for_gpu
 from rlactors.core.records import RolloutBatch
+from rlactors.core.timing import timed
 from rlactors.engine import vllm_engine as engine
 from rlactors.loader.fast_language_model import load_engine, resolve_dtype
 from rlactors.loader.model_files import resolve_model_path
-from rlactors.workers.host import WorkerProcess, timed, use_all_cores, worker_log
+from rlactors.workers.host import WorkerProcess, use_all_cores, worker_log
 
 if TYPE_CHECKING:
     from rlactors.core.config import GRPOConfig
@@ -56,7 +57,7 @@ class RolloutWorker(WorkerProcess):
         self._pad_id: int | None = None
         self._asleep = False
         self._folder_loads = 0
-        self.startup: dict[str, float] = {}  # seconds by phase of `build`, for the driver's console
+        self.startup: dict[str, float] = {}
         worker_log(config.output_dir, "rollout", rank)
 
     def build(self) -> int:
