@@ -6,10 +6,11 @@
 #   bash benchmarks/gpu_session.sh sync         # the adapter sync by path (run_all.py --parts sync)
 #   bash benchmarks/gpu_session.sh round N      # round N of bare vLLM, the rlactors step and TRL's, alternated
 #   bash benchmarks/gpu_session.sh time-to-reward  # the main example to reward 0.8: rlactors, then TRL
+#   bash benchmarks/gpu_session.sh profile-example # the main example's update, profiled (no engine)
 # Logs and JSON pieces go to $OUT; each stage prints its summary last. The embedded model is built
 # at /tmp/smollm2 on first use.
 set -uo pipefail
-stage=${1:?stage: first-step, tests-a, tests-b, sync, round N or time-to-reward}
+stage=${1:?stage: first-step, tests-a, tests-b, sync, round N, time-to-reward or profile-example}
 out=${OUT:-/tmp/gpu-session}
 model=/tmp/smollm2
 mkdir -p "$out"
@@ -51,7 +52,12 @@ case $stage in
   time-to-reward)
     timeout 560 python benchmarks/bench_time_to_reward.py --model $model --steps 30 > "$out/time-to-reward.log" 2>&1
     echo "time-to-reward: exit $? after $(( $(date +%s) - start )) s"
-    cp /tmp/rlactors-bench/time_to_reward.json "$out/" 2>/dev/null
+    cp /tmp/rlactors-bench/time_to_reward.json "$out/time_to_reward-$(date +%s).json" 2>/dev/null
     tail -4 "$out/time-to-reward.log" ;;
+  profile-example)
+    timeout 400 python benchmarks/profile_step.py --model $model --example --update-only > "$out/profile-example.log" 2>&1
+    echo "profile-example: exit $? after $(( $(date +%s) - start )) s"
+    cp /tmp/rlactors-bench/profile_example.json "$out/" 2>/dev/null
+    grep -a -E "^update" "$out/profile-example.log" ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac

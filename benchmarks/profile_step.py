@@ -1,7 +1,11 @@
 """Where the GRPO step's time goes on one GPU: a rollout worker and a learner in this one process
 (no Ray), the workload of `bench_rlactors.py`, timed and profiled with torch's profiler.
 
-    python benchmarks/profile_step.py --model DIR [--smoke] [--update-only] [--sleep]
+    python benchmarks/profile_step.py --model DIR [--smoke] [--update-only] [--sleep] [--example]
+
+`--example`: the README's main example (`examples/arithmetic_grpo.yaml`, the embedded SmolLM2 at
+DIR) instead of the 1.07B benchmark shape, and its update also with the whole batch as one
+micro-batch (piece `profile_example`).
 
 Prints and saves (piece `profile`):
 - rollout, in-process: vLLM's `generate` with a rollout worker's sampling parameters, beside the
@@ -27,7 +31,8 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
 from bench_rlactors import config_for
 from common import REPEATS, median, prompts, save_piece, seconds
 
@@ -232,6 +237,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--gmu", type=float, default=0.2)
     parser.add_argument("--micro-batch", type=int, default=32)
+    parser.add_argument("--example", action="store_true", help="the main example's config and model (DIR)")
     parser.add_argument(
         "--update-only",
         action="store_true",
@@ -249,9 +255,16 @@ def main() -> None:
     from rlactors.workers.learner import LearnerWorker
     from rlactors.workers.rollout import RolloutWorker
 
-    config = config_for(
-        args.model, args.smoke, 1, args.gmu, checkpointing=False, micro=args.micro_batch, sleep=args.sleep
-    )
+    if args.example:
+        from rlactors.core.config import load_config
+
+        sets = [f"model_name={args.model}", "save_steps=0", "output_dir=/tmp/rlactors-bench-run", "max_steps=1"]
+        sets.append("max_logprob_mismatch=1000")  # the synthetic batch's log-probs drift from the trained adapter
+        config = load_config(os.path.join(os.path.dirname(HERE), "examples", "arithmetic_grpo.yaml"), sets)
+    else:
+        config = config_for(
+            args.model, args.smoke, 1, args.gmu, checkpointing=False, micro=args.micro_batch, sleep=args.sleep
+        )
     rollout, learner = (None if args.update_only else RolloutWorker(config)), LearnerWorker(config)
     memory = {"before": used_gib()}
     if rollout is not None:
@@ -287,6 +300,11 @@ def main() -> None:
     with fp32_lora_math(learner):
         out["update_fp32_lora_s"] = round(timed(update)[0], 3)
     out["update_vs_fp32_lora"] = round(out["update_s"] / out["update_fp32_lora_s"], 3)
+    if args.example:  # the whole batch in one forward and backward pass, beside the example's micro-batches
+        configured, learner.config = learner.config, learner.config.model_copy(update={"micro_batch_size": batch.size})
+        out["update_one_micro_batch_s"] = round(timed(update)[0], 3)
+        out["update_one_micro_batch_profile"] = kernel_summary(update)
+        learner.config = configured
     out["update_by_checkpointing"] = {
         str(mode): checkpointed_update(learner, mode, update) for mode in (True, "unsloth")
     }
@@ -295,12 +313,18 @@ def main() -> None:
     out["update_compiled_s"] = round(timed(update)[0], 3)
     out["update_compiled_memory"] = update_memory(update)
     out["update_compiled_vs_eager"] = round(out["update_compiled_s"] / out["update_s"], 3)
-    save_piece("profile_update" if args.update_only else "profile", out)
+    piece = "profile_example" if args.example else "profile_update" if args.update_only else "profile"
+    save_piece(piece, out)
     print(
         f"update: {out['update_s']} s (bf16 LoRA matmuls) vs {out['update_fp32_lora_s']} s (fp32 LoRA) "
         f"= {out['update_vs_fp32_lora']}x; GPU busy {out['update_profile']['gpu_busy_share']}, "
         f"kernel s by kind {out['update_profile']['kernel_s_by_kind']}"
     )
+    if args.example:
+        print(
+            f"update as one micro-batch of {batch.size}: {out['update_one_micro_batch_s']} s, "
+            f"GPU busy {out['update_one_micro_batch_profile']['gpu_busy_share']}"
+        )
     print(f"GPU memory (GiB, device-wide unless 'extra'): {memory}")
     print(f"update with activation checkpointing: {out['update_by_checkpointing']}")
     print(

@@ -269,7 +269,7 @@ class GRPOTrainer:
             agent_setup.environment_names(self.agent.spec, self._batch_rows(indices, batch)),
         )
         logged = self.recorder.log(row)
-        self.clock.first_step(self.timings)
+        self.clock.first_step(self.timings, row)
         if logged and cfg.log_completions:
             prompts = [self.prompts.rows[indices[int(p)]][cfg.prompt_column] for p in batch.prompt_index]
             table = completions_table(

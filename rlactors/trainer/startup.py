@@ -43,13 +43,20 @@ class StartupClock:
         if said:
             print(f"rlactors: start-up by worker: {'; '.join(said)}", flush=True)
 
-    def first_step(self, timings: dict[str, float]) -> None:
-        """Once, after the first step: the seconds since `train()` began, by phase."""
+    def first_step(self, timings: dict[str, float], row: dict | None = None) -> None:
+        """Once, after the first step: the seconds since `train()` began, by phase; and of the
+        update, the learner's own (its forward and backward passes, its optimizer step)."""
         if self.reported:
             return
         self.reported = True
         parts = [f"{name} {seconds:.1f}s" for name, seconds in self.phases.items()]
         step = ", ".join(f"{k} {timings[k]:.1f}s" for k in ("generate", "update") if k in timings)
+        row = row or {}
+        if "time/learner_forward_backward_s" in row:
+            step += (
+                f" (in the learner: forward and backward {row['time/learner_forward_backward_s']:.1f}s, "
+                f"optimizer {row.get('time/learner_optimizer_s', 0.0):.1f}s)"
+            )
         print(
             f"rlactors: first step done {time.perf_counter() - self.started:.1f}s after start: "
             f"{', '.join(parts)}; the step: {step}",

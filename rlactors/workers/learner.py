@@ -190,32 +190,39 @@ class LearnerWorker(WorkerProcess):
         sums: dict[str, float] = {}
         skipped, grad_norm, mismatch = False, 0.0, 0.0
         firsts = list(itertools.accumulate((len(m) for m in minis[:-1]), initial=0))  # each one's first micro-batch
+        phases: dict[str, float] = {}  # the learner's own seconds, beside the driver's `time/update_s`
         for iteration, (j, mini) in itertools.product(range(cfg.num_iterations), enumerate(minis)):
             self.optimizer.zero_grad(set_to_none=True)
             stats = []
-            for i, mb in enumerate(mini, start=firsts[j]):
-                loss, mb_stats, weights[i] = self._micro_loss(mb, old[i], ref[i], weights[i], totals[j])
-                loss.backward()
-                stats.append(mb_stats)
-            sums = step_stats.over_learners(*step_stats.summed(stats), self.device)
+            with timed(phases, "time/learner_forward_backward_s"):  # ends reading the statistics back
+                for i, mb in enumerate(mini, start=firsts[j]):
+                    loss, mb_stats, weights[i] = self._micro_loss(mb, old[i], ref[i], weights[i], totals[j])
+                    loss.backward()
+                    stats.append(mb_stats)
+                sums = step_stats.over_learners(*step_stats.summed(stats), self.device)
             if iteration == 0 and j == 0:  # before any optimizer step: vLLM's policy is the learner's
                 mismatch = sums["mismatch"] / max(totals[0].num_items, 1.0)
                 self._check_mismatch(mismatch)
-            collective.all_reduce_grads(params)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-            if not (math.isfinite(grad_norm) and math.isfinite(sums["loss"])):
-                self.optimizer.zero_grad(set_to_none=True)
-                skipped = True
-                break
-            self.optimizer.step()
-            self.scheduler.step()
+            with timed(phases, "time/learner_optimizer_s"):
+                collective.all_reduce_grads(params)
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+                if not (math.isfinite(grad_norm) and math.isfinite(sums["loss"])):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    skipped = True
+                    break
+                self.optimizer.step()
+                self.scheduler.step()
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()  # the step's kernels in its time (the adapter's sync waits on them anyway)
             self.optimizer_steps += 1
         if not skipped:
             self.version += 1
         if cfg.vllm_enable_sleep_mode and torch.cuda.is_available():
             torch.cuda.empty_cache()  # hand the update's cached blocks back before vLLM wakes beside us
         tokens = max(totals[j].num_items, 1.0)  # the statistics are the last optimizer step's
-        extra = {"learner/reference_passes_ahead": float(ahead)} if cfg.needs_logprob_passes else {}
+        extra = {k: round(v, 4) for k, v in phases.items()}
+        if cfg.needs_logprob_passes:
+            extra["learner/reference_passes_ahead"] = float(ahead)
         if cfg.vllm_importance_sampling_correction and sums["is_count"]:
             extra |= {
                 "sampling/importance_sampling_ratio/mean": sums["is_sum"] / sums["is_count"],

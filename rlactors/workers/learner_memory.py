@@ -42,25 +42,35 @@ def measure_learner(learner: LearnerWorker) -> MemoryNeed | None:
 
 
 def warm_up(learner: LearnerWorker) -> None:
-    """One forward and backward pass of a short dummy sequence, so that the first step does not pay
-    for the GPU kernels loaded or built on first use (1-6 s measured on an H200). Leaves no trace:
-    no gradients, no optimizer step, the random generators as they were."""
+    """One forward and backward pass of two dummy sequences of the update's length, padded on the
+    left and masked as rollouts are, so that the first step does not pay for the GPU kernels loaded
+    or built on first use (1-6 s measured on an H200). Two rows keep it small beside vLLM's start.
+    Leaves no trace: no gradients, no optimizer step, the random generators as they were."""
     import torch
 
-    ids = torch.zeros((1, 16), dtype=torch.long, device=learner.device)
+    cfg = learner.config
+    keep = cfg.max_completion_length + 1
+    length = cfg.max_prompt_length + cfg.max_completion_length
+    ids = torch.zeros((2, length), dtype=torch.long, device=learner.device)
+    mask = torch.ones_like(ids)
+    mask[0, : cfg.max_prompt_length // 2] = 0  # a shorter prompt, padded on the left
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.random.fork_rng(devices=[learner.device] if learner.device.type == "cuda" else []):
         forward_backward(
             learner,
             ids,
-            8,
-            lambda logits: algorithm.selective_logprobs(logits, ids[:, -8:], learner.config.temperature).sum(),
+            keep,
+            lambda logits: algorithm.selective_logprobs(logits[:, :-1], ids[:, 1 - keep :], cfg.temperature).sum(),
+            attention_mask=mask,
+            position_ids=positions,
         )
     learner.model.zero_grad(set_to_none=True)
 
 
-def forward_backward(learner: LearnerWorker, ids: Any, keep: int, loss_of: Callable[[Any], Any]) -> None:
-    """The model's forward over `ids` as an update runs it (mixed precision, the last `keep` logits),
-    then backward from `loss_of(logits)`; the gradients are left to the caller."""
+def forward_backward(learner: LearnerWorker, ids: Any, keep: int, loss_of: Callable[[Any], Any], **inputs: Any) -> None:
+    """The model's forward over `ids` (and `inputs`: mask, positions) as an update runs it (mixed
+    precision, the last `keep` logits), then backward from `loss_of(logits)`; the gradients are
+    left to the caller."""
     with learner.mixed_precision():
-        loss = loss_of(learner.model(input_ids=ids, logits_to_keep=keep).logits)
+        loss = loss_of(learner.model(input_ids=ids, logits_to_keep=keep, **inputs).logits)
     loss.backward()

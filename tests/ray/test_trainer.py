@@ -21,6 +21,8 @@ METRIC_KEYS = {
     "rewards/count_vowels/mean",
     "sampling/logprob_mismatch",
     "time/generate_vllm_s",
+    "time/learner_forward_backward_s",
+    "time/learner_optimizer_s",
 }
 
 

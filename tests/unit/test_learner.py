@@ -109,12 +109,9 @@ def test_passes_prepared_ahead_give_the_same_step(tiny_llama, tmp_path):
         got = ahead.update(batch, step)
         assert expected.extra.pop("learner/reference_passes_ahead") == 0.0
         assert got.extra.pop("learner/reference_passes_ahead") == 1.0
-        assert (got.loss, got.kl, got.grad_norm, got.extra) == (
-            expected.loss,
-            expected.kl,
-            expected.grad_norm,
-            expected.extra,
-        )
+        assert all(got.extra.pop(k) > 0 for k in list(expected.extra) if k.startswith("time/learner_"))
+        assert (got.loss, got.kl, got.grad_norm) == (expected.loss, expected.kl, expected.grad_norm)
+        assert got.extra == {k: v for k, v in expected.extra.items() if not k.startswith("time/")}
     assert all(torch.equal(a, b) for a, b in zip(_adapter(plain).values(), _adapter(ahead).values()))
     ahead.prepare(_batch(ahead, 2, seed=3), step=3)
     assert ahead.update(_batch(ahead, 2, seed=4), step=4).extra["learner/reference_passes_ahead"] == 0.0

@@ -20,6 +20,16 @@ def test_each_phase_is_said_and_the_first_step_sums_them_up_once(capsys):
     assert len(said) == 3 and "Ray 0.0s" in said[2] and said[2].endswith("the step: generate 1.2s, update 2.0s")
 
 
+def test_the_first_step_says_the_learners_own_share_of_the_update(capsys):
+    row = {"time/learner_forward_backward_s": 1.54, "time/learner_optimizer_s": 0.21}
+    StartupClock().first_step({"generate": 1.0, "update": 2.0}, row)
+    assert (
+        capsys.readouterr()
+        .out.rstrip()
+        .endswith("update 2.0s (in the learner: forward and backward 1.5s, optimizer 0.2s)")
+    )
+
+
 def test_each_workers_start_is_said_by_phase_and_an_empty_one_is_left_out(capsys):
     StartupClock().workers(
         {"vLLM worker": {"process and imports": 8.04, "engine": 24.5}, "learner": {"model": 5.25}, "other": {}}
