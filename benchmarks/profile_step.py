@@ -149,6 +149,7 @@ def synthetic_batch(learner, config, tokenizer) -> RolloutBatch:
     from rlactors.core.records import RolloutBatch
 
     group, length = config.num_generations, config.max_completion_length
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     prompt = tokenizer(prompts(config.prompts_per_step), padding=True, padding_side="left", return_tensors="pt")
     rows = prompt.input_ids.shape[0] * group
     completion = torch.randint(10, len(tokenizer), (rows, length))
