@@ -220,7 +220,7 @@ class LearnerWorker(WorkerProcess):
         if cfg.vllm_enable_sleep_mode and torch.cuda.is_available():
             torch.cuda.empty_cache()  # hand the update's cached blocks back before vLLM wakes beside us
         tokens = max(totals[j].num_items, 1.0)  # the statistics are the last optimizer step's
-        extra = {k: round(v, 4) for k, v in phases.items()}
+        extra = dict(phases)
         if cfg.needs_logprob_passes:
             extra["learner/reference_passes_ahead"] = float(ahead)
         if cfg.vllm_importance_sampling_correction and sums["is_count"]:

@@ -65,6 +65,11 @@ def _batch(learner, version, seed):
     return batch
 
 
+def _statistics(extra):
+    """A step's extra metrics without its timings (which differ from run to run)."""
+    return {k: v for k, v in extra.items() if not k.startswith("time/")}
+
+
 def _reordered(batch, order):
     index = torch.tensor(order)
     tensors = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "behaviour_logprobs")
@@ -105,7 +110,8 @@ def test_two_learners_on_halves_equal_one_learner_on_the_whole(ray_cluster, tiny
             for key in ("loss", "grad_norm", "kl", "logprob_mismatch", "clip_ratio_low", "clip_ratio_high"):
                 assert getattr(two, key) == pytest.approx(getattr(one, key), rel=1e-4, abs=1e-7), key
             assert two.extra.pop(ahead, 1.0) == 1.0 and one.extra.pop(ahead, 0.0) == 0.0
-            assert two.extra == pytest.approx(one.extra, rel=1e-5)
+            assert "time/learner_forward_backward_s" in two.extra and "time/learner_optimizer_s" in one.extra
+            assert _statistics(two.extra) == pytest.approx(_statistics(one.extra), rel=1e-5)
         initial = LearnerWorker(config).export_adapter().tensors
         expected = single.export_adapter().tensors
         ranks = [ray.get(actor.export_adapter.remote()).tensors for actor in group.actors]
