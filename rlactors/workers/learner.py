@@ -148,10 +148,9 @@ class LearnerWorker(WorkerProcess):
         return self.export_adapter().save(path)
 
     def prepare(self, batch: RolloutBatch, step: int) -> bool:
-        """The passes `update` needs before it trains on `batch` (old log-probs for `num_iterations`
-        > 1, the base model's for `beta` > 0), run now under the current weights and kept for the
-        update of the same step: the driver calls this before the rewards are in, so the passes run
-        while it scores. Whether there were passes to run."""
+        """The passes `update` needs before it trains on `batch` (old log-probs for `num_iterations` > 1, the
+        base model's for `beta` > 0), run now under the current weights and kept for the same step's update:
+        the driver calls this before the rewards are in, so they run while it scores. Whether there were any."""
         self.build()
         self._check_version(batch)
         passes = self._reference_passes([mb for mini in self._micro_batches(batch) for mb in mini])
@@ -190,11 +189,11 @@ class LearnerWorker(WorkerProcess):
         sums: dict[str, float] = {}
         skipped, grad_norm, mismatch = False, 0.0, 0.0
         firsts = list(itertools.accumulate((len(m) for m in minis[:-1]), initial=0))  # each one's first micro-batch
-        phases: dict[str, float] = {}  # the learner's own seconds, beside the driver's `time/update_s`
+        extra: dict[str, Any] = {}  # the learner's own seconds (beside the driver's `time/update_s`), statistics
         for iteration, (j, mini) in itertools.product(range(cfg.num_iterations), enumerate(minis)):
             self.optimizer.zero_grad(set_to_none=True)
             stats = []
-            with timed(phases, "time/learner_forward_backward_s"):  # ends reading the statistics back
+            with timed(extra, "time/learner_forward_backward_s"):  # ends reading the statistics back
                 for i, mb in enumerate(mini, start=firsts[j]):
                     loss, mb_stats, weights[i] = self._micro_loss(mb, old[i], ref[i], weights[i], totals[j])
                     loss.backward()
@@ -203,12 +202,12 @@ class LearnerWorker(WorkerProcess):
             if iteration == 0 and j == 0:  # before any optimizer step: vLLM's policy is the learner's
                 mismatch = sums["mismatch"] / max(totals[0].num_items, 1.0)
                 self._check_mismatch(mismatch)
-            with timed(phases, "time/learner_optimizer_s"):
+            with timed(extra, "time/learner_optimizer_s"):
                 collective.all_reduce_grads(params)
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-                if not (math.isfinite(grad_norm) and math.isfinite(sums["loss"])):
+                skipped = not (math.isfinite(grad_norm) and math.isfinite(sums["loss"]))
+                if skipped:
                     self.optimizer.zero_grad(set_to_none=True)
-                    skipped = True
                     break
                 self.optimizer.step()
                 self.scheduler.step()
@@ -220,7 +219,6 @@ class LearnerWorker(WorkerProcess):
         if cfg.vllm_enable_sleep_mode and torch.cuda.is_available():
             torch.cuda.empty_cache()  # hand the update's cached blocks back before vLLM wakes beside us
         tokens = max(totals[j].num_items, 1.0)  # the statistics are the last optimizer step's
-        extra = dict(phases)
         if cfg.needs_logprob_passes:
             extra["learner/reference_passes_ahead"] = float(ahead)
         if cfg.vllm_importance_sampling_correction and sums["is_count"]:
@@ -275,9 +273,8 @@ class LearnerWorker(WorkerProcess):
         return logp, raw.detach()
 
     def _reference_passes(self, micro: list[RolloutBatch]) -> tuple[list, list]:
-        """Before any update: old log-probs (only when a step trains after another: num_iterations
-        or num_mini_batches > 1; else the current ones, detached, are the same) and base-model
-        log-probs with the adapter disabled (beta > 0)."""
+        """Before any update: old log-probs (when num_iterations or num_mini_batches > 1; else the current
+        ones, detached, are the same) and base-model log-probs with the adapter disabled (beta > 0)."""
         import torch
 
         cfg = self.config
