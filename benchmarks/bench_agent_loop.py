@@ -11,7 +11,10 @@ async `multiply` tool that sleeps 50 ms, up to 3 tool rounds (4 turns). Then:
 - locked: every episode waits for all others at each turn (a batch-synchronous loop);
 - single: one request per episode sampling exactly as many tokens as that episode's model
   tokens (`ignore_eos`): single-turn generation of the same sampled tokens;
+- single_stream: `single` added one request at a time to the stream the episodes use;
 - single_mean: every request the mean length (no long tail).
+For the last round, each variant's engine steps are timed (`engine_timeline`): how many steps, the
+seconds inside them and outside (tools, the loop), and the requests each step carried.
 Target (issue 17): independent <= 1.25 x single + one tool latency per tool round.
 """
 
@@ -55,6 +58,38 @@ def rows(count: int) -> list[dict]:
     return out
 
 
+class Timeline:
+    """A `TurnStream` whose engine steps are timed: how many ran, how long they took, how many
+    requests each carried. The rest of a variant's wall time is outside vLLM (tools, the loop)."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.steps = stream, []
+
+    def add(self, key: str, token_ids: list[int], max_tokens: int) -> None:
+        self.stream.add(key, token_ids, max_tokens)
+
+    @property
+    def busy(self) -> bool:
+        return self.stream.busy
+
+    def step(self) -> list:
+        running, start = len(self.stream.pending), time.perf_counter()
+        done = self.stream.step()
+        self.steps.append((time.perf_counter() - start, running))
+        return done
+
+    def summary(self, wall: float) -> dict:
+        engine = sum(s for s, _ in self.steps)
+        return {
+            "engine_steps": len(self.steps),
+            "engine_s": round(engine, 4),
+            "outside_engine_s": round(wall - engine, 4),
+            "step_ms_mean": round(1000 * engine / max(1, len(self.steps)), 3),
+            "requests_per_step_mean": round(sum(n for _, n in self.steps) / max(1, len(self.steps)), 1),
+            "steps_under_16_requests": sum(n < 16 for _, n in self.steps),
+        }
+
+
 def main() -> None:
     import torch
 
@@ -86,10 +121,28 @@ def main() -> None:
             for i, row in enumerate(data)
             for g in range(args.generations)
         ]
-        stream = engine.TurnStream(llm, None, stop=fmt.call_end if stop else None, temperature=1.0, top_p=1.0)
+        stream = Timeline(engine.TurnStream(llm, None, stop=fmt.call_end if stop else None, temperature=1.0, top_p=1.0))
         start = time.perf_counter()
         EpisodeLoop(stream, fmt, runner, limits).run(runs, locked=locked)
-        return time.perf_counter() - start, runs
+        seconds = time.perf_counter() - start
+        timelines[name(locked, stop)] = stream.summary(seconds)
+        return seconds, runs
+
+    def name(locked: bool, stop: bool) -> str:
+        return "locked" if locked else "independent" if stop else "no_stop"
+
+    def single_stream(lengths: list[int]) -> float:
+        """`single` through the same timed stream: its engine steps beside the episodes'."""
+        ids = [start_episode("s", row, "prompt", spec, fmt).prompt_ids for row in data for _ in range(args.generations)]
+        stream = Timeline(engine.TurnStream(llm, None, temperature=1.0, ignore_eos=True))
+        start = time.perf_counter()
+        for i, (prompt, n) in enumerate(zip(ids, lengths)):
+            stream.add(f"s{i}", prompt, n)
+        while stream.busy:
+            stream.step()
+        seconds = time.perf_counter() - start
+        timelines["single_stream"] = stream.summary(seconds)
+        return seconds
 
     def single(lengths: list[int]) -> float:
         """One request per episode, each sampling exactly `lengths[i]` tokens."""
@@ -102,8 +155,10 @@ def main() -> None:
         engine.generate(llm, ids, params)
         return time.perf_counter() - start
 
+    timelines: dict[str, dict] = {}  # the last round's, per variant
     episodes(False)  # warm-up: CUDA graphs, caches
-    times: dict[str, list[float]] = {"independent": [], "no_stop": [], "locked": [], "single": [], "single_mean": []}
+    times: dict[str, list[float]] = {k: [] for k in ("independent", "no_stop", "locked", "single", "single_stream")}
+    times["single_mean"] = []
     counts = []
     for _ in range(args.rounds):
         seconds, runs = episodes(False)
@@ -113,6 +168,7 @@ def main() -> None:
         times["locked"].append(episodes(True)[0])
         lengths = [max(1, e.model_tokens) for e in runs]
         times["single"].append(single(lengths))
+        times["single_stream"].append(single_stream(lengths))
         times["single_mean"].append(single([round(sum(lengths) / len(lengths))] * len(lengths)))
     med = {k: statistics.median(v) for k, v in times.items()}
     means = episode_means(counts[-1])
@@ -135,10 +191,17 @@ def main() -> None:
         "target_s": target,
         "meets_target": med["independent"] <= target,
         "rounds": times,
+        "engine_timeline": timelines,
     }
     print(f"{'':12} {'s':>8} {'episodes/s':>11} {'tokens/s':>10}")
     for k in times:
         print(f"{k:12} {med[k]:8.2f} {n / med[k]:11.1f} {model_tokens / med[k]:10.0f}")
+    print(f"{'':14} {'engine steps':>12} {'in steps s':>10} {'outside s':>9} {'ms/step':>8} {'requests/step':>13}")
+    for k, t in timelines.items():
+        print(
+            f"{k:14} {t['engine_steps']:12} {t['engine_s']:10.3f} {t['outside_engine_s']:9.3f} "
+            f"{t['step_ms_mean']:8.2f} {t['requests_per_step_mean']:13.1f}"
+        )
     verdict = "met" if result["meets_target"] else "NOT met"
     print(f"turns/episode {means['episodes/turns_mean']:.2f}, model tokens/episode {result['model_tokens_mean']:.1f}")
     print(

@@ -51,6 +51,11 @@ VARIANTS: dict[str, list[str]] = {
     ],
     "4bit": ["load_in_4bit=true"],  # vLLM on the bitsandbytes 4-bit base, as the learner
     "4bit_bf16_rollout": ["load_in_4bit=true", f"engine_kwargs={json.dumps({**KV, 'quantization': None})}"],
+    # the learner's decoder layers compiled (the update's kernel launches fused)
+    "compile": ["torch_compile=true"],
+    # generation of step N+1 beside the update of step N (one adapter version behind)
+    "async": ["max_staleness=1"],
+    "compile_async": ["torch_compile=true", "max_staleness=1"],
 }
 ENGINE_TIMING = re.compile(r"took [0-9.]+ ?s|finished in [0-9.]+ ?s|[0-9.]+ ?s in total|seconds", re.IGNORECASE)
 COMPILERS = re.compile(r"\b(nvcc|cicc|ptxas|cudafe\+\+|cc1plus|cc1|fatbinary|nvlink|ninja)\b")

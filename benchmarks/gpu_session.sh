@@ -7,10 +7,12 @@
 #   bash benchmarks/gpu_session.sh round N      # round N of bare vLLM, the rlactors step and TRL's, alternated
 #   bash benchmarks/gpu_session.sh time-to-reward  # the main example to reward 0.8: rlactors, then TRL
 #   bash benchmarks/gpu_session.sh profile-example # the main example's update, profiled (no engine)
+#   bash benchmarks/gpu_session.sh step-variants   # the main example's step: compiled learner, async, both
+#   bash benchmarks/gpu_session.sh agent-loop      # multi-turn episodes against single-turn, engine steps timed
 # Logs and JSON pieces go to $OUT; each stage prints its summary last. The embedded model is built
 # at /tmp/smollm2 on first use.
 set -uo pipefail
-stage=${1:?stage: first-step, tests-a, tests-b, sync, round N, time-to-reward or profile-example}
+stage=${1:?stage: first-step, tests-a, tests-b, sync, round N, time-to-reward, profile-example, step-variants or agent-loop}
 out=${OUT:-/tmp/gpu-session}
 model=/tmp/smollm2
 mkdir -p "$out"
@@ -59,5 +61,16 @@ case $stage in
     echo "profile-example: exit $? after $(( $(date +%s) - start )) s"
     cp /tmp/rlactors-bench/profile_example.json "$out/" 2>/dev/null
     grep -a -E "^update" "$out/profile-example.log" ;;
+  step-variants)
+    timeout 560 python benchmarks/bench_first_step.py --model $model --variants default,compile,async,compile_async \
+      --steps 16 > "$out/step-variants.log" 2>&1
+    echo "step-variants: exit $? after $(( $(date +%s) - start )) s"
+    sed -n '/^variant /,$p' "$out/step-variants.log"
+    cp /tmp/rlactors-bench/first_step.json "$out/step_variants.json" 2>/dev/null ;;
+  agent-loop)
+    timeout 400 python benchmarks/bench_agent_loop.py --model $model > "$out/agent-loop.log" 2>&1
+    echo "agent-loop: exit $? after $(( $(date +%s) - start )) s"
+    cp /tmp/rlactors-bench/agent_loop.json "$out/" 2>/dev/null
+    tail -16 "$out/agent-loop.log" ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac
