@@ -13,6 +13,8 @@ async `multiply` tool that sleeps 50 ms, up to 3 tool rounds (4 turns). Then:
   tokens (`ignore_eos`): single-turn generation of the same sampled tokens;
 - single_stream: `single` added one request at a time to the stream the episodes use;
 - single_mean: every request the mean length (no long tail).
+- held_K: independent, but the turns that follow tool results are handed to vLLM together, held at
+  most K engine steps (fewer steps that prefill beside decodes).
 For the last round, each variant's engine steps are timed (`engine_timeline`): how many steps, the
 seconds inside them and outside (tools, the loop), and the requests each step carried.
 Target (issue 17): independent <= 1.25 x single + one tool latency per tool round.
@@ -60,33 +62,57 @@ def rows(count: int) -> list[dict]:
 
 class Timeline:
     """A `TurnStream` whose engine steps are timed: how many ran, how long they took, how many
-    requests each carried. The rest of a variant's wall time is outside vLLM (tools, the loop)."""
+    requests each carried, and whether requests were added just before it (a step that prefills
+    them beside the others' decodes). The rest of a variant's wall time is outside vLLM.
 
-    def __init__(self, stream) -> None:
-        self.stream, self.steps = stream, []
+    `hold_steps` > 0 coalesces: requests added are held and handed to vLLM together once the
+    oldest has waited that many steps, or at once when vLLM has nothing else to run."""
+
+    def __init__(self, stream, hold_steps: int = 0) -> None:
+        self.stream, self.hold_steps = stream, hold_steps
+        self.steps: list[tuple[float, int, bool]] = []
+        self.held: list[tuple[str, list[int], int]] = []
+        self.held_since = 0
+        self.added = False
 
     def add(self, key: str, token_ids: list[int], max_tokens: int) -> None:
-        self.stream.add(key, token_ids, max_tokens)
+        if not self.hold_steps:
+            self.stream.add(key, token_ids, max_tokens)
+            self.added = True
+            return
+        if not self.held:
+            self.held_since = len(self.steps)
+        self.held.append((key, token_ids, max_tokens))
 
     @property
     def busy(self) -> bool:
-        return self.stream.busy
+        return self.stream.busy or bool(self.held)
 
     def step(self) -> list:
+        if self.held and (not self.stream.busy or len(self.steps) - self.held_since >= self.hold_steps):
+            for request in self.held:
+                self.stream.add(*request)
+            self.held, self.added = [], True
         running, start = len(self.stream.pending), time.perf_counter()
         done = self.stream.step()
-        self.steps.append((time.perf_counter() - start, running))
+        self.steps.append((time.perf_counter() - start, running, self.added))
+        self.added = False
         return done
 
     def summary(self, wall: float) -> dict:
-        engine = sum(s for s, _ in self.steps)
+        engine = sum(s for s, _, _ in self.steps)
+        mixed = [s for s, _, added in self.steps if added]
+        decode = [s for s, _, added in self.steps if not added]
         return {
             "engine_steps": len(self.steps),
             "engine_s": round(engine, 4),
             "outside_engine_s": round(wall - engine, 4),
             "step_ms_mean": round(1000 * engine / max(1, len(self.steps)), 3),
-            "requests_per_step_mean": round(sum(n for _, n in self.steps) / max(1, len(self.steps)), 1),
-            "steps_under_16_requests": sum(n < 16 for _, n in self.steps),
+            "requests_per_step_mean": round(sum(n for _, n, _ in self.steps) / max(1, len(self.steps)), 1),
+            "steps_under_16_requests": sum(n < 16 for _, n, _ in self.steps),
+            "steps_after_adds": len(mixed),
+            "step_after_adds_ms_mean": round(1000 * sum(mixed) / max(1, len(mixed)), 3),
+            "step_without_adds_ms_mean": round(1000 * sum(decode) / max(1, len(decode)), 3),
         }
 
 
@@ -105,6 +131,7 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-completion-length", type=int, default=256)
+    parser.add_argument("--hold-steps", default="4,16", help="variants that coalesce the turns added (steps held)")
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
     extra = {} if cuda else {"enforce_eager": True, "kv_cache_memory_bytes": 2**30}
@@ -115,17 +142,18 @@ def main() -> None:
     limits = LoopLimits(args.max_completion_length, 2048, 3, 64)
     data = rows(args.prompts)
 
-    def episodes(locked: bool, stop: bool = True) -> tuple[float, list]:
+    def episodes(locked: bool, stop: bool = True, hold_steps: int = 0) -> tuple[float, list]:
         runs = [
             start_episode(f"r{i}g{g}", row, "prompt", spec, fmt)
             for i, row in enumerate(data)
             for g in range(args.generations)
         ]
-        stream = Timeline(engine.TurnStream(llm, None, stop=fmt.call_end if stop else None, temperature=1.0, top_p=1.0))
+        turns = engine.TurnStream(llm, None, stop=fmt.call_end if stop else None, temperature=1.0, top_p=1.0)
+        stream = Timeline(turns, hold_steps)
         start = time.perf_counter()
         EpisodeLoop(stream, fmt, runner, limits).run(runs, locked=locked)
         seconds = time.perf_counter() - start
-        timelines[name(locked, stop)] = stream.summary(seconds)
+        timelines[f"held_{hold_steps}" if hold_steps else name(locked, stop)] = stream.summary(seconds)
         return seconds, runs
 
     def name(locked: bool, stop: bool) -> str:
@@ -159,6 +187,9 @@ def main() -> None:
     episodes(False)  # warm-up: CUDA graphs, caches
     times: dict[str, list[float]] = {k: [] for k in ("independent", "no_stop", "locked", "single", "single_stream")}
     times["single_mean"] = []
+    holds = [int(h) for h in args.hold_steps.split(",") if h]
+    for hold in holds:
+        times[f"held_{hold}"] = []
     counts = []
     for _ in range(args.rounds):
         seconds, runs = episodes(False)
@@ -166,6 +197,8 @@ def main() -> None:
         counts.append(episode_counts(runs))
         times["no_stop"].append(episodes(False, stop=False)[0])
         times["locked"].append(episodes(True)[0])
+        for hold in holds:
+            times[f"held_{hold}"].append(episodes(False, hold_steps=hold)[0])
         lengths = [max(1, e.model_tokens) for e in runs]
         times["single"].append(single(lengths))
         times["single_stream"].append(single_stream(lengths))
@@ -196,11 +229,15 @@ def main() -> None:
     print(f"{'':12} {'s':>8} {'episodes/s':>11} {'tokens/s':>10}")
     for k in times:
         print(f"{k:12} {med[k]:8.2f} {n / med[k]:11.1f} {model_tokens / med[k]:10.0f}")
-    print(f"{'':14} {'engine steps':>12} {'in steps s':>10} {'outside s':>9} {'ms/step':>8} {'requests/step':>13}")
+    print(
+        f"{'':14} {'engine steps':>12} {'in steps s':>10} {'outside s':>9} {'ms/step':>8} {'requests/step':>13} "
+        f"{'steps after adds':>16} {'their ms':>8} {'others ms':>9}"
+    )
     for k, t in timelines.items():
         print(
             f"{k:14} {t['engine_steps']:12} {t['engine_s']:10.3f} {t['outside_engine_s']:9.3f} "
-            f"{t['step_ms_mean']:8.2f} {t['requests_per_step_mean']:13.1f}"
+            f"{t['step_ms_mean']:8.2f} {t['requests_per_step_mean']:13.1f} {t['steps_after_adds']:16} "
+            f"{t['step_after_adds_ms_mean']:8.2f} {t['step_without_adds_ms_mean']:9.2f}"
         )
     verdict = "met" if result["meets_target"] else "NOT met"
     print(f"turns/episode {means['episodes/turns_mean']:.2f}, model tokens/episode {result['model_tokens_mean']:.1f}")

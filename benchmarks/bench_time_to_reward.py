@@ -89,6 +89,14 @@ def main() -> None:
     parser.add_argument("--only", choices=["rlactors", "trl"], help="one side alone (a check of its script)")
     parser.add_argument("--work", default="/tmp/rlactors-time-to-reward")
     parser.add_argument("--timeout-s", type=float, default=3600)
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an override of the rlactors run, as `rlactors train --set` (repeatable)",
+    )
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
 
@@ -97,6 +105,7 @@ def main() -> None:
         out_dir = os.path.join(args.work, f"{name}-{number}")
         if name == "rlactors":
             sets = [f"model_name={args.model}", f"max_steps={args.steps}", "save_steps=0", f"output_dir={out_dir}"]
+            sets += args.sets
             argv = ["-m", "rlactors", "train", "examples/arithmetic_grpo.yaml"]
             return [sys.executable, *argv, *(x for s in sets for x in ("--set", s))], f"{out_dir}/metrics.jsonl"
         rows = f"{out_dir}.jsonl"
@@ -124,6 +133,7 @@ def main() -> None:
         "versions": versions(),
         "target": args.target,
         "steps": args.steps,
+        "rlactors_sets": args.sets,
         "runs": results,
         "median": summary,
         "time_to_target_vs_trl": ratio,

@@ -5,7 +5,7 @@
 #   bash benchmarks/gpu_session.sh tests-b      # tests/gpu: loader, exports, training on the GPU
 #   bash benchmarks/gpu_session.sh sync         # the adapter sync by path (run_all.py --parts sync)
 #   bash benchmarks/gpu_session.sh round N      # round N of bare vLLM, the rlactors step and TRL's, alternated
-#   bash benchmarks/gpu_session.sh time-to-reward  # the main example to reward 0.8: rlactors, then TRL
+#   bash benchmarks/gpu_session.sh time-to-reward [--set K=V]  # the main example to reward 0.8: rlactors, then TRL
 #   bash benchmarks/gpu_session.sh profile-example # the main example's update, profiled (no engine)
 #   bash benchmarks/gpu_session.sh step-variants   # the main example's step: compiled learner, async, both
 #   bash benchmarks/gpu_session.sh agent-loop      # multi-turn episodes against single-turn, engine steps timed
@@ -52,7 +52,8 @@ case $stage in
     cp -r /tmp/rlactors-bench "$out/pieces" 2>/dev/null
     grep -a -E "rounds_|rollout_vs_bare|grpo_step|^round " "$out/report.log" | tail -12 ;;
   time-to-reward)
-    timeout 560 python benchmarks/bench_time_to_reward.py --model $model --steps 30 > "$out/time-to-reward.log" 2>&1
+    # extra arguments go to the rlactors run: time-to-reward --set max_staleness=1
+    timeout 560 python benchmarks/bench_time_to_reward.py --model $model --steps 30 "${@:2}" > "$out/time-to-reward.log" 2>&1
     echo "time-to-reward: exit $? after $(( $(date +%s) - start )) s"
     cp /tmp/rlactors-bench/time_to_reward.json "$out/time_to_reward-$(date +%s).json" 2>/dev/null
     tail -4 "$out/time-to-reward.log" ;;
@@ -71,6 +72,6 @@ case $stage in
     timeout 400 python benchmarks/bench_agent_loop.py --model $model > "$out/agent-loop.log" 2>&1
     echo "agent-loop: exit $? after $(( $(date +%s) - start )) s"
     cp /tmp/rlactors-bench/agent_loop.json "$out/" 2>/dev/null
-    tail -16 "$out/agent-loop.log" ;;
+    tail -24 "$out/agent-loop.log" | cut -c1-400 ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac
