@@ -106,7 +106,8 @@ class GRPOTrainer:
             # waits for the prompts, whose errors are raised below, inside the try that stops Ray
         final = None
         try:
-            prompts.result()
+            with self.clock.phase("prompts"):  # what is left of their load once Ray is up
+                prompts.result()
             start_step = self._start()
             self.callbacks.train_begin(self.config, start_step, model=self.model, processing_class=self.tokenizer)
             step = start_step
@@ -186,7 +187,8 @@ class GRPOTrainer:
         cfg = self.config
         resume_from = self.resumed_from = self._resume_path()
         layout = plan(cfg, cluster_has_gpus())
-        self.placement_group = reserve(layout, cfg.placement_timeout_s, strategy=cfg.placement_strategy)
+        with self.clock.phase("placement"):
+            self.placement_group = reserve(layout, cfg.placement_timeout_s, strategy=cfg.placement_strategy)
         self.environment_workers, spec = launch.host_environments(cfg, self.agent)
         with self._timed("startup"):
             workers = launch.start_workers(cfg, layout, self.placement_group, self.source, spec, self.clock)

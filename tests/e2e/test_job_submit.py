@@ -29,7 +29,9 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
-    """A real head node on loopback, in its own process group: stopping it touches no other Ray."""
+    """A real head node on loopback, in its own process group: stopping it touches no other Ray.
+    Every port is a free one: Ray's fixed defaults (the dashboard agent's 52365, the client
+    server's 10001) are taken when another Ray, such as a test's local cluster, runs here."""
     temp = tmp_path_factory.mktemp("rayhead")
     env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "token"}  # token auth on, as in cluster/ templates
     port, dash = _free_port(), _free_port()
@@ -45,6 +47,11 @@ def ray_head(tmp_path_factory):
             "--include-dashboard=true",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dash}",
+            f"--dashboard-agent-listen-port={_free_port()}",
+            f"--dashboard-agent-grpc-port={_free_port()}",
+            f"--runtime-env-agent-port={_free_port()}",
+            f"--metrics-export-port={_free_port()}",
+            f"--ray-client-server-port={_free_port()}",
             f"--temp-dir={temp}",
             "--disable-usage-stats",
         ],
