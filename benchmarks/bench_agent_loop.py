@@ -2,6 +2,7 @@
 and against the same episodes locked turn by turn, in one run (median of alternated rounds).
 
     python benchmarks/bench_agent_loop.py [--model models/smollm2] [--prompts 16] [--rounds 3]
+        [--compilation-config '{"cudagraph_mode": "FULL"}'] [--hold-steps 4,16]
 
 Episodes: `--prompts` two-digit products x 8, SmolLM2 with the calculator example's prefill, an
 async `multiply` tool that sleeps 50 ms, up to 3 tool rounds (4 turns). Then:
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import statistics
@@ -131,10 +133,16 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-completion-length", type=int, default=256)
+    parser.add_argument(
+        "--compilation-config",
+        help='vLLM\'s compilation_config as JSON, e.g. \'{"cudagraph_mode": "FULL"}\' (graphs for mixed batches too)',
+    )
     parser.add_argument("--hold-steps", default="4,16", help="variants that coalesce the turns added (steps held)")
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
     extra = {} if cuda else {"enforce_eager": True, "kv_cache_memory_bytes": 2**30}
+    if args.compilation_config:
+        extra["compilation_config"] = json.loads(args.compilation_config)
     llm = load_engine(args.model, 2048, torch.bfloat16 if cuda else torch.float32, 0.5, 16, **extra)
     fmt = ChatFormat.of(llm.get_tokenizer())
     spec = AgentSpec(tools=[multiply])
@@ -211,6 +219,7 @@ def main() -> None:
     target = 1.25 * med["single"] + rounds_max * TOOL_SECONDS
     result = {
         "device": gpu_name() if cuda else "cpu",
+        "compilation_config": extra.get("compilation_config"),
         "versions": versions(),
         "episodes": int(n),
         "turns_mean": means["episodes/turns_mean"],

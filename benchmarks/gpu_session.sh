@@ -8,7 +8,7 @@
 #   bash benchmarks/gpu_session.sh time-to-reward [--set K=V]  # the main example to reward 0.8: rlactors, then TRL
 #   bash benchmarks/gpu_session.sh profile-example # the main example's update, profiled (no engine)
 #   bash benchmarks/gpu_session.sh step-variants   # the main example's step: compiled learner, async, both
-#   bash benchmarks/gpu_session.sh agent-loop      # multi-turn episodes against single-turn, engine steps timed
+#   bash benchmarks/gpu_session.sh agent-loop [ARGS]  # multi-turn episodes against single-turn, engine steps timed
 # Logs and JSON pieces go to $OUT; each stage prints its summary last. The embedded model is built
 # at /tmp/smollm2 on first use.
 set -uo pipefail
@@ -69,7 +69,8 @@ case $stage in
     sed -n '/^variant /,$p' "$out/step-variants.log"
     cp /tmp/rlactors-bench/first_step.json "$out/step_variants.json" 2>/dev/null ;;
   agent-loop)
-    timeout 400 python benchmarks/bench_agent_loop.py --model $model > "$out/agent-loop.log" 2>&1
+    # extra arguments go to the benchmark: agent-loop --compilation-config '{"cudagraph_mode": "FULL"}'
+    timeout 400 python benchmarks/bench_agent_loop.py --model $model "${@:2}" > "$out/agent-loop.log" 2>&1
     echo "agent-loop: exit $? after $(( $(date +%s) - start )) s"
     cp /tmp/rlactors-bench/agent_loop.json "$out/" 2>/dev/null
     tail -24 "$out/agent-loop.log" | cut -c1-400 ;;
