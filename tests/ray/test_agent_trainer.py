@@ -2,15 +2,18 @@
 learner trains on the episodes' own ids with tool results masked out, environments score their
 rollouts (a raising one leaves its rollouts without a reward), a Ray rollout actor runs them."""
 
+import dataclasses
 import json
 import os
 import shutil
+import sys
 import time
 
 import pytest
 
 from rlactors import GRPOConfig, GRPOTrainer
 from rlactors.testing.tools import multiply
+from rlactors.workers.rollout import StaleAdapterError
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
 CALL = '<tool_call>\n{{"name": "{name}", "arguments": {{"{arg}": '
@@ -81,12 +84,12 @@ def _config(model, tmp_path, **kw):
     return GRPOConfig(**values)
 
 
-def _rows(n=4):
+def _rows(n=4, tool="multiply"):
     return [
         {
             "prompt": [
                 {"role": "user", "content": f"What is {11 + i}*3?"},
-                {"role": "assistant", "content": CALL.format(name="multiply", arg="a")},
+                {"role": "assistant", "content": CALL.format(name=tool, arg="a")},
             ],
             "answer": str((11 + i) * 3),
         }
@@ -142,6 +145,51 @@ def test_episodes_in_flight_at_a_checkpoint_run_again_after_a_resume(ray_cluster
     rows = resumed.recorder.rows
     assert [r["step"] for r in rows] == [1, 2]  # step 1 kept, none repeated
     assert rows[1]["tools/call_frequency"] > 0 and rows[1]["episodes/turns_mean"] > 1  # run as episodes
+
+
+def slow_multiply(a: int, b: int) -> int:
+    """Multiplies two integers, taking its time.
+
+    Args:
+        a: the first integer
+        b: the second integer
+    """
+    time.sleep(1.5)
+    return a * b
+
+
+def test_an_adapter_sent_mid_episode_is_loaded_after_the_episodes_end(ray_cluster, smollm2, tmp_path):
+    """Scenario 51: a newer adapter sent to a rollout actor while its episodes wait on a tool is loaded
+    only once they have ended. The batch is all of the version it started under (no episode is
+    dropped, none mixes versions), the next runs under the new one, and asking for the old one then
+    is refused."""
+    import ray
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the slow tool travels to the actor
+    config = _config(smollm2, tmp_path, num_rollout_workers=1, num_learner_workers=0)
+    trainer = GRPOTrainer(args=config, reward_funcs=[right_product], train_dataset=_rows(), tools=[slow_multiply])
+    trainer._init_ray()
+    trainer._start()
+    try:
+        (worker,) = trainer.rollouts.actors
+        started = trainer.learners.export_adapter()  # the learners are in this process: the record itself
+        newer = dataclasses.replace(started, version=started.version + 1)
+        rows = _rows(2, tool="slow_multiply")
+        episodes = worker.generate.remote(rows, started.version)
+        load = worker.load_adapter.remote(newer)  # sent while the episodes run (each waits 1.5 s on its tool)
+        ready, _ = ray.wait([episodes, load], num_returns=1, timeout=300)
+        assert ready == [episodes]  # the load waited for the episodes
+        batch = ray.get(episodes)
+        assert batch.adapter_version == started.version and batch.size == 2 * config.num_generations
+        assert batch.episode_metrics["tool_ok"] > 0, batch.episode_metrics  # the episodes did wait on the tool
+        assert ray.get(load) == newer.version
+        assert ray.get(worker.generate.remote(rows[:1], newer.version)).adapter_version == newer.version
+        with pytest.raises(ray.exceptions.RayTaskError) as refused:
+            ray.get(worker.generate.remote(rows[:1], started.version))
+        assert isinstance(refused.value.cause, StaleAdapterError)
+    finally:
+        trainer._stop(owns_ray=False)
 
 
 def test_environments_on_a_ray_rollout_actor(ray_cluster, smollm2, tmp_path):
