@@ -193,11 +193,9 @@ def main() -> None:
 
     timelines: dict[str, dict] = {}  # the last round's, per variant
     episodes(False)  # warm-up: CUDA graphs, caches
-    times: dict[str, list[float]] = {k: [] for k in ("independent", "no_stop", "locked", "single", "single_stream")}
-    times["single_mean"] = []
     holds = [int(h) for h in args.hold_steps.split(",") if h]
-    for hold in holds:
-        times[f"held_{hold}"] = []
+    variants = ["independent", "no_stop", "locked", *(f"held_{h}" for h in holds), "single", "single_stream"]
+    times: dict[str, list[float]] = {k: [] for k in [*variants, "single_mean"]}
     counts = []
     for _ in range(args.rounds):
         seconds, runs = episodes(False)
