@@ -150,7 +150,11 @@ def main() -> None:
     limits = LoopLimits(args.max_completion_length, 2048, 3, 64)
     data = rows(args.prompts)
 
-    def episodes(locked: bool, stop: bool = True, hold_steps: int = 0) -> tuple[float, list]:
+    # the single-turn requests' prompts: each episode's prompt, rendered once for every round
+    prompts = [start_episode("s", row, "prompt", spec, fmt).prompt_ids for row in data for _ in range(args.generations)]
+
+    def episodes(name: str | None, locked: bool = False, stop: bool = True, hold_steps: int = 0) -> tuple[float, list]:
+        """One variant's episodes; its engine steps kept in `timelines[name]` (none for the warm-up)."""
         runs = [
             start_episode(f"r{i}g{g}", row, "prompt", spec, fmt)
             for i, row in enumerate(data)
@@ -161,18 +165,15 @@ def main() -> None:
         start = time.perf_counter()
         EpisodeLoop(stream, fmt, runner, limits).run(runs, locked=locked)
         seconds = time.perf_counter() - start
-        timelines[f"held_{hold_steps}" if hold_steps else name(locked, stop)] = stream.summary(seconds)
+        if name:
+            timelines[name] = stream.summary(seconds)
         return seconds, runs
-
-    def name(locked: bool, stop: bool) -> str:
-        return "locked" if locked else "independent" if stop else "no_stop"
 
     def single_stream(lengths: list[int]) -> float:
         """`single` through the same timed stream: its engine steps beside the episodes'."""
-        ids = [start_episode("s", row, "prompt", spec, fmt).prompt_ids for row in data for _ in range(args.generations)]
         stream = Timeline(engine.TurnStream(llm, None, temperature=1.0, ignore_eos=True))
         start = time.perf_counter()
-        for i, (prompt, n) in enumerate(zip(ids, lengths)):
+        for i, (prompt, n) in enumerate(zip(prompts, lengths)):
             stream.add(f"s{i}", prompt, n)
         while stream.busy:
             stream.step()
@@ -182,30 +183,32 @@ def main() -> None:
 
     def single(lengths: list[int]) -> float:
         """One request per episode, each sampling exactly `lengths[i]` tokens."""
-        ids = [start_episode("s", row, "prompt", spec, fmt).prompt_ids for row in data for _ in range(args.generations)]
         params = [
             engine.sampling_params(n=1, max_tokens=n, min_tokens=n, ignore_eos=True, temperature=1.0, logprobs=0)
             for n in lengths
         ]
         start = time.perf_counter()
-        engine.generate(llm, ids, params)
+        engine.generate(llm, prompts, params)
         return time.perf_counter() - start
 
     timelines: dict[str, dict] = {}  # the last round's, per variant
-    episodes(False)  # warm-up: CUDA graphs, caches
+    episodes(None)  # warm-up: CUDA graphs, caches
     holds = [int(h) for h in args.hold_steps.split(",") if h]
-    variants = ["independent", "no_stop", "locked", *(f"held_{h}" for h in holds), "single", "single_stream"]
-    times: dict[str, list[float]] = {k: [] for k in [*variants, "single_mean"]}
+    looped = {
+        "independent": {},
+        "no_stop": {"stop": False},
+        "locked": {"locked": True},
+        **{f"held_{h}": {"hold_steps": h} for h in holds},
+    }
+    times: dict[str, list[float]] = {k: [] for k in [*looped, "single", "single_stream", "single_mean"]}
     counts = []
     for _ in range(args.rounds):
-        seconds, runs = episodes(False)
-        times["independent"].append(seconds)
-        counts.append(episode_counts(runs))
-        times["no_stop"].append(episodes(False, stop=False)[0])
-        times["locked"].append(episodes(True)[0])
-        for hold in holds:
-            times[f"held_{hold}"].append(episodes(False, hold_steps=hold)[0])
-        lengths = [max(1, e.model_tokens) for e in runs]
+        for name, variant in looped.items():
+            seconds, runs = episodes(name, **variant)
+            times[name].append(seconds)
+            if name == "independent":  # the single-turn variants sample these episodes' token counts
+                counts.append(episode_counts(runs))
+                lengths = [max(1, e.model_tokens) for e in runs]
         times["single"].append(single(lengths))
         times["single_stream"].append(single_stream(lengths))
         times["single_mean"].append(single([round(sum(lengths) / len(lengths))] * len(lengths)))

@@ -155,7 +155,7 @@ def slow_multiply(a: int, b: int) -> int:
         b: the second integer
     """
     time.sleep(1.5)
-    return a * b
+    return multiply(a, b)
 
 
 def test_an_adapter_sent_mid_episode_is_loaded_after_the_episodes_end(ray_cluster, smollm2, tmp_path):
