@@ -56,6 +56,8 @@ VARIANTS: dict[str, list[str]] = {
     # generation of step N+1 beside the update of step N (one adapter version behind)
     "async": ["max_staleness=1"],
     "compile_async": ["torch_compile=true", "max_staleness=1"],
+    # torch's multi-tensor AdamW, the default before `adamw_torch_fused` (transformers' default)
+    "adamw_torch": ["optim=adamw_torch"],
 }
 ENGINE_TIMING = re.compile(r"took [0-9.]+ ?s|finished in [0-9.]+ ?s|[0-9.]+ ?s in total|seconds", re.IGNORECASE)
 COMPILERS = re.compile(r"\b(nvcc|cicc|ptxas|cudafe\+\+|cc1plus|cc1|fatbinary|nvlink|ninja)\b")
@@ -93,8 +95,7 @@ def run_one(name: str, sets: list[str], args: argparse.Namespace, index: int) ->
     watcher = threading.Thread(target=watch_compilers, args=(seen, stop, started), daemon=True)
     watcher.start()
     lines: list[tuple[float, str]] = []
-    env = {**os.environ, "VLLM_CONFIGURE_LOGGING": "1"}  # vLLM's own timing lines, in the workers' logs
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     def read() -> None:
         for line in proc.stdout:

@@ -7,7 +7,7 @@
 #   bash benchmarks/gpu_session.sh round N      # round N of bare vLLM, the rlactors step and TRL's, alternated
 #   bash benchmarks/gpu_session.sh time-to-reward [--set K=V]  # the main example to reward 0.8: rlactors, then TRL
 #   bash benchmarks/gpu_session.sh profile-example # the main example's update, profiled (no engine)
-#   bash benchmarks/gpu_session.sh step-variants   # the main example's step: compiled learner, async, both
+#   bash benchmarks/gpu_session.sh step-variants [V,W]  # the main example's step: compiled learner, async, both
 #   bash benchmarks/gpu_session.sh agent-loop [ARGS]  # multi-turn episodes against single-turn, engine steps timed
 # Logs and JSON pieces go to $OUT; each stage prints its summary last. The embedded model is built
 # at /tmp/smollm2 on first use.
@@ -63,7 +63,8 @@ case $stage in
     cp /tmp/rlactors-bench/profile_example.json "$out/" 2>/dev/null
     grep -a -E "^update" "$out/profile-example.log" ;;
   step-variants)
-    timeout 560 python benchmarks/bench_first_step.py --model $model --variants default,compile,async,compile_async \
+    # extra arguments replace the variants: step-variants default,adamw_torch
+    timeout 560 python benchmarks/bench_first_step.py --model $model --variants "${2:-default,compile,async,compile_async}" \
       --steps 16 > "$out/step-variants.log" 2>&1
     echo "step-variants: exit $? after $(( $(date +%s) - start )) s"
     sed -n '/^variant /,$p' "$out/step-variants.log"

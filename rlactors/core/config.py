@@ -132,7 +132,10 @@ class GRPOConfig(BaseModel):
     max_grad_norm: float = Field(1.0, gt=0.0)
     optim: Literal[
         "adamw_torch", "adamw_torch_fused", "adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit"
-    ] = Field("adamw_torch", description="AdamW from torch, or bitsandbytes' 8-bit / paged AdamW (CUDA; on CPU: AdamW)")
+    ] = Field(
+        "adamw_torch_fused",  # transformers' default: one kernel for every tensor's update on a GPU
+        description="AdamW from torch (fused on CUDA), or bitsandbytes' 8-bit / paged AdamW (CUDA; on CPU: AdamW)",
+    )
     adam_beta1: float = Field(0.9, ge=0.0, lt=1.0)
     adam_beta2: float = Field(0.999, ge=0.0, lt=1.0)
     adam_epsilon: float = Field(1e-8, gt=0.0)

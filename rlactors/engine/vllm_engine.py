@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 # Set here, before vLLM reads them, and nowhere else in rlactors.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+# vLLM hashes this variable into its compile cache's key: a run with another value compiles again
+# (~20 s on an H200). Workers get vLLM's lines by `log_to_stderr` instead.
 os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
 # vLLM 0.26 builds FlashInfer's sampling kernels with nvcc at start on a fresh machine (90 s of
 # the 246 s to the first step on an H200). They serve only top-k/top-p requests; vLLM's own
@@ -55,6 +57,20 @@ def vllm_version() -> str | None:
         with contextlib.suppress(PackageNotFoundError):
             return version(dist)
     return None
+
+
+def log_to_stderr() -> None:
+    """vLLM's INFO lines (its start-up timings among them) to this process's stderr, which is a
+    worker's log file; without this only its warnings reach it."""
+    import logging
+
+    logger = logging.getLogger("vllm")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s [%(name)s] %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def import_vllm() -> None:

@@ -1,9 +1,10 @@
 """The learner's optimizer and learning-rate schedule, from TRL's fields (`optim`, `adam_*`,
 `lr_scheduler_type`, `warmup_steps`).
 
-`adamw_torch` and `adamw_torch_fused` are torch's AdamW; `adamw_8bit` / `adamw_bnb_8bit`,
-`paged_adamw_8bit` and `paged_adamw_32bit` are bitsandbytes' (CUDA only: on CPU one warning, then
-torch's AdamW, so a GPU script runs unchanged on a laptop).
+`adamw_torch_fused` (the default, as transformers') and `adamw_torch` are torch's AdamW, fused on
+CUDA or not; `adamw_8bit` / `adamw_bnb_8bit`, `paged_adamw_8bit` and `paged_adamw_32bit` are
+bitsandbytes' (CUDA only: on CPU one warning, then torch's AdamW, so a GPU script runs unchanged on
+a laptop).
 """
 
 from __future__ import annotations

@@ -195,3 +195,26 @@ def test_sleep_frees_the_engine_memory_and_wakes_with_the_adapter(model_dir, tmp
     moved = worker.prompt_logprobs(probe, 8)
     print(f"in-place update moved the log-probs by {max(abs(a - b) for a, b in zip(after, moved)):.3f}")
     assert worker._request.lora_int_id == installed and max(abs(a - b) for a, b in zip(after, moved)) > 0.05
+
+
+def test_the_default_optimizer_is_fused_on_cuda_and_steps_as_torchs_adamw():
+    """`optim` defaults to transformers' `adamw_torch_fused`: one kernel for the whole update on CUDA,
+    the same step as the multi-tensor AdamW (`adamw_torch`) to float rounding."""
+    from rlactors.workers.optim import make_optimizer
+
+    torch.manual_seed(0)
+    start = [torch.randn(64, 16, device="cuda") for _ in range(4)]
+    after = {}
+    for optim in ("adamw_torch_fused", "adamw_torch"):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = make_optimizer(GRPOConfig(model_name="m", optim=optim, learning_rate=1e-2), params)
+        assert opt.defaults["fused"] is (optim == "adamw_torch_fused")
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.sin(p.detach() * 3)
+            opt.step()
+        after[optim] = params
+    assert GRPOConfig(model_name="m").optim == "adamw_torch_fused"
+    for fused, plain, first in zip(after["adamw_torch_fused"], after["adamw_torch"], start):
+        assert not torch.equal(fused, first)
+        torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)

@@ -111,6 +111,9 @@ def test_ray_actors_named_adapter_by_reference(ray_cluster, tiny_llama, tmp_path
         [line] = [x for x in said.splitlines() if x.startswith("rlactors: start-up by worker:")]
         assert "vLLM worker process and imports" in line and "import vLLM" in line and "engine" in line
         assert "learner process and imports" in line and "model" in line
+        # vLLM's own start-up lines in the worker's log, without VLLM_CONFIGURE_LOGGING (a compile cache key)
+        with open(os.path.join(config.output_dir, "logs", "rollout-0.log")) as f:
+            assert "INFO" in (log := f.read()) and "[vllm." in log
         trainer._step(2)
         for name in ("rlactors/rollout-0", "rlactors/learner-0"):
             assert ray.get_actor(name) is not None
