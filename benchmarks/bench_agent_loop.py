@@ -2,7 +2,7 @@
 and against the same episodes locked turn by turn, in one run (median of alternated rounds).
 
     python benchmarks/bench_agent_loop.py [--model models/smollm2] [--prompts 16] [--rounds 3]
-        [--compilation-config '{"cudagraph_mode": "FULL"}'] [--hold-steps 4,16]
+        [--compilation-config '{}'] [--hold-steps 4,16]
 
 Episodes: `--prompts` two-digit products x 8, SmolLM2 with the calculator example's prefill, an
 async `multiply` tool that sleeps 50 ms, up to 3 tool rounds (4 turns). Then:
@@ -135,7 +135,7 @@ def main() -> None:
     parser.add_argument("--max-completion-length", type=int, default=256)
     parser.add_argument(
         "--compilation-config",
-        help='vLLM\'s compilation_config as JSON, e.g. \'{"cudagraph_mode": "FULL"}\' (graphs for mixed batches too)',
+        help="vLLM's compilation_config as JSON instead of rlactors' (full graphs up to the batch); '{}': vLLM's own",
     )
     parser.add_argument("--hold-steps", default="4,16", help="variants that coalesce the turns added (steps held)")
     args = parser.parse_args()
@@ -143,7 +143,11 @@ def main() -> None:
     extra = {} if cuda else {"enforce_eager": True, "kv_cache_memory_bytes": 2**30}
     if args.compilation_config:
         extra["compilation_config"] = json.loads(args.compilation_config)
-    llm = load_engine(args.model, 2048, torch.bfloat16 if cuda else torch.float32, 0.5, 16, **extra)
+    # as a rollout worker of an agent run starts it: CUDA graphs up to the batch, full graphs for
+    # mixed batches (`rlactors.engine.spec.device_defaults`); --compilation-config '{}' for vLLM's own
+    batch = args.prompts * args.generations
+    dtype = torch.bfloat16 if cuda else torch.float32
+    llm = load_engine(args.model, 2048, dtype, 0.5, 16, max_batch=batch, mixed_batches=True, **extra)
     fmt = ChatFormat.of(llm.get_tokenizer())
     spec = AgentSpec(tools=[multiply])
     runner = ToolRunner(timeout_s=10)
@@ -220,7 +224,7 @@ def main() -> None:
     target = 1.25 * med["single"] + rounds_max * TOOL_SECONDS
     result = {
         "device": gpu_name() if cuda else "cpu",
-        "compilation_config": extra.get("compilation_config"),
+        "compilation_config": extra.get("compilation_config", "rlactors' defaults"),
         "versions": versions(),
         "episodes": int(n),
         "turns_mean": means["episodes/turns_mean"],

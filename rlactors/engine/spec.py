@@ -23,20 +23,29 @@ class EngineSpec:
     deterministic: bool = False  # CUDA: vLLM's batch-invariant kernels, so a rerun samples the same tokens
     sleep_mode: bool = False  # CUDA: vLLM's sleep mode, so `sleep` can free the GPU between generations
     max_batch: int | None = None  # the most sequences one generate call runs; CUDA graphs stop there
+    mixed_batches: bool = False  # multi-turn episodes: turns back from tools prefill beside others' decodes
 
 
-def device_defaults(spec: EngineSpec, engine_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Engine arguments right for the device, each only where the caller did not set it.
+def device_defaults(spec: EngineSpec, engine_kwargs: dict[str, Any], cuda: bool | None = None) -> dict[str, Any]:
+    """Engine arguments right for the device (`cuda`: None asks torch), each only where the caller
+    did not set it.
 
     On CPU: eager (vLLM-CPU's torch.compile costs minutes at start and gains little on a small
     batch). On CUDA: CUDA graphs, captured only for the batch sizes a generate call can have (up
     to `spec.max_batch`) instead of vLLM's ~50 sizes up to 512: the capture is most of vLLM's start.
+    With `spec.mixed_batches`, full graphs for batches that mix prefills and decodes too (vLLM's
+    default runs those piecewise, attention outside the graphs): on an H200 the tool loop's steps
+    that prefill returning turns took 10.6-12.1 ms against 15.8 ms, the loop 1.71-1.76 s against 1.90 s.
+    Attention backends without full graphs for such batches fall back to vLLM's default.
     """
-    if not is_cuda():
+    if not (is_cuda() if cuda is None else cuda):
         return {} if "enforce_eager" in engine_kwargs else {"enforce_eager": True}
     if engine_kwargs.get("enforce_eager") or "compilation_config" in engine_kwargs or not spec.max_batch:
         return {}
-    return {"compilation_config": {"cudagraph_capture_sizes": graph_sizes(spec.max_batch)}}
+    graphs: dict[str, Any] = {"cudagraph_capture_sizes": graph_sizes(spec.max_batch)}
+    if spec.mixed_batches:
+        graphs["cudagraph_mode"] = "FULL"
+    return {"compilation_config": graphs}
 
 
 def graph_sizes(max_batch: int) -> list[int]:
