@@ -365,24 +365,6 @@ def wake_up(llm: LLM) -> None:
     llm.wake_up()
 
 
-def seed_sampling(seed: int) -> None:
-    """Makes the next `sample` call's draws a function of `seed` alone, for every model runner.
-
-    vLLM's V1 runner (vLLM-CPU) draws from torch's default generators. vLLM 0.26's GPU runner
-    (Model Runner V2) gives each request without its own seed one drawn from numpy's global RNG
-    when the request is added, then derives its Gumbel noise from (that seed, position). So both
-    are seeded here; per-request seeds are not used, since vLLM-CPU 0.32 rejects them.
-    """
-    import random
-
-    import numpy as np
-    import torch
-
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
 def _has_field(name: str) -> bool:
     from vllm import SamplingParams as Params
 

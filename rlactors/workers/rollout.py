@@ -16,6 +16,7 @@ from rlactors.core.adapter import DeviceAdapter, LoRAAdapter, gpu_uuid, pick_for
 from rlactors.core.records import RolloutBatch
 from rlactors.core.timing import timed
 from rlactors.engine import vllm_engine as engine
+from rlactors.engine.samples import seed_sampling
 from rlactors.loader.fast_language_model import load_engine, resolve_dtype
 from rlactors.loader.model_files import resolve_model_path
 from rlactors.workers.host import WorkerProcess, in_actor, use_all_cores, worker_log
@@ -159,7 +160,7 @@ class RolloutWorker(WorkerProcess):
         if adapter_version != self.adapter_version:
             raise StaleAdapterError(self.adapter_version, adapter_version)
         if seed is not None:
-            engine.seed_sampling(seed)
+            seed_sampling(seed)
         if self.agent is not None:
             return self.run_episodes(prompts)  # type: ignore[arg-type]
         return self._sample(prompts, n or self.config.num_generations)  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ from rlactors.agent.chat_format import ChatFormat
 from rlactors.agent.episodes import AgentSpec, EpisodeLoop, LoopLimits, start_episode
 from rlactors.agent.tools import ToolRunner
 from rlactors.engine import vllm_engine as engine
+from rlactors.engine.samples import seed_sampling
 from rlactors.testing.tools import multiply
 
 pytestmark = pytest.mark.vllm
@@ -46,7 +47,7 @@ def episodes(fast_model):
     spec = AgentSpec(tools=[multiply])
     row = {"prompt": [{"role": "user", "content": "What is 17*25?"}, {"role": "assistant", "content": PREFILL}]}
     runs = [start_episode(f"e{i}", row, "prompt", spec, fmt) for i in range(12)]
-    engine.seed_sampling(1234)
+    seed_sampling(1234)
     stream = engine.TurnStream(model.vllm_engine, None, stop=fmt.call_end, temperature=1.0, top_p=1.0)
     EpisodeLoop(stream, fmt, ToolRunner(5), LoopLimits(80, 512, 2, 32)).run(runs)
     return runs
