@@ -66,11 +66,14 @@ def ray_head(tmp_path_factory):
         env["RLACTORS_TEST_GCS"] = f"127.0.0.1:{port}"
         yield address, env
     finally:
+        # every process of the head gets SIGTERM at once; `ray start --block` itself then takes
+        # about 30 s to exit (its graceful shutdown of processes already gone), so it is killed
         os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(timeout=30)
+            head.wait(timeout=5)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
 
 
 def _wait_for_jobs_api(address, env):
