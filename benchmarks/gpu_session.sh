@@ -9,10 +9,11 @@
 #   bash benchmarks/gpu_session.sh profile-example # the main example's update, profiled (no engine)
 #   bash benchmarks/gpu_session.sh step-variants [V,W]  # the main example's step: compiled learner, async, both
 #   bash benchmarks/gpu_session.sh agent-loop [ARGS]  # multi-turn episodes against single-turn, engine steps timed
+#   bash benchmarks/gpu_session.sh imports      # what `from vllm import LLM` costs, by package (-X importtime)
 # Logs and JSON pieces go to $OUT; each stage prints its summary last. The embedded model is built
 # at /tmp/smollm2 on first use.
 set -uo pipefail
-stage=${1:?stage: first-step, tests-a, tests-b, sync, round N, time-to-reward, profile-example, step-variants or agent-loop}
+stage=${1:?stage: first-step, tests-a, tests-b, sync, round N, time-to-reward, profile-example, step-variants, agent-loop or imports}
 out=${OUT:-/tmp/gpu-session}
 model=/tmp/smollm2
 mkdir -p "$out"
@@ -75,5 +76,10 @@ case $stage in
     echo "agent-loop: exit $? after $(( $(date +%s) - start )) s"
     cp /tmp/rlactors-bench/agent_loop.json "$out/" 2>/dev/null
     tail -24 "$out/agent-loop.log" | cut -c1-400 ;;
+  imports)
+    timeout 300 python benchmarks/bench_imports.py > "$out/imports.log" 2>&1
+    echo "imports: exit $? after $(( $(date +%s) - start )) s"
+    cp /tmp/rlactors-bench/imports.json "$out/" 2>/dev/null
+    grep -v "^imports:" "$out/imports.log" | tail -32 ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac

@@ -133,3 +133,18 @@ def test_lora_load_benchmark_runs_both_loads(smollm2):
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["device"] == "cpu" and out["adapter_mb"] > 0
     assert out["lora_load_anew_p50_ms"] > 0 and out["lora_load_in_place_p50_ms"] > 0
+
+
+def test_import_profile_splits_an_import_by_package():
+    """bench_imports.py's parts on a small import: every module of `-X importtime` is read, and the
+    packages' own times sum to the top-level imports' cumulative times."""
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    from bench_imports import by_package, run
+
+    wall, rows = run("import json, email.parser")
+    names = {name.strip() for _, _, name in rows}
+    assert {"json", "json.decoder", "email", "email.parser"} <= names and wall > 0
+    packages = dict(by_package(rows))
+    top_level = sum(total for total, _, name in rows if not name.startswith(" "))
+    assert abs(sum(packages.values()) - top_level / 1e6) < 1e-3
+    assert packages["json"] > 0 and packages["email"] > 0
