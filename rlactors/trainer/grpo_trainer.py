@@ -353,7 +353,8 @@ class GRPOTrainer:
         """Every rollout worker loads the newest published adapter from memory."""
         if self.published == self.version:
             return
-        held = self.rollouts.load_adapter(self.adapter_ref)
+        with self._timed("sync_load"):  # of `sync`: the rest is the learner's export
+            held = self.rollouts.load_adapter(self.adapter_ref)
         if any(v != self.published for v in held):
             raise TrainingError(f"rollout workers hold adapter versions {held} after a sync to {self.published}")
         self.version = self.published

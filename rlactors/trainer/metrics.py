@@ -65,7 +65,7 @@ def step_row(
     for i, name in enumerate(reward_names):
         column = per_function[:, i]
         row[f"rewards/{name}/mean"] = float(torch.nanmean(column)) if (~column.isnan()).any() else 0.0
-    for phase in ("generate", "sleep", "score", "update", "sync"):
+    for phase in ("generate", "sleep", "score", "update", "sync", "sync_load"):
         row[f"time/{phase}_s"] = timings.get(phase, 0.0)
     row["time/generate_vllm_s"] = batch.vllm_seconds  # the rest of generate_s: packing and Ray
     return row

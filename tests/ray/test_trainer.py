@@ -21,6 +21,7 @@ METRIC_KEYS = {
     "rewards/count_vowels/mean",
     "sampling/logprob_mismatch",
     "time/generate_vllm_s",
+    "time/sync_load_s",
     "time/learner_forward_backward_s",
     "time/learner_optimizer_s",
 }
@@ -71,6 +72,7 @@ def test_in_process_run_writes_the_run_folder(ray_cluster, tiny_llama, tmp_path)
     assert [r["adapter_version"] for r in rows] == [1, 2, 3]
     assert all(r["sampling/logprob_mismatch"] < 1e-3 for r in rows)
     assert all(0 < r["time/generate_vllm_s"] <= r["time/generate_s"] for r in rows)  # vLLM's share of generate
+    assert all(0 < r["time/sync_load_s"] < r["time/sync_s"] for r in rows)  # the load's share of the sync
     out = config.output_dir
     assert sorted(os.listdir(os.path.join(out, "checkpoint-2"))) == [
         "adapter_config.json",
