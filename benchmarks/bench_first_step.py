@@ -3,6 +3,11 @@
 each, in the order given (the first run on a fresh machine is the cold one).
 
     python benchmarks/bench_first_step.py --model /tmp/smollm2 [--steps 10] [--variants default,default,eager]
+    python benchmarks/bench_first_step.py --shape llama-1b --tokenizer /tmp/smollm2   # the 1B benchmark's step
+
+`--shape`: random weights in that shape (`common.SHAPES`, SmolLM2's tokenizer) and the GRPO step of
+`bench_rlactors.py` (16 prompts x 8 x 256 tokens, LoRA r=64 on all seven projections) on the
+example's prompts, instead of the embedded model and the example's own sizes.
 
 For each run: seconds from launch to the first metrics row (time to first step), the console's
 phase lines (Ray, learner, vLLM, the first step), the median step time of steps 3 and later, the
@@ -24,7 +29,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import gpu_name, save_piece, versions
+from common import SHAPES, TARGETS, gpu_name, make_model, save_piece, versions
 
 from rlactors.engine.spec import graph_sizes
 
@@ -59,6 +64,24 @@ VARIANTS: dict[str, list[str]] = {
     # torch's multi-tensor AdamW, the default before `adamw_torch_fused` (transformers' default)
     "adamw_torch": ["optim=adamw_torch"],
 }
+# the GRPO step of `bench_rlactors.config_for` (not smoke), as `--set` values
+SHAPE_STEP = [
+    "max_seq_length=1024",
+    "max_prompt_length=64",
+    "max_completion_length=256",
+    "max_lora_rank=64",
+    "lora_r=64",
+    "lora_alpha=64",
+    f"lora_target_modules={json.dumps(TARGETS)}",
+    "num_generations=8",
+    "prompts_per_step=16",
+    "micro_batch_size=32",
+    "gradient_checkpointing=false",
+    "gpu_memory_utilization=0.2",
+    "engine_kwargs={}",
+    f"generation_kwargs={json.dumps({'min_tokens': 256, 'ignore_eos': True})}",
+    "max_logprob_mismatch=5.0",
+]
 ENGINE_TIMING = re.compile(r"took [0-9.]+ ?s|finished in [0-9.]+ ?s|[0-9.]+ ?s in total|seconds", re.IGNORECASE)
 COMPILERS = re.compile(r"\b(nvcc|cicc|ptxas|cudafe\+\+|cc1plus|cc1|fatbinary|nvlink|ninja)\b")
 
@@ -86,6 +109,8 @@ def run_one(name: str, sets: list[str], args: argparse.Namespace, index: int) ->
     out_dir = os.path.join(args.work, f"{index}-{name}")
     command = [sys.executable, "-m", "rlactors", "train", args.config]
     for value in [f"model_name={args.model}", f"max_steps={args.steps}", f"output_dir={out_dir}", "save_steps=0"]:
+        command += ["--set", value]
+    for value in SHAPE_STEP if args.shape else []:
         command += ["--set", value]
     for value in sets:
         command += ["--set", value]
@@ -149,7 +174,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--variants", default="default,default,eager,vllm_sizes,no_compile,4bit,4bit_bf16_rollout")
     parser.add_argument("--work", default="/tmp/rlactors-first-step")
+    parser.add_argument("--shape", choices=sorted(SHAPES), help="random weights in this shape, the 1B step's sizes")
+    parser.add_argument("--tokenizer", default="models/smollm2", help="with --shape: the tokenizer the model gets")
     args = parser.parse_args()
+    if args.shape:
+        args.model = make_model(os.path.join(args.work, args.shape), args.shape, args.tokenizer)
     results = []
     for index, name in enumerate(args.variants.split(",")):
         result = run_one(name, VARIANTS[name], args, index)
@@ -161,7 +190,7 @@ def main() -> None:
             f"{r['variant']:<20} {r['first_step_s'] or float('nan'):>12} {r['step_median_s'] or float('nan'):>8} "
             f"{r['generate_median_s'] or float('nan'):>10}  {r['rewards']}"
         )
-    save_piece("first_step", {"device": gpu_name(), "versions": versions(), "runs": results})
+    save_piece("first_step", {"device": gpu_name(), "versions": versions(), "shape": args.shape, "runs": results})
 
 
 if __name__ == "__main__":
