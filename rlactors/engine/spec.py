@@ -36,14 +36,15 @@ def device_defaults(spec: EngineSpec, engine_kwargs: dict[str, Any], cuda: bool 
     With `spec.mixed_batches`, full graphs for batches that mix prefills and decodes too (vLLM's
     default runs those piecewise, attention outside the graphs): on an H200 the tool loop's steps
     that prefill returning turns took 10.6-12.1 ms against 15.8 ms, the loop 1.71-1.76 s against 1.90 s.
-    Attention backends without full graphs for such batches fall back to vLLM's default.
+    Attention backends without full graphs for such batches fall back to vLLM's default. Runs
+    with `deterministic` (batch-invariant kernels) keep vLLM's default mode, the one tested with them.
     """
     if not (is_cuda() if cuda is None else cuda):
         return {} if "enforce_eager" in engine_kwargs else {"enforce_eager": True}
     if engine_kwargs.get("enforce_eager") or "compilation_config" in engine_kwargs or not spec.max_batch:
         return {}
     graphs: dict[str, Any] = {"cudagraph_capture_sizes": graph_sizes(spec.max_batch)}
-    if spec.mixed_batches:
+    if spec.mixed_batches and not spec.deterministic:
         graphs["cudagraph_mode"] = "FULL"
     return {"compilation_config": graphs}
 

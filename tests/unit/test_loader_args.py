@@ -95,5 +95,7 @@ def test_engine_defaults_follow_the_device():
     assert spec.device_defaults(agent, {}, cuda=True) == {
         "compilation_config": {"cudagraph_capture_sizes": sizes, "cudagraph_mode": "FULL"}
     }
+    exact = spec.EngineSpec("m", 256, 0.3, 16, max_batch=64, mixed_batches=True, deterministic=True)
+    assert spec.device_defaults(exact, {}, cuda=True) == {"compilation_config": {"cudagraph_capture_sizes": sizes}}
     assert spec.device_defaults(agent, {"compilation_config": {}}, cuda=True) == {}  # the caller's own
     assert spec.device_defaults(agent, {"enforce_eager": True}, cuda=True) == {}
