@@ -29,7 +29,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import SHAPES, TARGETS, gpu_name, make_model, save_piece, versions
+from bench_rlactors import config_for
+from common import SHAPES, gpu_name, make_model, save_piece, versions
 
 from rlactors.engine.spec import graph_sizes
 
@@ -64,24 +65,6 @@ VARIANTS: dict[str, list[str]] = {
     # torch's multi-tensor AdamW, the default before `adamw_torch_fused` (transformers' default)
     "adamw_torch": ["optim=adamw_torch"],
 }
-# the GRPO step of `bench_rlactors.config_for` (not smoke), as `--set` values
-SHAPE_STEP = [
-    "max_seq_length=1024",
-    "max_prompt_length=64",
-    "max_completion_length=256",
-    "max_lora_rank=64",
-    "lora_r=64",
-    "lora_alpha=64",
-    f"lora_target_modules={json.dumps(TARGETS)}",
-    "num_generations=8",
-    "prompts_per_step=16",
-    "micro_batch_size=32",
-    "gradient_checkpointing=false",
-    "gpu_memory_utilization=0.2",
-    "engine_kwargs={}",
-    f"generation_kwargs={json.dumps({'min_tokens': 256, 'ignore_eos': True})}",
-    "max_logprob_mismatch=5.0",
-]
 ENGINE_TIMING = re.compile(r"took [0-9.]+ ?s|finished in [0-9.]+ ?s|[0-9.]+ ?s in total|seconds", re.IGNORECASE)
 COMPILERS = re.compile(r"\b(nvcc|cicc|ptxas|cudafe\+\+|cc1plus|cc1|fatbinary|nvlink|ninja)\b")
 
@@ -105,12 +88,19 @@ def engine_timings(log_path: str) -> list[str]:
         return [line.strip()[-200:] for line in f if ENGINE_TIMING.search(line)]
 
 
+def shape_step() -> list[str]:
+    """The GRPO step of `bench_rlactors.py` (its config's fields as `--set` values), at vLLM's 0.2 share."""
+    config = config_for("", smoke=False, steps=1, gmu=0.2, checkpointing=False, micro=32)
+    run = {"model_name", "max_steps", "output_dir", "save_steps", "progress_bar", "report_to"}  # this script's
+    return [f"{k}={json.dumps(v)}" for k, v in config.model_dump(exclude_unset=True, exclude=run).items()]
+
+
 def run_one(name: str, sets: list[str], args: argparse.Namespace, index: int) -> dict:
     out_dir = os.path.join(args.work, f"{index}-{name}")
     command = [sys.executable, "-m", "rlactors", "train", args.config]
     for value in [f"model_name={args.model}", f"max_steps={args.steps}", f"output_dir={out_dir}", "save_steps=0"]:
         command += ["--set", value]
-    for value in SHAPE_STEP if args.shape else []:
+    for value in shape_step() if args.shape else []:
         command += ["--set", value]
     for value in sets:
         command += ["--set", value]

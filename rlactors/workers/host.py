@@ -62,7 +62,10 @@ def log_to(path: str) -> None:
     os.close(fd)
 
 
-def worker_log(config_output_dir: str, role: str, rank: int) -> None:
-    """An actor's output to `<output_dir>/logs/<role>-<rank>.log`; nothing in the driver process."""
-    if in_actor():
-        log_to(os.path.join(config_output_dir, "logs", f"{role}-{rank}.log"))
+def worker_log(config_output_dir: str, role: str, rank: int) -> bool:
+    """An actor's output to `<output_dir>/logs/<role>-<rank>.log`; nothing in the driver process.
+    Whether this process's output now goes to that file."""
+    if not in_actor():
+        return False
+    log_to(os.path.join(config_output_dir, "logs", f"{role}-{rank}.log"))
+    return True

@@ -19,7 +19,7 @@ from rlactors.engine import vllm_engine as engine
 from rlactors.engine.samples import seed_sampling
 from rlactors.loader.fast_language_model import load_engine, resolve_dtype
 from rlactors.loader.model_files import resolve_model_path
-from rlactors.workers.host import WorkerProcess, in_actor, use_all_cores, worker_log
+from rlactors.workers.host import WorkerProcess, use_all_cores, worker_log
 
 if TYPE_CHECKING:
     from rlactors.core.config import GRPOConfig
@@ -59,13 +59,12 @@ class RolloutWorker(WorkerProcess):
         self._asleep = False
         self._folder_loads = 0
         self.startup: dict[str, float] = {}
-        worker_log(config.output_dir, "rollout", rank)
+        if worker_log(config.output_dir, "rollout", rank):
+            engine.log_to_stderr()  # vLLM's own lines in that log too
 
     def build(self) -> int:
         """Starts the vLLM engine (unless given one); returns this process's pid (for fault injection and logs)."""
         if self._engine is None:
-            if in_actor():  # this process's output is its log file
-                engine.log_to_stderr()
             with timed(self.startup, "import vLLM"):
                 engine.import_vllm()
             with timed(self.startup, "engine"):
