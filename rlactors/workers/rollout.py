@@ -17,6 +17,7 @@ from rlactors.core.records import RolloutBatch
 from rlactors.core.timing import timed
 from rlactors.engine import vllm_engine as engine
 from rlactors.engine.samples import seed_sampling
+from rlactors.engine.vllm_engine import log_to_stderr as vllm_log_to_stderr
 from rlactors.loader.fast_language_model import load_engine, resolve_dtype
 from rlactors.loader.model_files import resolve_model_path
 from rlactors.workers.host import WorkerProcess, use_all_cores, worker_log
@@ -60,7 +61,7 @@ class RolloutWorker(WorkerProcess):
         self._folder_loads = 0
         self.startup: dict[str, float] = {}
         if worker_log(config.output_dir, "rollout", rank):
-            engine.log_to_stderr()  # vLLM's own lines in that log too
+            vllm_log_to_stderr()  # vLLM's own lines in that log too (`engine` here is the argument)
 
     def build(self) -> int:
         """Starts the vLLM engine (unless given one); returns this process's pid (for fault injection and logs)."""
