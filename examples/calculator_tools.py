@@ -3,6 +3,10 @@
     python examples/calculator_tools.py                  # SmolLM2-135M on CPU, about 15 min
     python examples/calculator_tools.py --max-steps 2    # a smoke run
 
+Every `--eval-steps` steps, before the first and after the last, 8 held-out questions are asked 4
+times each with the same seed (TRL's `eval_dataset`, `eval_strategy`): eval_metrics.jsonl's
+`eval_reward` is what the training changed, apart from the luck of each step's questions.
+
 Each question is "What is a*b?" with two-digit numbers: SmolLM2-135M cannot multiply those in its
 head, but the `multiply` tool can. An episode is: the model answers, or calls the tool; the tool's
 result goes back to it; it answers. The rewards: 0.5 for a call with the question's numbers, 1.0
@@ -72,6 +76,7 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=40)
     parser.add_argument("--output-dir", default="outputs/calculator_tools")
     parser.add_argument("--max-completion-length", type=int, default=96)
+    parser.add_argument("--eval-steps", type=int, default=10)
     parser.add_argument("--log-completions", action="store_true")
     args = parser.parse_args()
     on_gpu = torch.cuda.is_available()
@@ -107,12 +112,19 @@ def main() -> None:
             report_to="none",
             output_dir=args.output_dir,
             seed=3407,
+            eval_strategy="steps",
+            eval_steps=args.eval_steps,
+            eval_on_start=True,
+            num_generations_eval=4,
         ),
         train_dataset=questions(args.max_steps * 2 + 64),
+        eval_dataset=questions(8, seed=1),
     )
     trainer.train()
-    for row in trainer.state.log_history[-3:]:
-        print({k: round(v, 3) for k, v in row.items() if k in ("step", "reward", "tools/failure_frequency")})
+    history = trainer.state.log_history
+    for row in [r for r in history if "reward" in r][-3:] + [r for r in history if "eval_reward" in r]:
+        shown = ("step", "reward", "tools/failure_frequency", "eval_reward")
+        print({k: round(v, 3) for k, v in row.items() if k in shown})
 
 
 if __name__ == "__main__":

@@ -210,6 +210,21 @@ class GRPOConfig(BaseModel):
     )
     log_completions: bool = Field(False, description="print a table of prompts, completions and rewards at each log")
     num_completions_to_print: int | None = Field(None, gt=0, description="rows of that table (default: all)")
+    eval_strategy: Literal["no", "steps", "epoch"] = Field(
+        "no",
+        description='evaluate on the trainer\'s eval_dataset: "steps" every eval_steps steps, "epoch" after each '
+        "pass over the training prompts (rlactors.trainer.evaluation)",
+    )
+    eval_steps: float | None = Field(
+        None,
+        gt=0,
+        description="with eval_strategy steps: every N steps (below 1: a fraction of max_steps); default logging_steps",
+    )
+    eval_delay: float = Field(0, ge=0, description="no evaluation before this step (epoch with eval_strategy epoch)")
+    eval_on_start: bool = Field(False, description="evaluate once before the first step: the baseline")
+    num_generations_eval: int | None = Field(
+        None, ge=1, description="samples of each eval prompt (default num_generations)"
+    )
     save_steps: int = Field(10, ge=0, description="checkpoint every N steps; 0: only final/")
     keep_last: int = Field(3, ge=1)
     output_dir: str = "runs/grpo"

@@ -45,7 +45,10 @@ TRANSLATED: dict[str, str] = {
 }
 
 _DISTRIBUTED = "rlactors distributes with Ray actors (num_learner_workers, placement), not accelerate/torchrun"
-_EVAL = "rlactors has no evaluation loop yet"
+_EVAL = (
+    "evaluation here samples and scores the eval prompts (eval_strategy, eval_steps, eval_delay, eval_on_start, "
+    "num_generations_eval): no loss pass, no best model kept"
+)
 _HUB = "rlactors does not push to the Hub while training (push_to_hub_merged after training does)"
 _DATALOADER = "rlactors draws prompts with its own resumable sampler (seed, shuffle)"
 _LOGGING = "rlactors logs every step to the run folder (metrics.jsonl, report_to) and the console"
@@ -78,12 +81,8 @@ NOT_HERE: dict[str, str] = {
     ),
     **dict.fromkeys(
         [
-            "eval_strategy",
-            "eval_steps",
-            "eval_delay",
             "per_device_eval_batch_size",
             "prediction_loss_only",
-            "eval_on_start",
             "eval_do_concat_batches",
             "eval_use_gather_object",
             "eval_accumulation_steps",
@@ -93,10 +92,8 @@ NOT_HERE: dict[str, str] = {
             "fp16_full_eval",
             "do_eval",
             "do_predict",
-            "load_best_model_at_end",
             "metric_for_best_model",
             "greater_is_better",
-            "num_generations_eval",
         ],
         _EVAL,
     ),
@@ -206,6 +203,7 @@ NOT_YET: dict[str, Any] = {
     "entropy_coef_delta": 0.005,
     "entropy_target": 0.2,
     "off_policy_mask_threshold": None,
+    "load_best_model_at_end": False,
 }
 
 REPORTERS = ("jsonl", "tensorboard", "wandb", "mlflow")

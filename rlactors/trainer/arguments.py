@@ -70,10 +70,8 @@ def rewards(
     return functions + list(environment_rewards), weights + [1.0] * len(environment_rewards)
 
 
-def refuse_unsupported(eval_dataset: Any, reward_processing_classes: Any, optimizers: Any) -> None:
+def refuse_unsupported(reward_processing_classes: Any, optimizers: Any) -> None:
     """TRL arguments rlactors has no use for are errors that say so, never dropped silently."""
-    if eval_dataset is not None:
-        raise ConfigError("eval_dataset: rlactors has no evaluation loop yet; leave it out")
     if reward_processing_classes is not None:
         raise ConfigError("reward_processing_classes: rlactors takes reward functions, not reward models; leave it out")
     if optimizers not in (None, (None, None)):

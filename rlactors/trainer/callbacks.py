@@ -1,7 +1,8 @@
 """transformers' `TrainerCallback`s in rlactors' loop, with the `TrainerState` TRL users read.
 
 The events a GRPO run has: `on_train_begin`, `on_step_end`, `on_log` (every `logging_steps`, with
-the row as `logs`), `on_save` (after each checkpoint) and `on_train_end`. Each gets
+the row as `logs`; and after each evaluation, with its row), `on_evaluate` (with the evaluation's
+row as `metrics`), `on_save` (after each checkpoint) and `on_train_end`. Each gets
 `(args, state, control, **kwargs)` as in transformers, `args` being the run's `GRPOConfig`;
 `control.should_training_stop` set by any callback ends the run after the current step.
 `state.log_history` holds every logged row, callbacks or not (`trainer.state.log_history`).
@@ -71,6 +72,13 @@ class Callbacks:
             self.log_history.append(dict(row))
             self._call("on_log", logs=dict(row))
         return bool(self._control is not None and self._control.should_training_stop)
+
+    def evaluated(self, step: int, row: dict[str, Any]) -> None:
+        """After an evaluation at step `step`, its metrics in `row` (as transformers' `evaluate`)."""
+        self.global_step = step
+        self.log_history.append(dict(row))
+        self._call("on_log", logs=dict(row))
+        self._call("on_evaluate", metrics=dict(row))
 
     def saved(self, step: int) -> None:
         self.global_step = step

@@ -70,6 +70,23 @@ def latest_checkpoint(output_dir: str) -> str | None:
     return found[-1][1] if found else None
 
 
+def resume_path(config: Any) -> str | None:
+    """The checkpoint `resume_from_checkpoint` names: for "auto", the newest in output_dir."""
+    target = config.resume_from_checkpoint
+    return latest_checkpoint(config.output_dir) if target == "auto" else target
+
+
+def driver_state(step: int, config: Any, dataset_fingerprint: str, sampler: dict[str, Any]) -> dict[str, Any]:
+    """What the driver writes into a checkpoint: where it was, and what a resume must match."""
+    return {
+        "step": step,
+        "dataset_fingerprint": dataset_fingerprint,
+        "sampler": sampler,
+        "num_generations": config.num_generations,
+        "prompts_per_step": config.prompts_per_step,
+    }
+
+
 def save(
     output_dir: str,
     step: int,

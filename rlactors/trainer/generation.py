@@ -53,6 +53,11 @@ class Generations:
         future = self.pool.submit(generate, indices, version, self.seed(step))
         self.inflight = InFlight(step, indices, future, state)
 
+    def after_inflight(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` once the generation in flight, if any, is done (an evaluation's generations
+        wait their turn: the rollout workers take one call at a time)."""
+        return self.pool.submit(fn, *args).result()
+
     def sampler_state(self, sampler: PromptSampler) -> dict[str, Any]:
         """The position a checkpoint records: prompts drawn for a generation in flight are drawn again."""
         return self.inflight.sampler_state if self.inflight else sampler.state()

@@ -23,12 +23,12 @@ from rlactors.core import algorithm
 from rlactors.core.config import GRPOConfig
 from rlactors.core.timing import timed
 from rlactors.distributed import cluster, scoring
-from rlactors.trainer import agent_setup, arguments, checkpoints, model_source, rollout_output
+from rlactors.trainer import agent_setup, arguments, checkpoints, evaluation, model_source, rollout_output
 from rlactors.trainer.callbacks import Callbacks
 from rlactors.trainer.errors import StepChecks, TrainingError
 from rlactors.trainer.generation import Generations
-from rlactors.trainer.metrics import completions_table, run_summary, step_row
-from rlactors.trainer.prompts import PromptSampler, PromptTable, check_local_inputs, load_rows
+from rlactors.trainer.metrics import completions_table, run_summary, sample_metrics, step_row
+from rlactors.trainer.prompts import PromptSampler, PromptTable, check_local_inputs, prompt_table
 from rlactors.trainer.startup import StartupClock
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class GRPOTrainer:
         *,
         config: GRPOConfig | dict | str | None = None,
     ):
-        arguments.refuse_unsupported(eval_dataset, reward_processing_classes, optimizers)
+        arguments.refuse_unsupported(reward_processing_classes, optimizers)
         config, model = arguments.config_and_model(model, args, config)
         self.source = model_source.from_argument(model, peft_config, config)
         self.config = self.source.configure(config) if self.source.updates else config
@@ -82,6 +82,9 @@ class GRPOTrainer:
         )
         self.callbacks = Callbacks(callbacks, self.config)
         self.train_dataset = train_dataset
+        self.eval_dataset = eval_dataset
+        evaluation.check_schedule(self.config, eval_dataset, self.agent.rollout_func is not None)
+        self.eval_sets: list[evaluation.EvalSet] = []  # the eval prompts (`_prepare_prompts`)
         self.version = 0  # the adapter version the rollout workers hold
         self.published = 0  # the newest adapter version exported by the learner
         self.adapter_ref: Any = None
@@ -111,8 +114,13 @@ class GRPOTrainer:
             start_step = self._start()
             self.callbacks.train_begin(self.config, start_step, model=self.model, processing_class=self.tokenizer)
             step = start_step
+            if self.config.eval_on_start:
+                self._evaluate(step)
             for step in range(start_step + 1, self.config.max_steps + 1):
-                if self._step(step):
+                stop = self._step(step)
+                if evaluation.due(self.config, step, self.steps_per_epoch):
+                    self._evaluate(step)
+                if stop:
                     break  # a callback set control.should_training_stop
             final = self._save_final()
             self.callbacks.train_end()
@@ -151,22 +159,13 @@ class GRPOTrainer:
 
         cfg = self.config
         self.tokenizer = self.processing_class or load_tokenizer(resolve_model_path(cfg.model_name))
-        rows = load_rows(
-            self.train_dataset if self.train_dataset is not None else cfg.dataset,
-            cfg.dataset_split,
-            cfg.prompt_column,
-            cfg.dataset_config,
-            limit=cfg.max_steps * cfg.prompts_per_step if cfg.max_steps else None,
-        )
         render = agent_setup.prompt_renderer(self.agent.spec, self.tokenizer, cfg.prompt_column)
-        self.prompts = PromptTable.build(rows, self.tokenizer, cfg.prompt_column, cfg.max_prompt_length, render)
-        if self.prompts.filtered_overlong:
-            print(
-                f"rlactors: dropped {self.prompts.filtered_overlong} prompts longer than "
-                f"max_prompt_length={cfg.max_prompt_length} tokens",
-                flush=True,
-            )
+        data = self.train_dataset if self.train_dataset is not None else cfg.dataset
+        limit = cfg.max_steps * cfg.prompts_per_step if cfg.max_steps else None  # of a stream
+        self.prompts = prompt_table(data, cfg, self.tokenizer, render, limit)
         self.sampler = PromptSampler(len(self.prompts), cfg.seed, cfg.shuffle)
+        self.steps_per_epoch = evaluation.steps_per_epoch(len(self.prompts), cfg.prompts_per_step)
+        self.eval_sets = evaluation.build_sets(self.eval_dataset, cfg, self.tokenizer, render)
         if cfg.max_steps is None:  # TRL's num_train_epochs
             steps = max(1, math.ceil(cfg.num_train_epochs * len(self.prompts) / cfg.prompts_per_step))
             self.config = cfg = cfg.model_copy(update={"max_steps": steps})
@@ -185,7 +184,7 @@ class GRPOTrainer:
         if self.prompts is None:  # callers that start without train()
             self._prepare_prompts()
         cfg = self.config
-        resume_from = self.resumed_from = self._resume_path()
+        resume_from = self.resumed_from = checkpoints.resume_path(cfg)
         layout = plan(cfg, cluster_has_gpus())
         with self.clock.phase("placement"):
             self.placement_group = reserve(layout, cfg.placement_timeout_s, strategy=cfg.placement_strategy)
@@ -303,21 +302,26 @@ class GRPOTrainer:
         lists, samples of a prompt next to each other."""
         return rollout_output.unpack(self.rollouts.generate(prompt_ids, self.version, None, num_generations))
 
-    def _advantages(self, per_function: Any) -> algorithm.Advantages:
-        """Group-relative advantages from the [B, F] rewards, as `multi_objective_aggregation` says."""
+    def _advantages(self, per_function: Any, group: int | None = None) -> algorithm.Advantages:
+        """Group-relative advantages from the [B, F] rewards (groups of `group` samples, default
+        num_generations), as `multi_objective_aggregation` says."""
         cfg = self.config
+        group = group or cfg.num_generations
         if cfg.multi_objective_aggregation == "normalize_then_sum":
-            return algorithm.normalized_then_summed(per_function, self.reward_weights, cfg.num_generations)
+            return algorithm.normalized_then_summed(per_function, self.reward_weights, group)
         combined = algorithm.combine_rewards(per_function, self.reward_weights)
-        return algorithm.group_advantages(combined, cfg.num_generations, cfg.scale_rewards)
+        return algorithm.group_advantages(combined, group, cfg.scale_rewards)
 
     def _batch_rows(self, indices: list[int], batch: Any) -> list[dict[str, Any]]:
         """The dataset row of each sample of `batch` (drawn as prompts `indices`)."""
         return [self.prompts.rows[indices[int(p)]] for p in batch.prompt_index]
 
     def _score(self, indices: list[int], batch: Any) -> scoring.Scores:
+        return self._score_rows(self._batch_rows(indices, batch), batch)
+
+    def _score_rows(self, rows: list[dict[str, Any]], batch: Any) -> scoring.Scores:
+        """The reward functions on `batch`, whose samples came from `rows` (one per sample)."""
         cfg = self.config
-        rows = self._batch_rows(indices, batch)
         prompts = [row[cfg.prompt_column] for row in rows]
         completions, columns = agent_setup.reward_inputs(batch, rows, cfg.prompt_column)
         scores = scoring.score(self.reward_functions, prompts, completions, columns, cfg.reward_timeout_s)
@@ -359,36 +363,40 @@ class GRPOTrainer:
             raise TrainingError(f"rollout workers hold adapter versions {held} after a sync to {self.published}")
         self.version = self.published
 
-    def _sync(self, version: int) -> None:
-        self._publish(version)
-        self._load_published()
+    # ---- evaluation --------------------------------------------------------------------------
+    def _evaluate(self, step: int) -> None:
+        """Each eval set sampled under the newest adapter and scored (`rlactors.trainer.evaluation`)."""
+        for eval_set in self.eval_sets:
+            with_rows = self.agent.spec is not None  # episodes start from rows, single turns from token ids
+            run = (evaluation.run, eval_set, self.config, self._generate_newest, self._sample_metrics, with_rows)
+            row = {"step": step, **self.generations.after_inflight(*run)}
+            self.recorder.log_eval(row)
+            self.callbacks.evaluated(step, row)
+
+    def _generate_newest(self, prompts: list[Any], seed: int, n: int) -> Any:
+        self._load_published()  # TRL evaluates the weights as they are
+        return self.rollouts.generate(prompts, self.version, seed, n)
+
+    def _sample_metrics(self, rows: list[dict[str, Any]], batch: Any, group: int) -> dict[str, Any]:
+        scores = self._score_rows(rows, batch)
+        per_function = scores.tensor()
+        names = [r.name for r in self.reward_functions]
+        environments = agent_setup.environment_names(self.agent.spec, rows)
+        return sample_metrics(batch, scores, per_function, self._advantages(per_function, group), names, environments)
 
     # ---- checkpoints -------------------------------------------------------------------------
-    def _resume_path(self) -> str | None:
-        target = self.config.resume_from_checkpoint
-        if target == "auto":
-            return checkpoints.latest_checkpoint(self.config.output_dir)
-        return target
-
     def _save_checkpoint(self, step: int) -> str:
-        cfg = self.config
-        driver = {
-            "step": step,
-            "dataset_fingerprint": self.prompts.fingerprint,
-            "sampler": self.generations.sampler_state(self.sampler),
-            "num_generations": cfg.num_generations,
-            "prompts_per_step": cfg.prompts_per_step,
-        }
-        return checkpoints.save(
-            cfg.output_dir, step, cfg.keep_last, self.resumed_from, self.learners.save_state, driver
-        )
+        cfg, sampler = self.config, self.generations.sampler_state(self.sampler)
+        driver = checkpoints.driver_state(step, cfg, self.prompts.fingerprint, sampler)
+        write = self.learners.save_state
+        return checkpoints.save(cfg.output_dir, step, cfg.keep_last, self.resumed_from, write, driver)
 
     def _resume(self, path: str) -> int:
         driver = checkpoints.resumable(path, self.config, self.prompts.fingerprint)
         self.sampler.restore(driver["sampler"])
-        version = self.learners.load_state(path)
-        self._sync(version)
-        print(f"rlactors: resumed from {path} at step {driver['step']} (adapter version {version})", flush=True)
+        self._publish(self.learners.load_state(path))
+        self._load_published()
+        print(f"rlactors: resumed from {path} at step {driver['step']} (adapter version {self.version})", flush=True)
         return int(driver["step"])
 
     def _save_final(self) -> str:

@@ -10,6 +10,43 @@ from rlactors.agent.episodes import episode_means
 from rlactors.distributed.scoring import Scores
 
 
+def sample_metrics(
+    batch: Any,
+    scores: Scores,
+    per_function: Any,
+    adv: Any,
+    reward_names: list[str],
+    environment_names: list[str] | None = None,
+) -> dict[str, Any]:
+    """What the samples of a generation say, under TRL's names (`reward`, `reward_std`,
+    `rewards/<function>/mean`, `completions/mean_length`, ...): a step's and an evaluation's."""
+    import torch
+
+    lengths = batch.loss_mask.sum(-1).float()  # the model's tokens: tool results are not counted, as TRL
+    valid = ~torch.isnan(adv.rewards)
+    reward = adv.rewards[valid]
+    row: dict[str, Any] = {
+        "reward": float(reward.mean()) if valid.any() else float("nan"),
+        "reward_std": float(adv.group_std.mean()),
+        "frac_reward_zero_std": float(adv.zero_std.float().mean()),
+        "reward/errors": sum(r.errors for r in scores.results),
+        "reward/timeouts": sum(r.timed_out for r in scores.results),
+        "completions/mean_length": float(lengths.mean()),
+        "completions/min_length": float(lengths.min()),
+        "completions/max_length": float(lengths.max()),
+        "completions/clipped_ratio": float(batch.truncated.float().mean()),
+        "num_tokens": int(batch.completion_mask.sum() + batch.prompt_mask.sum()),
+    }
+    row.update(episode_means(batch.episode_metrics))
+    for name in sorted(set(environment_names or [])):
+        chosen = torch.tensor([n == name for n in environment_names]) & valid
+        row[f"rewards/environment/{name}/mean"] = float(adv.rewards[chosen].mean()) if chosen.any() else float("nan")
+    for i, name in enumerate(reward_names):
+        column = per_function[:, i]
+        row[f"rewards/{name}/mean"] = float(torch.nanmean(column)) if (~column.isnan()).any() else 0.0
+    return row
+
+
 def step_row(
     step: int,
     batch: Any,
@@ -23,48 +60,29 @@ def step_row(
     timings: dict[str, float],
     environment_names: list[str] | None = None,
 ) -> dict[str, Any]:
-    """One step's metrics under TRL's names (`reward`, `completions/mean_length`, `clip_ratio/...`) and
-    rlactors' own (`rollout/...`, `time/<phase>_s`)."""
-    import torch
-
-    lengths = batch.loss_mask.sum(-1).float()  # the model's tokens: tool results are not counted, as TRL
-    valid = ~torch.isnan(adv.rewards)
-    reward = adv.rewards[valid]
-    row: dict[str, Any] = {
-        "step": step,
-        "reward": float(reward.mean()) if valid.any() else float("nan"),
-        "reward_std": float(adv.group_std.mean()),
-        "frac_reward_zero_std": float(adv.zero_std.float().mean()),
-        "reward/errors": sum(r.errors for r in scores.results),
-        "reward/timeouts": sum(r.timed_out for r in scores.results),
-        "completions/mean_length": float(lengths.mean()),
-        "completions/min_length": float(lengths.min()),
-        "completions/max_length": float(lengths.max()),
-        "completions/clipped_ratio": float(batch.truncated.float().mean()),
-        "num_tokens": int(batch.completion_mask.sum() + batch.prompt_mask.sum()),
-        "loss": metrics.loss,
-        "kl": metrics.kl,
-        "grad_norm": metrics.grad_norm,
-        "learning_rate": metrics.learning_rate,
-        "clip_ratio/low_mean": metrics.clip_ratio_low,
-        "clip_ratio/high_mean": metrics.clip_ratio_high,
-        "sampling/logprob_mismatch": metrics.logprob_mismatch,
-        "train/skipped": int(metrics.skipped),
-        "rollout/redispatches": rollouts.redispatches,
-        "rollout/worker_restarts": rollouts.restarts,
-        "rollout/adapter_republished": rollouts.republished,
-        "adapter_version": metrics.adapter_version,
-        "staleness": metrics.staleness,
-        "step_time_s": seconds,
-    }
+    """One step's metrics: its samples' (`sample_metrics`), the update's under TRL's names (`loss`,
+    `clip_ratio/...`) and rlactors' own (`rollout/...`, `time/<phase>_s`)."""
+    row: dict[str, Any] = {"step": step}
+    row.update(sample_metrics(batch, scores, per_function, adv, reward_names, environment_names))
+    row.update(
+        {
+            "loss": metrics.loss,
+            "kl": metrics.kl,
+            "grad_norm": metrics.grad_norm,
+            "learning_rate": metrics.learning_rate,
+            "clip_ratio/low_mean": metrics.clip_ratio_low,
+            "clip_ratio/high_mean": metrics.clip_ratio_high,
+            "sampling/logprob_mismatch": metrics.logprob_mismatch,
+            "train/skipped": int(metrics.skipped),
+            "rollout/redispatches": rollouts.redispatches,
+            "rollout/worker_restarts": rollouts.restarts,
+            "rollout/adapter_republished": rollouts.republished,
+            "adapter_version": metrics.adapter_version,
+            "staleness": metrics.staleness,
+            "step_time_s": seconds,
+        }
+    )
     row.update(metrics.extra)
-    row.update(episode_means(batch.episode_metrics))
-    for name in sorted(set(environment_names or [])):
-        chosen = torch.tensor([n == name for n in environment_names]) & valid
-        row[f"rewards/environment/{name}/mean"] = float(adv.rewards[chosen].mean()) if chosen.any() else float("nan")
-    for i, name in enumerate(reward_names):
-        column = per_function[:, i]
-        row[f"rewards/{name}/mean"] = float(torch.nanmean(column)) if (~column.isnan()).any() else 0.0
     for phase in ("generate", "sleep", "score", "update", "sync", "sync_load"):
         row[f"time/{phase}_s"] = timings.get(phase, 0.0)
     row["time/generate_vllm_s"] = batch.vllm_seconds  # the rest of generate_s: packing and Ray

@@ -137,6 +137,27 @@ class PromptTable:
         return len(self.rows)
 
 
+def prompt_table(
+    dataset: Any,
+    config: Any,
+    tokenizer: Any,
+    render: Callable[[dict[str, Any]], list[int]] | None,
+    limit: int | None = None,
+    what: str = "prompts",
+) -> PromptTable:
+    """`dataset`'s rows (its first `limit`) loaded, rendered, tokenized and length-filtered as
+    `config` says; the console says how many were dropped."""
+    rows = load_rows(dataset, config.dataset_split, config.prompt_column, config.dataset_config, limit=limit)
+    table = PromptTable.build(rows, tokenizer, config.prompt_column, config.max_prompt_length, render)
+    if table.filtered_overlong:
+        print(
+            f"rlactors: dropped {table.filtered_overlong} {what} longer than "
+            f"max_prompt_length={config.max_prompt_length} tokens",
+            flush=True,
+        )
+    return table
+
+
 @dataclass
 class PromptSampler:
     """Endless stream of row indices: a seeded permutation per epoch, batches may span epochs.

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from rlactors.core.config import GRPOConfig
 
 METRICS_FILE = "metrics.jsonl"
+EVAL_METRICS_FILE = "eval_metrics.jsonl"  # an evaluation's row (`eval_reward`, ...) at its step
 SECRET_HINTS = ("token", "api_key", "secret", "password")
 
 
@@ -29,7 +30,9 @@ class RunRecorder:
         with open(os.path.join(self.dir, "resolved_config.yaml"), "w") as f:
             f.write(config.to_yaml())
         self.metrics_path = os.path.join(self.dir, METRICS_FILE)
-        self.rows = self._keep_rows_until(resume_step)
+        self.eval_path = os.path.join(self.dir, EVAL_METRICS_FILE)
+        self.rows = self._keep_rows_until(self.metrics_path, resume_step)
+        self.eval_rows = self._keep_rows_until(self.eval_path, resume_step)
         self.tensorboard = self._tensorboard() if "tensorboard" in config.report_to else None
         self.wandb = self._wandb() if "wandb" in config.report_to else None
         self.mlflow = self._mlflow() if "mlflow" in config.report_to else None
@@ -39,14 +42,15 @@ class RunRecorder:
 
             self.bar = tqdm(total=config.max_steps, initial=resume_step, desc="GRPO", unit="step", dynamic_ncols=True)
 
-    def _keep_rows_until(self, step: int) -> list[dict[str, Any]]:
+    @staticmethod
+    def _keep_rows_until(path: str, step: int) -> list[dict[str, Any]]:
         """On resume, keeps the rows up to `step` and drops any later ones (they will be redone)."""
-        if not os.path.isfile(self.metrics_path):
+        if not os.path.isfile(path):
             return []
-        with open(self.metrics_path) as f:
+        with open(path) as f:
             rows = [json.loads(line) for line in f if line.strip()]
         kept = [r for r in rows if r.get("step", 0) <= step]
-        with open(self.metrics_path, "w") as f:
+        with open(path, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in kept)
         return kept
 
@@ -86,6 +90,28 @@ class RunRecorder:
         every = self.config.steps_of(self.config.logging_steps)
         if step % max(every, 1) and step != self.config.max_steps:
             return False
+        self._report(row, step)
+        self.write(self.progress_line(row))
+        return True
+
+    def log_eval(self, row: dict[str, Any]) -> None:
+        """Records one evaluation (`rlactors.trainer.evaluation`): eval_metrics.jsonl, the integrations
+        (as `eval/<name>`, transformers' reading of `eval_<name>`) and a console line."""
+        step = int(row["step"])
+        self.eval_rows.append(row)
+        if "jsonl" in self.config.report_to:
+            with open(self.eval_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        self._report({k.replace("eval_", "eval/", 1): v for k, v in row.items() if k != "step"}, step)
+        shown = " ".join(f"{k}={v:.3f}" for k, v in row.items() if k.endswith("reward") or k.endswith("reward_std"))
+        self.write(f"eval after step {step}: {shown} ({self._samples(row)} samples)")
+
+    @staticmethod
+    def _samples(row: dict[str, Any]) -> int:
+        return sum(int(v) for k, v in row.items() if k.endswith("_samples"))
+
+    def _report(self, row: dict[str, Any], step: int) -> None:
+        """The row's finite numbers to TensorBoard, W&B and MLflow (those in report_to)."""
         numbers = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         if self.tensorboard is not None:
             for key, value in numbers.items():
@@ -95,8 +121,6 @@ class RunRecorder:
             self.wandb.log(numbers, step=step)
         if self.mlflow is not None:
             self.mlflow.log_metrics({k.replace("/", "_"): v for k, v in numbers.items()}, step=step)
-        self.write(self.progress_line(row))
-        return True
 
     def write(self, text: str) -> None:
         """A console line that leaves the progress bar whole (below it, not glued to it)."""
@@ -137,6 +161,9 @@ class RunRecorder:
         fig, ax = plt.subplots(figsize=(7, 4))
         ax.plot(steps, rewards, ".", alpha=0.5, label="reward (mean over the step's samples)")
         ax.plot(steps, smooth, "-", label=f"moving average ({window} steps)")
+        evals = [(r["step"], r["eval_reward"]) for r in self.eval_rows if "eval_reward" in r]
+        if evals:
+            ax.plot(*zip(*evals), "o-", label="eval_reward (the eval prompts, same seed each time)")
         ax.set_xlabel("step")
         ax.set_ylabel("reward")
         ax.set_title(f"{os.path.basename(self.config.model_name.rstrip('/'))}: GRPO reward")

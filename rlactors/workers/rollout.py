@@ -162,20 +162,21 @@ class RolloutWorker(WorkerProcess):
         if seed is not None:
             seed_sampling(seed)
         if self.agent is not None:
-            return self.run_episodes(prompts)  # type: ignore[arg-type]
+            return self.run_episodes(prompts, n)  # type: ignore[arg-type]
         return self._sample(prompts, n or self.config.num_generations)  # type: ignore[arg-type]
 
-    def run_episodes(self, rows: list[dict[str, Any]]) -> RolloutBatch:
-        """`num_generations` multi-turn episodes per row, each advancing on its own."""
+    def run_episodes(self, rows: list[dict[str, Any]], n: int | None = None) -> RolloutBatch:
+        """`n` (default `num_generations`) multi-turn episodes per row, each advancing on its own."""
         from rlactors.agent.episodes import EpisodeLoop, episode_counts, start_episode
 
         cfg = self.config
+        n = n or cfg.num_generations
         fmt, runner, limits = self._agent_parts()
         start = time.perf_counter()
         episodes = [
             start_episode(f"r{i}g{g}", row, cfg.prompt_column, self.agent, fmt)
             for i, row in enumerate(rows)
-            for g in range(cfg.num_generations)
+            for g in range(n)
         ]
         stream = engine.TurnStream(
             self._engine,
@@ -187,7 +188,7 @@ class RolloutWorker(WorkerProcess):
         )
         EpisodeLoop(stream, fmt, runner, limits).run(episodes)
         seconds = time.perf_counter() - start
-        batch = episodes_to_batch(episodes, cfg.num_generations, self.adapter_version, self._pad_id)
+        batch = episodes_to_batch(episodes, n, self.adapter_version, self._pad_id)
         batch.vllm_seconds = seconds
         batch.episode_metrics = episode_counts(episodes)
         return batch

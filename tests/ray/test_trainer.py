@@ -6,6 +6,7 @@ import os
 import pytest
 
 from rlactors import GRPOConfig, GRPOTrainer
+from rlactors.trainer import evaluation
 from rlactors.trainer.checkpoints import STATE_DIR
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
@@ -65,9 +66,28 @@ def _metrics(output_dir):
 
 
 def test_in_process_run_writes_the_run_folder(ray_cluster, tiny_llama, tmp_path):
-    config = _config(tiny_llama, tmp_path, num_rollout_workers=0, num_learner_workers=0)
-    result = GRPOTrainer(config, reward_funcs=[count_vowels], train_dataset=_rows()).train()
+    from transformers import TrainerCallback
+
+    seen = []
+
+    class Evaluated(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            seen.append((state.global_step, metrics["eval_reward"]))
+
+    # TRL's evaluation fields: a baseline before the first step, then every 2 steps and at the last
+    evals = dict(eval_strategy="steps", eval_steps=2, eval_on_start=True, num_generations_eval=3)
+    config = _config(tiny_llama, tmp_path, num_rollout_workers=0, num_learner_workers=0, **evals)
+    trainer = GRPOTrainer(
+        config, reward_funcs=[count_vowels], train_dataset=_rows(), eval_dataset=_rows(5), callbacks=[Evaluated]
+    )
+    result = trainer.train()
     rows = _metrics(config.output_dir)
+    with open(os.path.join(config.output_dir, "eval_metrics.jsonl")) as f:
+        eval_rows = [json.loads(line) for line in f]
+    assert [r["step"] for r in eval_rows] == [0, 2, 3] and [r["eval_adapter_version"] for r in eval_rows] == [0, 2, 3]
+    assert all(r["eval_samples"] == 15 and "eval_rewards/count_vowels/mean" in r for r in eval_rows)
+    assert seen == [(r["step"], r["eval_reward"]) for r in eval_rows]
+    assert [r for r in trainer.state.log_history if "eval_reward" in r] == eval_rows  # beside the steps' rows
     assert [r["step"] for r in rows] == [1, 2, 3] and METRIC_KEYS <= set(rows[0])
     assert [r["adapter_version"] for r in rows] == [1, 2, 3]
     assert all(r["sampling/logprob_mismatch"] < 1e-3 for r in rows)
@@ -138,6 +158,12 @@ def test_ray_actors_named_adapter_by_reference(ray_cluster, tiny_llama, tmp_path
         [from_disk] = trainer.rollouts.prompt_logprobs(probe, 6)
         assert max(abs(a - b) for a, b in zip(from_disk, second)) < 1e-5
         assert trainer.rollouts.sleep() == [False]
+        # An evaluation samples from the same seed each time: under one adapter, the same samples.
+        trainer.eval_sets = evaluation.build_sets(_rows(3), config, trainer.tokenizer, None)
+        trainer._evaluate(2)
+        trainer._evaluate(2)
+        first, again = ({k: v for k, v in r.items() if k != "eval_runtime"} for r in trainer.recorder.eval_rows)
+        assert first == again and first["eval_samples"] == 6 and first["eval_adapter_version"] == 2
     finally:
         trainer._stop(owns_ray=False)
     rows = trainer.recorder.rows

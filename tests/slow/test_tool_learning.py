@@ -35,14 +35,19 @@ def test_reward_rises_with_the_calculator_tool(smollm2, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     with open(out / "metrics.jsonl") as f:
         rows = [json.loads(line) for line in f]
-    rewards = [r["reward"] for r in rows]
-    print(f"reward per step: {[round(r, 3) for r in rewards]}")
-    # The rise from the first step to the last along the least-squares line through every step: one
-    # noisy step (32 episodes) neither makes nor breaks it, as it would comparing single steps.
-    steps = range(len(rewards))
-    mean_x, mean_y = sum(steps) / len(rewards), sum(rewards) / len(rewards)
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(steps, rewards)) / sum((x - mean_x) ** 2 for x in steps)
-    rise = slope * (len(rewards) - 1)
-    assert rise > 0.3, f"reward did not rise: {rise:.3f} along the fitted line (0.3 needed)"
+    with open(out / "eval_metrics.jsonl") as f:
+        evals = [json.loads(line) for line in f]
+    print(f"reward per step: {[round(r['reward'], 3) for r in rows]}")
+    print(f"eval_reward: {[(e['step'], round(e['eval_reward'], 3)) for e in evals]}")
+    # The held-out questions before the first step and after the last, sampled from the same seed: under
+    # one adapter the two would be the same samples, so the difference is the training's. (A step's own
+    # reward swings with its two questions: 0.22, 0.41, 0.06, 0.44, 0.47 on one machine, 0.22, 0.47,
+    # 0.16, 0.72, 1.03 on another.) Measured on this project's CPU machine, two seeds: +0.78 and +0.41.
+    before, after = evals[0], evals[-1]
+    assert [before["step"], after["step"]] == [0, 5] and before["eval_samples"] == after["eval_samples"] == 32
+    rise = after["eval_reward"] - before["eval_reward"]
+    assert rise > 0.2, f"eval_reward did not rise: {before['eval_reward']:.3f} -> {after['eval_reward']:.3f}"
+    answered = after["eval_rewards/right_answer/mean"] - before["eval_rewards/right_answer/mean"]
+    assert answered > 0, f"the answers after the tool's result did not improve ({answered:+.3f})"
     assert all(r["tools/call_frequency"] > 0.5 for r in rows)  # episodes do call the tool
     assert all(r["sampling/logprob_mismatch"] < 1e-3 for r in rows)  # on multi-turn samples too
