@@ -47,6 +47,12 @@ class GRPOConfig(BaseModel):
         description="compile the learner's decoder layers with torch.compile "
         "(one graph shared by all layers; the first updates pay the compilation)",
     )
+    share_prompt_forward: bool | None = Field(
+        None,
+        description="the learner computes a prompt once for all its samples in a micro-batch (one row, a block "
+        "mask; the same log-probs): less work the longer the prompt. None: on CPU learners (not yet measured "
+        "on GPUs); needs sdpa or eager attention",
+    )
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra vLLM engine arguments")
 
     # data

@@ -19,7 +19,7 @@ from rlactors.core.records import BatchTotals, MemoryNeed, RolloutBatch, StepMet
 from rlactors.core.timing import timed
 from rlactors.loader.fast_language_model import FastLanguageModel, compile_layers, keep_inputs_in_base_dtype
 from rlactors.loader.fast_state import state_of
-from rlactors.workers import collective, step_stats
+from rlactors.workers import collective, shared_prompt, step_stats
 from rlactors.workers.host import WorkerProcess, use_all_cores, worker_log
 from rlactors.workers.learner_memory import measure_learner, warm_up
 from rlactors.workers.learner_state import load_learner_state, save_learner_state
@@ -51,6 +51,7 @@ class LearnerWorker(WorkerProcess):
         self.optimizer: Any = None
         self.scheduler: Any = None
         self.device = "cpu"
+        self.share_prompt = False  # each prompt computed once for its samples (`build` decides)
         self._shared: dict[int, tuple[DeviceAdapter, Any]] = {}  # version -> (record, its GPU buffer)
         self._prepared: tuple[tuple[int, int, int], tuple[list, list]] | None = None  # see prepare
         self.startup: dict[str, float] = {}
@@ -70,6 +71,7 @@ class LearnerWorker(WorkerProcess):
                 self.model = self._load_model()
         self.model.train()
         self.device = next(self.model.parameters()).device
+        self.share_prompt = shared_prompt.shares_prompt(cfg.share_prompt_forward, self.model, self.device)
         if self._autocast_dtype() is not None:
             keep_inputs_in_base_dtype(self.model)
         if cfg.torch_compile:
@@ -256,18 +258,9 @@ class LearnerWorker(WorkerProcess):
 
     def _forward_logprobs(self, mb: RolloutBatch) -> tuple[Any, Any]:
         """(logp at the sampling temperature, logp at temperature 1), each [b, C] float32."""
-        import torch
-
-        ids = torch.cat([mb.prompt_ids, mb.completion_ids], dim=1).to(self.device)
-        attention = torch.cat([mb.prompt_mask, mb.completion_mask], dim=1).to(self.device)
-        # Positions count real tokens only, as vLLM's do for an unpadded prompt.
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        c = mb.completion_ids.shape[1]
         with self.mixed_precision():
-            logits = self.model(
-                input_ids=ids, attention_mask=attention, position_ids=positions, logits_to_keep=c + 1
-            ).logits[:, :-1]
-        targets = mb.completion_ids.to(self.device)
+            logits = shared_prompt.completion_logits(self.model, mb, self.share_prompt)
+        targets = mb.completion_ids
         logp = algorithm.selective_logprobs(logits, targets, self.config.temperature)
         raw = logp if self.config.temperature == 1.0 else algorithm.selective_logprobs(logits.detach(), targets)
         return logp, raw.detach()
