@@ -64,6 +64,8 @@ VARIANTS: dict[str, list[str]] = {
     "compile_async": ["torch_compile=true", "max_staleness=1"],
     # torch's multi-tensor AdamW, the default before `adamw_torch_fused` (transformers' default)
     "adamw_torch": ["optim=adamw_torch"],
+    # the learner computes each prompt once for its samples (the default on CPU learners only)
+    "shared_prompt": ["share_prompt_forward=true"],
 }
 ENGINE_TIMING = re.compile(r"took [0-9.]+ ?s|finished in [0-9.]+ ?s|[0-9.]+ ?s in total|seconds", re.IGNORECASE)
 COMPILERS = re.compile(r"\b(nvcc|cicc|ptxas|cudafe\+\+|cc1plus|cc1|fatbinary|nvlink|ninja)\b")
