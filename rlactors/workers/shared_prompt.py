@@ -51,9 +51,14 @@ def completion_logits(model: Any, mb: RolloutBatch, share_prompt: bool) -> torch
 
 
 def shares_prompt(setting: bool | None, model: Any, device: Any) -> bool:
-    """`share_prompt_forward` resolved: None is on for a CPU learner; never with an attention
-    implementation that takes no 4D mask (FlashAttention's)."""
+    """`share_prompt_forward` resolved: None is on for a CPU learner whose attention takes a 4D mask;
+    True with one that takes none (FlashAttention's) is an error that says so."""
     attention = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa")
+    if setting and attention not in MASKABLE:
+        raise ValueError(
+            f"share_prompt_forward=True needs attention that takes a 4D mask ({', '.join(MASKABLE)}); the model "
+            f"uses {attention!r}: load it with attn_implementation='sdpa' or set share_prompt_forward: null"
+        )
     wanted = torch.device(device).type == "cpu" if setting is None else setting
     return wanted and attention in MASKABLE
 

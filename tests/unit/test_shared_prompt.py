@@ -62,7 +62,7 @@ def test_packed_rows_give_the_log_probs_and_gradients_of_a_row_per_sample(smollm
     assert packed[:7, 0].abs().min() > 0  # the first token of each completion (the last is empty), at the prompt end
 
 
-def test_only_samples_of_the_very_same_prompt_share_it_and_flash_attention_never_does():
+def test_only_samples_of_the_very_same_prompt_share_it_and_never_under_flash_attention():
     mb = micro_batch()
     assert shared_prompt.runs(mb.prompt_ids, mb.prompt_mask) == [(0, 4), (4, 8)]
     ids = mb.prompt_ids.clone()
@@ -73,6 +73,8 @@ def test_only_samples_of_the_very_same_prompt_share_it_and_flash_attention_never
     from types import SimpleNamespace
 
     flash = SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2"))
-    assert not shared_prompt.shares_prompt(True, flash, "cpu")
+    assert not shared_prompt.shares_prompt(None, flash, "cpu")
+    with pytest.raises(ValueError, match="share_prompt_forward=True needs attention that takes a 4D mask"):
+        shared_prompt.shares_prompt(True, flash, "cpu")
     assert shared_prompt.shares_prompt(None, object(), "cpu")  # on a CPU learner by default
     assert not shared_prompt.shares_prompt(None, object(), "cuda")
