@@ -258,6 +258,7 @@ class LearnerWorker(WorkerProcess):
 
     def _forward_logprobs(self, mb: RolloutBatch) -> tuple[Any, Any]:
         """(logp at the sampling temperature, logp at temperature 1), each [b, C] float32."""
+        mb = mb.to(self.device)  # a no-op for the update's micro-batches, already there
         with self.mixed_precision():
             logits = shared_prompt.completion_logits(self.model, mb, self.share_prompt)
         targets = mb.completion_ids
