@@ -70,6 +70,15 @@ def latest_checkpoint(output_dir: str) -> str | None:
     return found[-1][1] if found else None
 
 
+def save_final(adapter: Any, output_dir: str) -> str:
+    """The trained adapter (a `LoRAAdapter`, or its Ray object) as the PEFT folder output_dir/final."""
+    import ray
+
+    if isinstance(adapter, ray.ObjectRef):
+        adapter = ray.get(adapter)
+    return adapter.save(os.path.join(output_dir, "final"))
+
+
 def resume_path(config: Any) -> str | None:
     """The checkpoint `resume_from_checkpoint` names: for "auto", the newest in output_dir."""
     target = config.resume_from_checkpoint

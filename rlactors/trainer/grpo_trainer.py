@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -122,7 +121,7 @@ class GRPOTrainer:
                     self._evaluate(step)
                 if stop:
                     break  # a callback set control.should_training_stop
-            final = self._save_final()
+            final = checkpoints.save_final(self.learners.export_adapter(), self.config.output_dir)
             self.callbacks.train_end()
             result = TrainResult(step, final, self.recorder.rows)
         finally:
@@ -245,7 +244,7 @@ class GRPOTrainer:
             )  # generates the next batch while this one is scored and trained on
         prepared = self._prepare(batch, step)  # the learners' log-prob passes run while the rewards are scored
         with self._timed("score"):
-            scores = self._score(indices, batch)
+            scores = self._score(self._batch_rows(indices, batch), batch)
         per_function = scores.tensor()
         adv = self._advantages(per_function)
         names = [r.name for r in self.reward_functions]
@@ -316,10 +315,7 @@ class GRPOTrainer:
         """The dataset row of each sample of `batch` (drawn as prompts `indices`)."""
         return [self.prompts.rows[indices[int(p)]] for p in batch.prompt_index]
 
-    def _score(self, indices: list[int], batch: Any) -> scoring.Scores:
-        return self._score_rows(self._batch_rows(indices, batch), batch)
-
-    def _score_rows(self, rows: list[dict[str, Any]], batch: Any) -> scoring.Scores:
+    def _score(self, rows: list[dict[str, Any]], batch: Any) -> scoring.Scores:
         """The reward functions on `batch`, whose samples came from `rows` (one per sample)."""
         cfg = self.config
         prompts = [row[cfg.prompt_column] for row in rows]
@@ -366,8 +362,8 @@ class GRPOTrainer:
     # ---- evaluation --------------------------------------------------------------------------
     def _evaluate(self, step: int) -> None:
         """Each eval set sampled under the newest adapter and scored (`rlactors.trainer.evaluation`)."""
+        with_rows = self.agent.spec is not None  # episodes start from rows, single turns from token ids
         for eval_set in self.eval_sets:
-            with_rows = self.agent.spec is not None  # episodes start from rows, single turns from token ids
             run = (evaluation.run, eval_set, self.config, self._generate_newest, self._sample_metrics, with_rows)
             row = {"step": step, **self.generations.after_inflight(*run)}
             self.recorder.log_eval(row)
@@ -378,7 +374,7 @@ class GRPOTrainer:
         return self.rollouts.generate(prompts, self.version, seed, n)
 
     def _sample_metrics(self, rows: list[dict[str, Any]], batch: Any, group: int) -> dict[str, Any]:
-        scores = self._score_rows(rows, batch)
+        scores = self._score(rows, batch)
         per_function = scores.tensor()
         names = [r.name for r in self.reward_functions]
         environments = agent_setup.environment_names(self.agent.spec, rows)
@@ -398,11 +394,3 @@ class GRPOTrainer:
         self._load_published()
         print(f"rlactors: resumed from {path} at step {driver['step']} (adapter version {self.version})", flush=True)
         return int(driver["step"])
-
-    def _save_final(self) -> str:
-        import ray
-
-        adapter = self.learners.export_adapter()
-        if isinstance(adapter, ray.ObjectRef):
-            adapter = ray.get(adapter)
-        return adapter.save(os.path.join(self.config.output_dir, "final"))
