@@ -67,6 +67,15 @@ VARIANTS: dict[str, list[str]] = {
     # the learner computes each prompt once for its samples (the default on CPU learners only)
     "shared_prompt": ["share_prompt_forward=true"],
 }
+# vLLM's compilation settings beside rlactors' graph sizes (up to the step's batch), with the run's KV
+# cache (the example's 1 GiB, or vLLM's share for --shape)
+ENGINE_VARIANTS: dict[str, dict] = {
+    # no torch.compile: full CUDA graphs of every batch (prefills too), vLLM's custom ops for Inductor's
+    "no_compile_full": {"mode": 0, "cudagraph_mode": "FULL"},
+    # each size captured once, with LoRA (vLLM captures it with and without; a run always has one)
+    "lora_graphs_only": {"cudagraph_specialize_lora": False},
+    "no_compile_full_lora_only": {"mode": 0, "cudagraph_mode": "FULL", "cudagraph_specialize_lora": False},
+}
 ENGINE_TIMING = re.compile(r"took [0-9.]+ ?s|finished in [0-9.]+ ?s|[0-9.]+ ?s in total|seconds", re.IGNORECASE)
 COMPILERS = re.compile(r"\b(nvcc|cicc|ptxas|cudafe\+\+|cc1plus|cc1|fatbinary|nvlink|ninja)\b")
 
@@ -95,6 +104,15 @@ def shape_step() -> list[str]:
     config = config_for("", smoke=False, steps=1, gmu=0.2, checkpointing=False, micro=32)
     run = {"model_name", "max_steps", "output_dir", "save_steps", "progress_bar", "report_to"}  # this script's
     return [f"{k}={json.dumps(v)}" for k, v in config.model_dump(exclude_unset=True, exclude=run).items()]
+
+
+def engine_sets(compilation: dict, args: argparse.Namespace) -> list[str]:
+    """The `--set` of an ENGINE_VARIANTS entry: its compilation settings, graphs up to the step's batch."""
+    batch = 128 if args.shape else 64  # the 1B step's 16 x 8, the example's 8 x 8
+    kwargs = ({} if args.shape else dict(KV)) | {
+        "compilation_config": {**compilation, "cudagraph_capture_sizes": graph_sizes(batch)}
+    }
+    return [f"engine_kwargs={json.dumps(kwargs)}"]
 
 
 def run_one(name: str, sets: list[str], args: argparse.Namespace, index: int) -> dict:
@@ -169,11 +187,15 @@ def main() -> None:
     parser.add_argument("--shape", choices=sorted(SHAPES), help="random weights in this shape, the 1B step's sizes")
     parser.add_argument("--tokenizer", default="models/smollm2", help="with --shape: the tokenizer the model gets")
     args = parser.parse_args()
+    unknown = [name for name in args.variants.split(",") if name not in VARIANTS | ENGINE_VARIANTS]
+    if unknown:
+        parser.error(f"--variants: unknown {unknown}; known: {sorted(VARIANTS | ENGINE_VARIANTS)}")
     if args.shape:
         args.model = make_model(os.path.join(args.work, args.shape), args.shape, args.tokenizer)
     results = []
     for index, name in enumerate(args.variants.split(",")):
-        result = run_one(name, VARIANTS[name], args, index)
+        sets = VARIANTS[name] if name in VARIANTS else engine_sets(ENGINE_VARIANTS[name], args)
+        result = run_one(name, sets, args, index)
         results.append(result)
         print(json.dumps(result, indent=1), flush=True)
     print(f"\n{'variant':<20} {'first step s':>12} {'step s':>8} {'generate s':>10}  rewards")

@@ -24,6 +24,11 @@ STATEMENTS = {
     "torch": "import torch",
     "torch_cuda": "import torch; torch.cuda.is_available() and torch.zeros(1, device='cuda')",
     "vllm": "from vllm import LLM",
+    # what the driver and the workers import before vLLM, and a local Ray's start and stop
+    "trainer": "from rlactors.trainer.grpo_trainer import GRPOTrainer",
+    "workers": "import rlactors.workers.rollout, rlactors.workers.learner",
+    "ray_start": "import ray; ray.init(address='local', _node_ip_address='127.0.0.1', include_dashboard=False); "
+    "ray.shutdown()",
 }
 
 
@@ -60,7 +65,7 @@ def main() -> None:
     args = parser.parse_args()
     walls: dict[str, list[float]] = {}
     rows: list[tuple[int, int, str]] = []
-    for name in ("vllm", "vllm", "torch", "torch_cuda"):
+    for name in ("vllm", "vllm", "torch", "torch_cuda", "trainer", "workers", "ray_start", "ray_start"):
         wall, found = run(STATEMENTS[name])
         walls.setdefault(name, []).append(round(wall, 2))
         rows = found if name == "vllm" else rows

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rlactors.core.config_rules import ConfigError
-from rlactors.core.records import RolloutBatch, concat_batches
 from rlactors.trainer.prompts import PromptTable, prompt_table
 
 if TYPE_CHECKING:
     from rlactors.core.config import GRPOConfig
+    from rlactors.core.records import RolloutBatch
 
 
 @dataclass
@@ -47,6 +47,8 @@ def run(
     """One evaluation of `eval_set`, its metrics prefixed: `generate(prompts, seed, n)` samples prompts
     (rows `with_rows`, else token ids) under the newest adapter, `measure(rows, batch, n)` scores them."""
     started = time.perf_counter()
+    from rlactors.core.records import concat_batches  # torch: not imported before Ray's start
+
     table, n = eval_set.prompts, samples_per_prompt(config)
     parts = []
     for span in chunks(len(table), config):

@@ -18,7 +18,6 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from rlactors.core import algorithm
 from rlactors.core.config import GRPOConfig
 from rlactors.core.timing import timed
 from rlactors.distributed import cluster, scoring
@@ -28,7 +27,7 @@ from rlactors.trainer.errors import StepChecks, TrainingError
 from rlactors.trainer.generation import Generations
 from rlactors.trainer.metrics import completions_table, run_summary, sample_metrics, step_row
 from rlactors.trainer.prompts import PromptSampler, PromptTable, check_local_inputs, prompt_table
-from rlactors.trainer.startup import StartupClock
+from rlactors.trainer.startup import StartupClock, import_start_modules
 
 log = logging.getLogger(__name__)
 
@@ -101,15 +100,20 @@ class GRPOTrainer:
         self.clock = StartupClock()
         data = self.train_dataset if self.train_dataset is not None else self.config.dataset
         check_local_inputs(None if self.processing_class else self.config.model_name, data)
-        with ThreadPoolExecutor(1, thread_name_prefix="rlactors-prompts") as pool:
-            prompts = pool.submit(self._prepare_prompts)  # tokenizer and dataset load while Ray starts
-            with self.clock.phase("Ray"):
-                owns_ray = self._init_ray()
-            # waits for the prompts, whose errors are raised below, inside the try that stops Ray
+        # while Ray starts (in this thread: its processes end with the thread that started them),
+        # another loads the tokenizer and the dataset, then imports what the start needs (torch, the
+        # workers' modules): the slower of the two instead of their sum
+        pool = ThreadPoolExecutor(1, thread_name_prefix="rlactors-prompts")
+        prompts = pool.submit(self._prepare_prompts)
+        imports = pool.submit(import_start_modules)
+        pool.shutdown(wait=False)
+        with self.clock.phase("Ray"):
+            owns_ray = self._init_ray()
         final = None
-        try:
+        try:  # their errors are raised here, inside the try that stops Ray
             with self.clock.phase("prompts"):  # what is left of their load once Ray is up
                 prompts.result()
+                imports.result()
             start_step = self._start()
             self.callbacks.train_begin(self.config, start_step, model=self.model, processing_class=self.tokenizer)
             step = start_step
@@ -301,9 +305,11 @@ class GRPOTrainer:
         lists, samples of a prompt next to each other."""
         return rollout_output.unpack(self.rollouts.generate(prompt_ids, self.version, None, num_generations))
 
-    def _advantages(self, per_function: Any, group: int | None = None) -> algorithm.Advantages:
-        """Group-relative advantages from the [B, F] rewards (groups of `group` samples, default
-        num_generations), as `multi_objective_aggregation` says."""
+    def _advantages(self, per_function: Any, group: int | None = None) -> Any:
+        """Group-relative advantages (`algorithm.Advantages`) from the [B, F] rewards (groups of
+        `group` samples, default num_generations), as `multi_objective_aggregation` says."""
+        from rlactors.core import algorithm  # torch: imported while Ray starts (`import_start_modules`)
+
         cfg = self.config
         group = group or cfg.num_generations
         if cfg.multi_objective_aggregation == "normalize_then_sum":

@@ -15,10 +15,12 @@ come from the current policy stop the run rather than train it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rlactors.core.records import RolloutBatch
 from rlactors.trainer.errors import TrainingError
+
+if TYPE_CHECKING:
+    from rlactors.core.records import RolloutBatch
 
 REQUIRED = ("prompt_ids", "completion_ids", "logprobs")
 

@@ -10,6 +10,7 @@ console.
 
 from __future__ import annotations
 
+import importlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -62,3 +63,18 @@ class StartupClock:
             f"{', '.join(parts)}; the step: {step}",
             flush=True,
         )
+
+
+# what `GRPOTrainer._start` imports (torch, Ray's actor classes, the workers' modules), some seconds
+# on a GPU machine: `train()` imports them beside Ray's start instead of after it
+START_MODULES = (
+    "rlactors.core.algorithm",
+    "rlactors.distributed.placement",
+    "rlactors.trainer.launch",
+    "rlactors.trainer.run_folder",
+)
+
+
+def import_start_modules() -> None:
+    for name in START_MODULES:
+        importlib.import_module(name)
