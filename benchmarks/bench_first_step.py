@@ -36,7 +36,7 @@ from rlactors.engine.spec import graph_sizes
 
 KV = {"kv_cache_memory_bytes": 2**30}
 VARIANTS: dict[str, list[str]] = {
-    # rlactors' defaults: CUDA graphs for batch sizes up to the step's 64 sequences
+    # rlactors' defaults: full CUDA graphs (no torch.compile) for batch sizes up to the step's 64 sequences
     "default": [],
     "eager": [f"engine_kwargs={json.dumps({**KV, 'enforce_eager': True})}"],
     # vLLM's own capture sizes (up to 512): what the defaults were before
@@ -67,14 +67,14 @@ VARIANTS: dict[str, list[str]] = {
     # the learner computes each prompt once for its samples (the default on CPU learners only)
     "shared_prompt": ["share_prompt_forward=true"],
 }
-# vLLM's compilation settings beside rlactors' graph sizes (up to the step's batch), with the run's KV
-# cache (the example's 1 GiB, or vLLM's share for --shape)
+# vLLM's compilation settings instead of rlactors' defaults (full graphs without torch.compile, each
+# size captured once), with rlactors' graph sizes up to the step's batch and the run's KV cache
+# (the example's 1 GiB, or vLLM's share for --shape)
 ENGINE_VARIANTS: dict[str, dict] = {
-    # no torch.compile: full CUDA graphs of every batch (prefills too), vLLM's custom ops for Inductor's
-    "no_compile_full": {"mode": 0, "cudagraph_mode": "FULL"},
-    # each size captured once, with LoRA (vLLM captures it with and without; a run always has one)
-    "lora_graphs_only": {"cudagraph_specialize_lora": False},
-    "no_compile_full_lora_only": {"mode": 0, "cudagraph_mode": "FULL", "cudagraph_specialize_lora": False},
+    # vLLM's torch.compile and piecewise graphs (full ones for decode batches): the default until 2026-12-01
+    "compiled": {},
+    # rlactors' default, but each size captured with and without LoRA (vLLM's default)
+    "lora_specialized": {"mode": 0, "cudagraph_mode": "FULL"},
 }
 ENGINE_TIMING = re.compile(r"took [0-9.]+ ?s|finished in [0-9.]+ ?s|[0-9.]+ ?s in total|seconds", re.IGNORECASE)
 COMPILERS = re.compile(r"\b(nvcc|cicc|ptxas|cudafe\+\+|cc1plus|cc1|fatbinary|nvlink|ninja)\b")
