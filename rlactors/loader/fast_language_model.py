@@ -260,10 +260,12 @@ def load_engine(
     deterministic: bool = False,
     sleep_mode: bool = False,
     max_batch: int | None = None,
+    mixed_batches: bool = False,
     **engine_kwargs: Any,
 ) -> Any:
     """The vLLM engine of `from_pretrained(fast_inference=True)`, alone (rollout workers use it).
-    `max_batch`: the most sequences one generate call runs (CUDA graphs are captured up to it)."""
+    `max_batch`: the most sequences one generate call runs (CUDA graphs are captured up to it);
+    `mixed_batches`: multi-turn episodes, whose returning turns prefill beside others' decodes."""
     from rlactors.engine import vllm_engine
 
     spec = vllm_engine.EngineSpec(
@@ -278,6 +280,7 @@ def load_engine(
         deterministic=deterministic,
         sleep_mode=sleep_mode,
         max_batch=max_batch,
+        mixed_batches=mixed_batches,
     )
     return vllm_engine.create_engine(spec, **engine_kwargs)
 

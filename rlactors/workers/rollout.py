@@ -92,6 +92,7 @@ class RolloutWorker(WorkerProcess):
                 deterministic=cfg.deterministic_generation,
                 sleep_mode=cfg.vllm_enable_sleep_mode,
                 max_batch=-(-cfg.prompts_per_step * cfg.num_generations // max(1, cfg.num_rollout_workers)),
+                mixed_batches=self.agent is not None,
                 **cfg.engine_kwargs,
             )
         except (ValueError, RuntimeError) as err:

@@ -88,7 +88,7 @@ def test_engine_defaults_follow_the_device():
     # CPU (these tests): eager unless the caller says otherwise
     assert spec.device_defaults(engine, {}) == {"enforce_eager": True}
     assert spec.device_defaults(engine, {"enforce_eager": False}) == {}
-    # CUDA: full graphs up to the batch, no torch.compile, each size captured once (with LoRA)
+    # CUDA, single-turn: full graphs up to the batch, no torch.compile, each size captured once (with LoRA)
     sizes = spec.graph_sizes(64)
     assert spec.device_defaults(engine, {}, cuda=True) == {
         "compilation_config": {
@@ -98,7 +98,12 @@ def test_engine_defaults_follow_the_device():
             "cudagraph_specialize_lora": False,
         }
     }
-    exact = spec.EngineSpec("m", 256, 0.3, 16, max_batch=64, deterministic=True)  # vLLM's tested mode
+    # multi-turn episodes: torch.compile kept, full graphs for mixed batches
+    agent = spec.EngineSpec("m", 256, 0.3, 16, max_batch=64, mixed_batches=True)
+    assert spec.device_defaults(agent, {}, cuda=True) == {
+        "compilation_config": {"cudagraph_capture_sizes": sizes, "cudagraph_mode": "FULL"}
+    }
+    exact = spec.EngineSpec("m", 256, 0.3, 16, max_batch=64, mixed_batches=True, deterministic=True)
     assert spec.device_defaults(exact, {}, cuda=True) == {"compilation_config": {"cudagraph_capture_sizes": sizes}}
     assert spec.device_defaults(engine, {"compilation_config": {}}, cuda=True) == {}  # the caller's own
     assert spec.device_defaults(engine, {"enforce_eager": True}, cuda=True) == {}
