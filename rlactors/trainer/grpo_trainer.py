@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -101,20 +101,21 @@ class GRPOTrainer:
         data = self.train_dataset if self.train_dataset is not None else self.config.dataset
         check_local_inputs(None if self.processing_class else self.config.model_name, data)
         # while Ray starts (in this thread: its processes end with the thread that started them),
-        # another loads the tokenizer and the dataset, then imports what the start needs (torch, the
-        # workers' modules): the slower of the two instead of their sum
+        # another imports what the start needs (torch, the workers' modules), then loads the
+        # tokenizer and the dataset while the workers start: nothing before them waits for the prompts
         pool = ThreadPoolExecutor(1, thread_name_prefix="rlactors-prompts")
-        prompts = pool.submit(self._prepare_prompts)
         imports = pool.submit(import_start_modules)
+        prompts = pool.submit(self._prepare_prompts)
         pool.shutdown(wait=False)
         with self.clock.phase("Ray"):
             owns_ray = self._init_ray()
         final = None
         try:  # their errors are raised here, inside the try that stops Ray
-            with self.clock.phase("prompts"):  # what is left of their load once Ray is up
-                prompts.result()
+            with self.clock.phase("imports"):  # what is left of them once Ray is up
                 imports.result()
-            start_step = self._start()
+                if self.config.max_steps is None:  # from num_train_epochs: the workers need the dataset's length
+                    prompts.result()
+            start_step = self._start(prompts)
             self.callbacks.train_begin(self.config, start_step, model=self.model, processing_class=self.tokenizer)
             step = start_step
             if self.config.eval_on_start:
@@ -179,12 +180,14 @@ class GRPOTrainer:
                 flush=True,
             )
 
-    def _start(self) -> int:
+    def _start(self, prompts: Future | None = None) -> int:
+        """Reserves the placement and starts the workers; `prompts`: `_prepare_prompts` running
+        (awaited once the workers are up), or None to run it first."""
         from rlactors.distributed.placement import cluster_has_gpus, plan, reserve
         from rlactors.trainer import launch
         from rlactors.trainer.run_folder import RunRecorder
 
-        if self.prompts is None:  # callers that start without train()
+        if prompts is None and self.prompts is None:  # callers that start without train()
             self._prepare_prompts()
         cfg = self.config
         resume_from = self.resumed_from = checkpoints.resume_path(cfg)
@@ -201,8 +204,11 @@ class GRPOTrainer:
             print("rlactors: adapter sync by CUDA IPC (rollout workers share the learners' GPUs)", flush=True)
         pids = f"rollout workers on pids {workers.rollout_pids}, learners on pids {workers.learner_pids}"
         print(f"rlactors: {pids}", flush=True)
+        if prompts is not None:
+            with self.clock.phase("prompts"):  # what is left of their load once the workers are up
+                prompts.result()
         start_step = self._resume(resume_from) if resume_from else 0
-        self.recorder = RunRecorder(cfg, resume_step=start_step)
+        self.recorder = RunRecorder(self.config, resume_step=start_step)
         return start_step
 
     def _stop(self, owns_ray: bool) -> None:
