@@ -46,9 +46,9 @@ def run(
 ) -> dict[str, Any]:
     """One evaluation of `eval_set`, its metrics prefixed: `generate(prompts, seed, n)` samples prompts
     (rows `with_rows`, else token ids) under the newest adapter, `measure(rows, batch, n)` scores them."""
-    started = time.perf_counter()
     from rlactors.core.records import concat_batches  # torch: not imported before Ray's start
 
+    started = time.perf_counter()
     table, n = eval_set.prompts, samples_per_prompt(config)
     parts = []
     for span in chunks(len(table), config):

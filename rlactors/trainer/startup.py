@@ -1,7 +1,7 @@
 """What the time before the first step is spent on, said on the console as it goes.
 
-A run's first minute is Ray, the learner's model, vLLM's start (weights, torch.compile, CUDA
-graphs) and the first step (on a fresh GPU machine, kernels built on first use). Each phase is
+A run's first minute is Ray, the learner's model, vLLM's start (weights, CUDA graphs; torch.compile
+in agent runs) and the first step (on a fresh GPU machine, kernels built on first use). Each phase is
 announced when it starts and timed when it ends, each group's first worker says where its own
 start went (its process and imports, vLLM's import and engine, the learner's model and warm-up),
 and the first step's line sums them up, so a slow start shows where it stands instead of a silent

@@ -38,3 +38,22 @@ def test_each_workers_start_is_said_by_phase_and_an_empty_one_is_left_out(capsys
     assert capsys.readouterr().out.splitlines() == [
         "rlactors: start-up by worker: vLLM worker process and imports 8.0s, engine 24.5s; learner model 5.2s"
     ]
+
+
+def test_the_trainer_imports_no_torch_until_ray_starts_beside_it():
+    """`python -m rlactors train` reaches Ray's start before torch: `train()` imports torch and the
+    workers' modules (`START_MODULES`) in a thread beside it."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from rlactors.core.config import load_config\n"
+        "from rlactors.trainer.grpo_trainer import GRPOTrainer\n"
+        "before = 'torch' in sys.modules\n"
+        "from rlactors.trainer.startup import import_start_modules\n"
+        "import_start_modules()\n"
+        "print(before, 'torch' in sys.modules, 'rlactors.workers.rollout' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["False", "True", "True"], done.stderr[-2000:]
