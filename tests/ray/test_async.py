@@ -75,8 +75,8 @@ def _run(config) -> tuple[GRPOTrainer, Spans]:
     spans = Spans()
     start = trainer._start
 
-    def started():
-        step = start()
+    def started(prompts=None):
+        step = start(prompts)
         trainer.rollouts.generate = spans.wrap("generate", trainer.rollouts.generate)
         trainer.learners.update = spans.wrap("update", trainer.learners.update)
         take = trainer._next_batch
