@@ -99,7 +99,7 @@ class GRPOTrainer:
     def train(self) -> TrainResult:
         self.clock = StartupClock()
         data = self.train_dataset if self.train_dataset is not None else self.config.dataset
-        check_local_inputs(None if self.processing_class else self.config.model_name, data)
+        check_local_inputs(None if self.processing_class else self.config.model_name, data, self.config.prompt_column)
         # while Ray starts (in this thread: its processes end with the thread that started them),
         # another imports what the start needs (torch, the workers' modules), then loads the
         # tokenizer and the dataset while the workers start: nothing before them waits for the prompts
@@ -189,6 +189,8 @@ class GRPOTrainer:
 
         if prompts is None and self.prompts is None:  # callers that start without train()
             self._prepare_prompts()
+        if prompts is not None and prompts.done():
+            prompts.result()  # prompts that failed to load fail the run before the workers start
         cfg = self.config
         resume_from = self.resumed_from = checkpoints.resume_path(cfg)
         layout = plan(cfg, cluster_has_gpus())

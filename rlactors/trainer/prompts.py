@@ -42,23 +42,50 @@ def load_rows(
     rows = [dict(row) for row in dataset]
     if not rows:
         raise DatasetError("the dataset has no rows")
-    if prompt_column not in rows[0]:
-        raise DatasetError(
-            f"prompt_column={prompt_column!r} is not a column of the dataset (columns: {sorted(rows[0])}); "
-            "set prompt_column to the column that holds the prompts"
-        )
+    _check_column(prompt_column, rows[0])
     return rows
 
 
-def check_local_inputs(model_name: str | None, dataset: Any) -> None:
-    """A local model folder (`model_name`, None when the caller gave the tokenizer) and a local
-    dataset file, checked in a blink: a run fails on a mistyped path before it starts Ray, not after."""
+def _check_column(prompt_column: str, columns: Any) -> None:
+    if prompt_column not in columns:
+        raise DatasetError(
+            f"prompt_column={prompt_column!r} is not a column of the dataset (columns: {sorted(columns)}); "
+            "set prompt_column to the column that holds the prompts"
+        )
+
+
+def check_local_inputs(model_name: str | None, dataset: Any, prompt_column: str) -> None:
+    """A local model folder (`model_name`, None when the caller gave the tokenizer), a local dataset
+    file and its prompt column where its first row says, checked in a blink: a run fails on a
+    mistyped path or column before it starts Ray, not once its workers are up."""
     from rlactors.loader.model_files import local_model_path
 
     if model_name is not None:
         local_model_path(model_name)
     if isinstance(dataset, str):
         _check_file(dataset)
+    columns = _first_columns(dataset)
+    if columns is not None:
+        _check_column(prompt_column, columns)
+
+
+def _first_columns(dataset: Any) -> Any:
+    """The columns of a list's first row, of an HF `Dataset`, or of a JSON Lines file's first line;
+    None where finding them would mean loading the dataset (hub ids, parquet, streams)."""
+    if isinstance(dataset, list | tuple):
+        return dataset[0] if dataset and isinstance(dataset[0], dict) else None
+    if isinstance(dataset, str):
+        if os.path.splitext(dataset)[1].lower() not in (".json", ".jsonl"):
+            return None
+        with open(dataset, encoding="utf-8") as f:
+            line = next((line for line in f if line.strip()), "")
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a JSON array or a pretty-printed file: the load checks it
+            return None
+        return row if isinstance(row, dict) else None
+    names = getattr(dataset, "column_names", None)  # an HF Dataset's; None for most streams
+    return names if isinstance(names, list) else None
 
 
 def _check_file(name: str) -> None:

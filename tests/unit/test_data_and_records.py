@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from rlactors.core.records import RolloutBatch, concat_batches
-from rlactors.trainer.prompts import DatasetError, PromptSampler, PromptTable, load_rows, tokenize_prompt
+from rlactors.trainer.prompts import (
+    DatasetError,
+    PromptSampler,
+    PromptTable,
+    check_local_inputs,
+    load_rows,
+    tokenize_prompt,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -41,6 +48,23 @@ def test_missing_prompt_column_names_columns(tmp_path):
         load_rows(str(path), "train", "prompt")
     with pytest.raises(DatasetError, match="no such file"):
         load_rows(str(tmp_path / "nope.jsonl"), "train", "prompt")
+
+
+def test_a_mistyped_prompt_column_fails_before_ray_starts(tmp_path):
+    """`train()` checks the column where the first row is at hand: the run fails in a blink."""
+    from datasets import Dataset
+
+    lines = tmp_path / "d.jsonl"
+    lines.write_text("\n" + json.dumps({"question": "hi"}) + "\n")
+    array = tmp_path / "a.json"
+    array.write_text(json.dumps([{"question": "hi"}], indent=1))
+    for data in (str(lines), [{"question": "hi"}], Dataset.from_list([{"question": "hi"}])):
+        with pytest.raises(DatasetError, match=r"prompt_column='prompt' is not a column .*\['question'\]"):
+            check_local_inputs(None, data, "prompt")
+        check_local_inputs(None, data, "question")
+    check_local_inputs(None, str(array), "prompt")  # a JSON array: left to the load, which checks it
+    with pytest.raises(DatasetError, match="is not a column"):
+        load_rows(str(array), "train", "prompt")
 
 
 def test_sampler_epochs_no_repeats_and_exact_resume():

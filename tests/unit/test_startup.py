@@ -57,3 +57,27 @@ def test_the_trainer_imports_no_torch_until_ray_starts_beside_it():
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["False", "True", "True"], done.stderr[-2000:]
+
+
+def test_prompts_that_failed_to_load_fail_the_start_before_its_placement(monkeypatch):
+    """`train()` loads the prompts beside Ray's start: their error, once raised, stops the start
+    before it reserves the GPUs and starts the workers."""
+    from concurrent.futures import Future
+
+    from rlactors.distributed import placement
+    from rlactors.trainer.grpo_trainer import GRPOTrainer
+    from rlactors.trainer.prompts import DatasetError
+
+    def reserve(*args, **kwargs):
+        raise AssertionError("the placement was reserved")
+
+    monkeypatch.setattr(placement, "reserve", reserve)
+    monkeypatch.setattr(placement, "cluster_has_gpus", lambda: False)
+    trainer = GRPOTrainer(
+        config={"model_name": "any/model", "max_steps": 1},
+        reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
+    )
+    failed: Future = Future()
+    failed.set_exception(DatasetError("prompt_column='text' is not a column of the dataset"))
+    with pytest.raises(DatasetError, match="prompt_column='text'"):
+        trainer._start(failed)
