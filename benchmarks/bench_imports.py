@@ -4,8 +4,9 @@ second with every cache the first left), beside `import torch` alone and torch's
 
     python benchmarks/bench_imports.py [--top 25]
 
-Prints each run's wall time and, for the last `from vllm import LLM`, the import time of each
-top-level package (its modules' own times summed), and saves the piece `imports`.
+Prints each run's wall time; for the last `from vllm import LLM`, the import time of each
+top-level package (its modules' own times summed); where a local `ray.init()` spends its time (the
+waits for the dashboard's API server and the raylet); and saves the piece `imports`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import save_piece, versions
 
+RAY_START = (
+    "import ray; ray.init(address='local', _node_ip_address='127.0.0.1', include_dashboard=False); ray.shutdown()"
+)
+NO_PRESTART = "include_dashboard=False, _system_config={'prestart_worker_first_driver': False}"
 STATEMENTS = {
     "torch": "import torch",
     "torch_cuda": "import torch; torch.cuda.is_available() and torch.zeros(1, device='cuda')",
@@ -27,8 +32,10 @@ STATEMENTS = {
     # what the driver and the workers import before vLLM, and a local Ray's start and stop
     "trainer": "from rlactors.trainer.grpo_trainer import GRPOTrainer",
     "workers": "import rlactors.workers.rollout, rlactors.workers.learner",
-    "ray_start": "import ray; ray.init(address='local', _node_ip_address='127.0.0.1', include_dashboard=False); "
-    "ray.shutdown()",
+    "ray": "import ray",
+    "ray_start": RAY_START,
+    # without the workers Ray starts for the first driver (one a CPU) beside the run's own
+    "ray_start_no_prestart": RAY_START.replace("include_dashboard=False", NO_PRESTART),
 }
 
 
@@ -49,6 +56,39 @@ def run(statement: str) -> tuple[float, list[tuple[int, int, str]]]:
     return wall, rows
 
 
+RAY_INIT_PARTS = {  # Ray's own functions that a local `ray.init()` spends its time in
+    "ray.init": "worker.py:init",
+    "the node's processes started": "node.py:__init__",
+    "GCS": "node.py:start_gcs_server",
+    "dashboard's API server, waited for": "services.py:start_api_server",
+    "raylet started": "node.py:start_raylet",
+    "raylet registered, waited for": "services.py:get_node",
+    "driver connected": "worker.py:connect",
+}
+
+
+def ray_init_parts() -> dict[str, float]:
+    """Seconds of each of `RAY_INIT_PARTS` in a fresh process's local `ray.init()` (cProfile's
+    cumulative times: the waits for Ray's processes are most of it)."""
+    import pstats
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        profile, script = os.path.join(folder, "init.prof"), os.path.join(folder, "init.py")
+        with open(script, "w") as f:
+            f.write(RAY_START.replace("; ray.shutdown()", "").replace("; ", "\n") + "\n")
+        subprocess.run([sys.executable, "-m", "cProfile", "-o", profile, script], check=True, capture_output=True)
+        stats = pstats.Stats(profile).stats  # {(file, line, function): (calls, ..., cumulative, callers)}
+    seconds = {}
+    for part, where in RAY_INIT_PARTS.items():
+        module, function = where.split(":")
+        found = [
+            v[3] for (file, _, name), v in stats.items() if file.endswith("ray/_private/" + module) and name == function
+        ]
+        seconds[part] = round(max(found, default=0.0), 3)
+    return seconds
+
+
 def by_package(rows: list[tuple[int, int, str]]) -> list[tuple[str, float]]:
     """Each top-level package's own import time (its modules' self times summed), largest first:
     an exact split of the import, where cumulative times nest."""
@@ -65,11 +105,16 @@ def main() -> None:
     args = parser.parse_args()
     walls: dict[str, list[float]] = {}
     rows: list[tuple[int, int, str]] = []
-    for name in ("vllm", "vllm", "torch", "torch_cuda", "trainer", "workers", "ray_start", "ray_start"):
+    order = ("vllm", "vllm", "torch", "torch_cuda", "trainer", "workers", "ray")
+    for name in order + ("ray_start", "ray_start_no_prestart") * 2:
         wall, found = run(STATEMENTS[name])
         walls.setdefault(name, []).append(round(wall, 2))
         rows = found if name == "vllm" else rows
         print(f"{name:<12} {wall:6.2f} s", flush=True)
+    parts = ray_init_parts()
+    print("\na local ray.init(), by part (cProfile):")
+    for part, took in parts.items():
+        print(f"{took:>8.2f}  {part}")
     packages = by_package(rows)[: args.top]
     print(f"\n{'seconds':>8}  package (the second `from vllm import LLM`; {len(rows)} modules)")
     for package, own in packages:
@@ -80,6 +125,7 @@ def main() -> None:
             "versions": versions(),
             "wall_s": walls,
             "by_package_s": {package: round(own, 3) for package, own in packages},
+            "ray_init_parts_s": parts,
         },
     )
 
