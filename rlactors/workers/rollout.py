@@ -68,12 +68,22 @@ class RolloutWorker(WorkerProcess):
         if self._engine is None:
             with timed(self.startup, "import vLLM"):
                 engine.import_vllm()
+            cached = engine.lora_kernel_builds()
             with timed(self.startup, "engine"):
                 self._engine = self._start_engine()
+            built = (engine.lora_kernel_builds() or 0) - (cached or 0)
+            if built > 0:  # a first start on this machine: the console's start-up line says why it was long
+                kernels = f"{built} LoRA kernel{'s' if built > 1 else ''}"
+                self.startup[f"engine (Triton built {kernels})"] = self.startup.pop("engine")
         if self._pad_id is None:
             tokenizer = self._engine.get_tokenizer()
             self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         return os.getpid()
+
+    def lora_kernel_builds(self) -> int | None:
+        """Builds of vLLM's LoRA kernels in Triton's cache on this worker's machine, before the engine
+        this worker will start; None where it starts none (a caller's engine, or no CUDA)."""
+        return engine.lora_kernel_builds() if self._engine is None else None
 
     def _start_engine(self) -> Any:
         use_all_cores()

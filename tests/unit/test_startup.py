@@ -81,3 +81,42 @@ def test_prompts_that_failed_to_load_fail_the_start_before_its_placement(monkeyp
     failed.set_exception(DatasetError("prompt_column='text' is not a column of the dataset"))
     with pytest.raises(DatasetError, match="prompt_column='text'"):
         trainer._start(failed)
+
+
+def test_a_first_start_says_triton_builds_the_lora_kernels(monkeypatch, tmp_path, capsys):
+    """On CUDA, Triton's cache says whether vLLM's LoRA kernels were built on this machine: before
+    the wait the console says a first start builds them, and after it how many were built. (No CUDA
+    here: Triton's cache and the engine are stood in for; on a GPU the GPU tests run it for real.)"""
+    from types import SimpleNamespace
+
+    from rlactors.core.config import GRPOConfig
+    from rlactors.engine import vllm_engine
+    from rlactors.trainer.launch import say_first_kernel_builds
+    from rlactors.workers.rollout import RolloutWorker
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    assert vllm_engine.lora_kernel_builds() is None  # no CUDA, no Triton: nothing to say
+    monkeypatch.setattr(vllm_engine, "is_cuda", lambda: True)
+    assert vllm_engine.lora_kernel_builds() == 0
+    for name in ("a/_lora_shrink_kernel.cubin", "b/_lora_expand_kernel.cubin", "c/other_kernel.cubin"):
+        (tmp_path / name).parent.mkdir()
+        (tmp_path / name).write_bytes(b"")
+    assert vllm_engine.lora_kernel_builds() == 2
+
+    for cached, said in ((0, True), (2, False), (None, False)):
+        say_first_kernel_builds(SimpleNamespace(lora_kernel_builds=lambda cached=cached: cached))
+        assert ("Triton builds its LoRA kernels" in capsys.readouterr().out) == said
+
+    def start(self):  # the engine's start, building one more kernel
+        (tmp_path / "d").mkdir()
+        (tmp_path / "d" / "_lora_shrink_kernel.cubin").write_bytes(b"")
+        tokenizer = SimpleNamespace(pad_token_id=0, eos_token_id=0)
+        return SimpleNamespace(get_tokenizer=lambda: tokenizer)
+
+    monkeypatch.setattr(vllm_engine, "import_vllm", lambda: None)
+    monkeypatch.setattr(RolloutWorker, "_start_engine", start)
+    worker = RolloutWorker(GRPOConfig(model_name="any/model", output_dir=str(tmp_path / "run")))
+    assert worker.lora_kernel_builds() == 2
+    worker.build()
+    assert list(worker.startup_phases()) == ["import vLLM", "engine (Triton built 1 LoRA kernel)"]
+    assert worker.lora_kernel_builds() is None  # its engine is up: nothing more to build
