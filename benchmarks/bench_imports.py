@@ -34,7 +34,7 @@ STATEMENTS = {
     "workers": "import rlactors.workers.rollout, rlactors.workers.learner",
     "ray": "import ray",
     "ray_start": RAY_START,
-    # without the workers Ray starts for the first driver (one a CPU) beside the run's own
+    # without the idle workers Ray starts for the first driver (one per CPU) beside the run's own
     "ray_start_no_prestart": RAY_START.replace("include_dashboard=False", NO_PRESTART),
 }
 
