@@ -62,6 +62,7 @@ class GRPOTrainer:
         reward_processing_classes: Any = None,
         callbacks: Sequence[Any] | None = None,
         optimizers: Any = (None, None),
+        quantization_config: Any = None,
         peft_config: Any = None,
         tools: Sequence[Any] | None = None,
         rollout_func: Any = None,
@@ -71,7 +72,7 @@ class GRPOTrainer:
     ):
         arguments.refuse_unsupported(reward_processing_classes, optimizers)
         config, model = arguments.config_and_model(model, args, config)
-        self.source = model_source.from_argument(model, peft_config, config)
+        self.source = model_source.from_argument(model, peft_config, config, quantization_config)
         self.config = self.source.configure(config) if self.source.updates else config
         self.processing_class = processing_class or self.source.tokenizer
         self.agent = agent_setup.resolve(self.config, tools, environment_factory, rollout_func, self.processing_class)

@@ -10,11 +10,13 @@
   while they train (vLLM level 1), and the final adapter is loaded into the caller's model after.
 - a transformers or PEFT model: its path names the model for the workers (PEFT: its LoRA config);
   a PEFT model is trained in place as above, a plain model is wrapped with `peft_config`.
-- a model id or folder, with `peft_config` for the LoRA settings, as `model_name`.
+- a model id or folder, with `peft_config` for the LoRA settings, as `model_name`, and TRL's
+  `quantization_config` (a 4-bit `BitsAndBytesConfig`) as `load_in_4bit`.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,14 +69,22 @@ class ModelSource:
             vllm_engine.wake_up(self.engine)
 
 
-def from_argument(model: Any, peft_config: Any, config: GRPOConfig) -> ModelSource:
-    """The `ModelSource` of `GRPOTrainer`'s `model` argument (None: the config names the model)."""
-    if model is None:
+def from_argument(model: Any, peft_config: Any, config: GRPOConfig, quantization_config: Any = None) -> ModelSource:
+    """The `ModelSource` of `GRPOTrainer`'s `model` argument (None: the config names the model);
+    `quantization_config` loads a named model in 4 bits, as TRL's argument of that name does."""
+    if model is None or isinstance(model, str):
+        updates = {"model_name": model} if model is not None else {}
         if peft_config is not None:
-            return ModelSource(updates=lora_fields(peft_config))
-        return ModelSource()
-    if isinstance(model, str):
-        return ModelSource(updates={"model_name": model, **(lora_fields(peft_config) if peft_config else {})})
+            updates |= lora_fields(peft_config)
+        if quantization_config is not None:
+            updates |= quantization_fields(quantization_config)
+        return ModelSource(updates=updates)
+    if quantization_config is not None:  # TRL ignores it too, with a warning
+        warnings.warn(
+            "GRPOTrainer(quantization_config=...) is ignored: the model is loaded already; load it in 4 bits "
+            "(FastLanguageModel.from_pretrained(..., load_in_4bit=True)) or pass its name instead",
+            stacklevel=3,
+        )
     if not hasattr(model, "config") or not hasattr(model, "parameters"):
         raise ConfigError(
             f"GRPOTrainer(model={type(model).__name__}): pass a model from FastLanguageModel, a "
@@ -110,6 +120,32 @@ def lora_fields(peft_config: Any) -> dict[str, Any]:
         "lora_dropout": float(peft_config.lora_dropout),
         "lora_target_modules": sorted(targets),
     }
+
+
+def quantization_fields(quantization_config: Any) -> dict[str, Any]:
+    """GRPOConfig's fields from a transformers `BitsAndBytesConfig`: 4 bits is `load_in_4bit`, NF4
+    (the learner's base, and vLLM's bitsandbytes base beside it; FP4 is loaded as NF4 with a
+    warning), computing in the run's `dtype` (bf16 or fp16 given as `bnb_4bit_compute_dtype` sets
+    it). Other quantizations are errors."""
+    given = f"quantization_config={type(quantization_config).__name__}"
+    if not getattr(quantization_config, "load_in_4bit", False):
+        raise ConfigError(
+            f"{given} without load_in_4bit=True: rlactors loads a base in bitsandbytes' 4-bit NF4 only (the "
+            "learner and vLLM both serve LoRA on it); pass BitsAndBytesConfig(load_in_4bit=True) or leave it out"
+        )
+    quant_type = getattr(quantization_config, "bnb_4bit_quant_type", "nf4")
+    if quant_type != "nf4":  # "fp4" is BitsAndBytesConfig's default, given or not
+        warnings.warn(
+            f"quantization_config.bnb_4bit_quant_type={quant_type!r}: rlactors loads 4-bit bases as NF4, the "
+            "format vLLM's bitsandbytes loader makes, so the learner and vLLM share one base; set "
+            "bnb_4bit_quant_type='nf4' to say so",
+            stacklevel=4,
+        )
+    fields: dict[str, Any] = {"load_in_4bit": True}
+    compute = str(getattr(quantization_config, "bnb_4bit_compute_dtype", None)).removeprefix("torch.")
+    if compute in ("bfloat16", "float16"):  # float32 is BitsAndBytesConfig's default when unset
+        fields["dtype"] = compute
+    return fields
 
 
 def _loader_fields(model: Any, state: Any) -> dict[str, Any]:

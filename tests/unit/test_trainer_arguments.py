@@ -71,3 +71,42 @@ def test_a_peft_model_is_trained_in_process_unless_workers_are_asked_for(tiny_ll
     assert not remote.in_process and "num_rollout_workers" not in remote.updates
     with pytest.raises(ConfigError, match="drop peft_config"):
         model_source.from_argument(peft_model, LoraConfig(r=4), GRPOConfig())
+
+
+def test_trls_quantization_config_loads_a_named_model_in_4_bits():
+    """TRL's `GRPOTrainer(model="id", quantization_config=BitsAndBytesConfig(...))`: 4-bit NF4 is
+    `load_in_4bit` (bf16 or fp16 compute is the run's dtype); what rlactors cannot load is refused."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    nf4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+    source = model_source.from_argument("my/model", None, GRPOConfig(), nf4)
+    assert source.updates == {"model_name": "my/model", "load_in_4bit": True, "dtype": "bfloat16"}
+    config = source.configure(GRPOConfig(load_in_4bit=False))  # the argument wins, with the usual note
+    assert config.load_in_4bit and config.dtype == "bfloat16"
+    with pytest.warns(UserWarning, match=r"bnb_4bit_quant_type='fp4': rlactors loads 4-bit bases as NF4"):
+        unset = model_source.from_argument(None, None, GRPOConfig(), BitsAndBytesConfig(load_in_4bit=True))
+    assert unset.updates == {"load_in_4bit": True}  # compute dtype unset (float32): the run's dtype stays
+    with pytest.raises(ConfigError, match=r"quantization_config=BitsAndBytesConfig without load_in_4bit=True"):
+        model_source.from_argument("my/model", None, GRPOConfig(), BitsAndBytesConfig(load_in_8bit=True))
+
+
+def test_quantization_config_beside_a_loaded_model_is_ignored_with_a_warning_as_in_trl(tiny_llama):
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    with pytest.warns(UserWarning, match=r"quantization_config=\.\.\.\) is ignored: the model is loaded already"):
+        source = model_source.from_argument(model, None, GRPOConfig(), BitsAndBytesConfig(load_in_4bit=True))
+    assert source.updates["load_in_4bit"] is False
+
+
+def test_the_trainers_parameters_are_trls_in_trls_order():
+    """A TRL script's call, by keyword or by position, binds to the same arguments here."""
+    import inspect
+
+    trl = pytest.importorskip("trl")
+    from rlactors.trainer.grpo_trainer import GRPOTrainer
+
+    ours = list(inspect.signature(GRPOTrainer.__init__).parameters)
+    theirs = list(inspect.signature(trl.GRPOTrainer.__init__).parameters)
+    assert ours[: len(theirs)] == theirs
