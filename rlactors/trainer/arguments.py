@@ -79,3 +79,14 @@ def refuse_unsupported(reward_processing_classes: Any, optimizers: Any) -> None:
             "optimizers: the learner builds its optimizer in its own process from optim, learning_rate, "
             "adam_beta1, adam_beta2, adam_epsilon and weight_decay; set those instead"
         )
+
+
+def refuse_unsupported_train(trial: Any, ignore_keys_for_eval: Any) -> None:
+    """transformers' `train()` arguments for hyperparameter search and model outputs: errors that say so."""
+    if trial is not None:
+        raise ConfigError("train(trial=...): rlactors has no hyperparameter search; leave trial out")
+    if ignore_keys_for_eval is not None:
+        raise ConfigError(
+            "train(ignore_keys_for_eval=...): evaluation here scores generations with the reward functions, "
+            "not model outputs; leave it out"
+        )

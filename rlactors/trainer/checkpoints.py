@@ -85,6 +85,24 @@ def resume_path(config: Any) -> str | None:
     return latest_checkpoint(config.output_dir) if target == "auto" else target
 
 
+def resume_target(config: GRPOConfig, resume_from_checkpoint: str | bool) -> str:
+    """`train(resume_from_checkpoint=...)` as transformers' Trainer reads it, as the config's value:
+    True is the newest checkpoint in output_dir (an error where there is none), a str a checkpoint folder."""
+    if resume_from_checkpoint is True:
+        if latest_checkpoint(config.output_dir) is None:
+            raise ConfigError(
+                f"train(resume_from_checkpoint=True): no checkpoint in output_dir={config.output_dir!r}; "
+                "call train() to start afresh, or pass a checkpoint folder"
+            )
+        return "auto"
+    if not isinstance(resume_from_checkpoint, str) or not os.path.isdir(resume_from_checkpoint):
+        raise ConfigError(
+            f"train(resume_from_checkpoint={resume_from_checkpoint!r}): pass True (the newest checkpoint in "
+            "output_dir) or an existing checkpoint folder such as output_dir/checkpoint-10"
+        )
+    return resume_from_checkpoint
+
+
 def driver_state(step: int, config: Any, dataset_fingerprint: str, sampler: dict[str, Any]) -> dict[str, Any]:
     """What the driver writes into a checkpoint: where it was, and what a resume must match."""
     return {

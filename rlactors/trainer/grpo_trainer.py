@@ -97,7 +97,16 @@ class GRPOTrainer:
         self.prompts: PromptTable | None = None  # the dataset's prompts, tokenized (`_prepare_prompts`)
 
     # ---- lifecycle -------------------------------------------------------------------------
-    def train(self) -> TrainResult:
+    def train(
+        self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, ignore_keys_for_eval: Any = None
+    ) -> TrainResult:
+        """Trains to max_steps. `resume_from_checkpoint` as in transformers' Trainer: True resumes
+        from the newest checkpoint in output_dir, a str from that folder; None or False leaves the
+        config's own `resume_from_checkpoint`."""
+        arguments.refuse_unsupported_train(trial, ignore_keys_for_eval)
+        if resume_from_checkpoint not in (None, False):
+            target = checkpoints.resume_target(self.config, resume_from_checkpoint)
+            self.config = self.config.model_copy(update={"resume_from_checkpoint": target})
         self.clock = StartupClock()
         data = self.train_dataset if self.train_dataset is not None else self.config.dataset
         check_local_inputs(None if self.processing_class else self.config.model_name, data, self.config.prompt_column)

@@ -15,7 +15,7 @@ def vowels(prompts, completions, **_):
     return [sum(ch in "aeiou" for ch in c) / 5 for c in completions]
 
 
-def _run(model, output_dir, **kw):
+def _run(model, output_dir, train_kwargs=None, **kw):
     values = dict(
         model_name=model,
         max_seq_length=128,
@@ -39,14 +39,15 @@ def _run(model, output_dir, **kw):
     )
     values.update(kw)
     rows = [{"prompt": f"Name a colour, number {i}."} for i in range(8)]
-    return GRPOTrainer(GRPOConfig(**values), reward_funcs=[vowels], train_dataset=rows).train()
+    return GRPOTrainer(GRPOConfig(**values), reward_funcs=[vowels], train_dataset=rows).train(**(train_kwargs or {}))
 
 
 def test_resubmitted_run_continues_without_repeating_steps(ray_cluster, tiny_llama, tmp_path, capsys):
-    _run(tiny_llama, tmp_path, max_steps=2)
+    _run(tiny_llama, tmp_path, max_steps=2)  # "auto" with no checkpoint yet: a fresh start
     assert (tmp_path / "checkpoint-1").is_dir() and (tmp_path / "checkpoint-2").is_dir()
     (tmp_path / "checkpoint-2" / "trainer_state" / "evil.pkl").write_bytes(b"\x80\x04never unpickled")
-    _run(tiny_llama, tmp_path, max_steps=4)
+    # resumed as a TRL script resumes: train(resume_from_checkpoint=True), the config saying nothing
+    _run(tiny_llama, tmp_path, {"resume_from_checkpoint": True}, max_steps=4, resume_from_checkpoint=None)
     assert "resumed from" in capsys.readouterr().out
     with open(tmp_path / "metrics.jsonl") as f:
         steps = [json.loads(line)["step"] for line in f]

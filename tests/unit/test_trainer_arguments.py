@@ -107,6 +107,24 @@ def test_the_trainers_parameters_are_trls_in_trls_order():
     trl = pytest.importorskip("trl")
     from rlactors.trainer.grpo_trainer import GRPOTrainer
 
-    ours = list(inspect.signature(GRPOTrainer.__init__).parameters)
-    theirs = list(inspect.signature(trl.GRPOTrainer.__init__).parameters)
-    assert ours[: len(theirs)] == theirs
+    for method in ("__init__", "train"):
+        ours = list(inspect.signature(getattr(GRPOTrainer, method)).parameters)
+        theirs = list(inspect.signature(getattr(trl.GRPOTrainer, method)).parameters)
+        assert ours[: len(theirs)] == theirs, method
+
+
+def test_train_takes_transformers_resume_from_checkpoint(tmp_path):
+    """`trainer.train(resume_from_checkpoint=True | folder)`, as transformers' Trainer reads it."""
+    from rlactors.trainer import checkpoints
+
+    config = GRPOConfig(output_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"resume_from_checkpoint=True\): no checkpoint in output_dir="):
+        checkpoints.resume_target(config, True)
+    with pytest.raises(ConfigError, match=r"resume_from_checkpoint='nope'\): pass True .* or an existing"):
+        checkpoints.resume_target(config, "nope")
+    (tmp_path / "checkpoint-3").mkdir()
+    assert checkpoints.resume_target(config, str(tmp_path / "checkpoint-3")) == str(tmp_path / "checkpoint-3")
+    with pytest.raises(ConfigError, match="rlactors has no hyperparameter search"):
+        arguments.refuse_unsupported_train({"lr": 1.0}, None)
+    with pytest.raises(ConfigError, match="ignore_keys_for_eval"):
+        arguments.refuse_unsupported_train(None, ["past_key_values"])
