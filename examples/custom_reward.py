@@ -53,8 +53,8 @@ def main() -> None:
     )
     result = GRPOTrainer(config, reward_funcs=[brief_and_right], train_dataset=rows).train()
     print(
-        f"trained {result.steps} steps; adapter in {result.final_adapter}; "
-        f"reward {result.metrics[0]['reward']:.3f} -> {result.metrics[-1]['reward']:.3f}"
+        f"trained {result.global_step} steps; adapter in {result.final_adapter}; "
+        f"reward {result.rows[0]['reward']:.3f} -> {result.rows[-1]['reward']:.3f}"
     )
 
 

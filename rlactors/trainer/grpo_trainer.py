@@ -25,7 +25,7 @@ from rlactors.trainer import agent_setup, arguments, checkpoints, evaluation, mo
 from rlactors.trainer.callbacks import Callbacks
 from rlactors.trainer.errors import StepChecks, TrainingError
 from rlactors.trainer.generation import Generations
-from rlactors.trainer.metrics import completions_table, run_summary, sample_metrics, step_row
+from rlactors.trainer.metrics import completions_table, run_summary, sample_metrics, step_row, train_output
 from rlactors.trainer.prompts import PromptSampler, PromptTable, check_local_inputs, prompt_table
 from rlactors.trainer.startup import StartupClock, import_start_modules
 
@@ -34,9 +34,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainResult:
-    steps: int
+    """What `train()` returns: transformers' `TrainOutput` (`global_step`, `training_loss` and
+    `metrics`: `train_runtime`, `train_samples_per_second`, ... of this call), then the run's own:
+    the final adapter's PEFT folder and every step's row of metrics (a resumed run's earlier ones too)."""
+
+    global_step: int
+    training_loss: float
+    metrics: dict[str, float]
     final_adapter: str
-    metrics: list[dict[str, Any]]
+    rows: list[dict[str, Any]]
 
 
 class GRPOTrainer:
@@ -103,6 +109,7 @@ class GRPOTrainer:
         """Trains to max_steps. `resume_from_checkpoint` as in transformers' Trainer: True resumes
         from the newest checkpoint in output_dir, a str from that folder; None or False leaves the
         config's own `resume_from_checkpoint`."""
+        began = time.perf_counter()
         arguments.refuse_unsupported_train(trial, ignore_keys_for_eval)
         if resume_from_checkpoint not in (None, False):
             target = checkpoints.resume_target(self.config, resume_from_checkpoint)
@@ -138,7 +145,10 @@ class GRPOTrainer:
                     break  # a callback set control.should_training_stop
             final = checkpoints.save_final(self.learners.export_adapter(), self.config.output_dir)
             self.callbacks.train_end()
-            result = TrainResult(step, final, self.recorder.rows)
+            rows = self.recorder.rows
+            this_call = [r for r in rows if r["step"] > start_step]  # a resumed run's earlier steps are not its own
+            loss, metrics = train_output(self.config, this_call, time.perf_counter() - began)
+            result = TrainResult(step, loss, metrics, final, rows)
         finally:
             self._stop(owns_ray)
             self.source.finish(final)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -103,6 +104,22 @@ def completions_table(
 def _one_line(text: Any, width: int) -> str:
     flat = " ".join(str(text).split())
     return flat if len(flat) <= width else flat[: width - 3] + "..."
+
+
+def train_output(config: Any, rows: list[dict[str, Any]], runtime_s: float) -> tuple[float, dict[str, float]]:
+    """transformers' `TrainOutput` figures of one `train()` call (`rows`: its steps' rows): the mean
+    loss of its steps, and `train_runtime`, `train_samples_per_second` (completions),
+    `train_steps_per_second` and `train_loss`, rounded as transformers rounds them."""
+    losses = [r["loss"] for r in rows if isinstance(r.get("loss"), float | int) and math.isfinite(r["loss"])]
+    loss = sum(losses) / len(losses) if losses else 0.0
+    runtime_s = max(runtime_s, 1e-9)
+    samples = len(rows) * config.prompts_per_step * config.num_generations
+    return loss, {
+        "train_runtime": round(runtime_s, 4),
+        "train_samples_per_second": round(samples / runtime_s, 3),
+        "train_steps_per_second": round(len(rows) / runtime_s, 3),
+        "train_loss": loss,
+    }
 
 
 def run_summary(config: Any, final_adapter: str, steps: int) -> str:

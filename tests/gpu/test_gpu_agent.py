@@ -52,7 +52,7 @@ def test_tool_episodes_at_gpu_speed(qwen2_model, tmp_path):
         progress_bar=False,
         report_to=["jsonl"],
     )
-    rows_out = GRPOTrainer(args=config, reward_funcs=[called], train_dataset=rows, tools=[multiply]).train().metrics
+    rows_out = GRPOTrainer(args=config, reward_funcs=[called], train_dataset=rows, tools=[multiply]).train().rows
     steps = sorted(r["step_time_s"] for r in rows_out[2:])
     print(
         f"Qwen2 class, 32 episodes a step: median step {steps[len(steps) // 2]:.2f}s, turns "

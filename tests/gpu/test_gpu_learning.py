@@ -46,7 +46,7 @@ def test_main_example_learns_on_one_gpu(load_in_4bit, tmp_path):
     )
     timer = FirstStepTimer()
     started = time.perf_counter()
-    rows = GRPOTrainer(config, callbacks=[timer]).train().metrics
+    rows = GRPOTrainer(config, callbacks=[timer]).train().rows
     rewards = [r["reward"] for r in rows]
     running = [sum(rewards[i - 2 : i + 1]) / 3 for i in range(2, len(rewards))]
     first_step = timer.first - started

@@ -52,8 +52,8 @@ def test_auto_memory_share_trains(ray_cluster, model_dir, tmp_path, free_memory)
     print(f"auto share {share} of {total / 2**30:.0f} GiB, {free_before / 2**30:.0f} GiB free before")
     # a 0.2B model and 16 x 128 tokens leave vLLM most of what was free, never more than that
     assert 0.7 * free_before / total < share <= free_before / total
-    assert [r["adapter_version"] for r in result.metrics] == [1, 2]
-    assert all(r["sampling/logprob_mismatch"] < 0.05 for r in result.metrics)
+    assert [r["adapter_version"] for r in result.rows] == [1, 2]
+    assert all(r["sampling/logprob_mismatch"] < 0.05 for r in result.rows)
 
 
 def test_auto_share_with_sleep_mode_leaves_out_only_what_the_learner_keeps(
@@ -70,8 +70,8 @@ def test_auto_share_with_sleep_mode_leaves_out_only_what_the_learner_keeps(
     share = trainer.rollouts.config.gpu_memory_utilization
     print(f"auto share with sleep mode {share}, {free_before / 2**30:.0f} of {total / 2**30:.0f} GiB free before")
     assert min(0.95, 0.9 * free_before / total) <= share <= free_before / total
-    assert [r["adapter_version"] for r in result.metrics] == [1, 2]
-    assert all(r["time/sleep_s"] > 0 and r["sampling/logprob_mismatch"] < 0.05 for r in result.metrics)
+    assert [r["adapter_version"] for r in result.rows] == [1, 2]
+    assert all(r["time/sleep_s"] > 0 and r["sampling/logprob_mismatch"] < 0.05 for r in result.rows)
 
 
 def test_too_little_free_memory_names_the_worker_and_quotes_vllm(model_dir, tmp_path):
@@ -121,11 +121,11 @@ def test_resume_diamond_on_gpu(ray_cluster, model_dir, tmp_path):
     run("split", 2)
     split = run("split", 4)
     for key in ("reward", "num_tokens", "completions/mean_length", "learning_rate", "adapter_version"):
-        ours, theirs = [r[key] for r in split.metrics], [r[key] for r in straight.metrics]
+        ours, theirs = [r[key] for r in split.rows], [r[key] for r in straight.rows]
         print(f"{key}: resumed {ours} straight {theirs}")
         assert ours == theirs, key
     for key in ("loss", "grad_norm"):
-        assert [r[key] for r in split.metrics] == pytest.approx([r[key] for r in straight.metrics], rel=0.05), key
+        assert [r[key] for r in split.rows] == pytest.approx([r[key] for r in straight.rows], rel=0.05), key
     ours, theirs = LoRAAdapter.load(split.final_adapter).tensors, LoRAAdapter.load(straight.final_adapter).tensors
     moved = sum(float((theirs[n].float() - ours[n].float()).norm() ** 2) for n in theirs) ** 0.5
     size = sum(float(theirs[n].float().norm() ** 2) for n in theirs) ** 0.5

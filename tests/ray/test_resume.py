@@ -81,8 +81,8 @@ def test_resume_diamond_with_real_vllm(ray_cluster, tiny_llama, tmp_path):
     _run(tiny_llama, tmp_path / "split", max_steps=2, **options)
     split = _run(tiny_llama, tmp_path / "split", max_steps=4, **options)
     for key in ("reward", "num_tokens", "completions/mean_length", "learning_rate", "adapter_version"):
-        assert [r[key] for r in split.metrics] == [r[key] for r in straight.metrics], key
+        assert [r[key] for r in split.rows] == [r[key] for r in straight.rows], key
     for key in ("loss", "grad_norm"):
-        assert [r[key] for r in split.metrics] == pytest.approx([r[key] for r in straight.metrics], rel=0.05), key
+        assert [r[key] for r in split.rows] == pytest.approx([r[key] for r in straight.rows], rel=0.05), key
     ours, theirs = LoRAAdapter.load(split.final_adapter).tensors, LoRAAdapter.load(straight.final_adapter).tensors
     assert all(torch.allclose(ours[name], theirs[name], atol=1e-5) for name in theirs)

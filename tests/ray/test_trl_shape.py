@@ -102,7 +102,11 @@ def test_the_callers_model_is_trained_in_place_with_trl_call_and_fields(ray_clus
     assert trainer.learners.local.model is model and trainer.rollouts.local._engine is model.vllm_engine
     assert trainer.learners.actors == [] and trainer.rollouts.actors == []
     # The callback stopped the run after step 3 (of 5); every step was logged and the stop step saved.
-    assert result.steps == 3 and trainer.state.global_step == 3
+    assert result.global_step == 3 and trainer.state.global_step == 3
+    # what transformers' TrainOutput holds: the steps' mean loss, and the call's runtime and rates
+    assert result.training_loss == pytest.approx(sum(r["loss"] for r in result.rows) / 3)
+    assert result.metrics["train_loss"] == result.training_loss and result.metrics["train_runtime"] > 0
+    assert result.metrics["train_steps_per_second"] == pytest.approx(3 / result.metrics["train_runtime"], rel=1e-2)
     assert [e[0] for e in events] == ["begin", "log", "log", "save", "log", "save", "end"]
     assert events[0] == ("begin", 0, True)
     assert [row["step"] for row in trainer.state.log_history] == [1, 2, 3]

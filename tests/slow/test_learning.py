@@ -21,7 +21,7 @@ def test_reward_rises_on_arithmetic(ray_cluster, smollm2, tmp_path):
             "report_to=[jsonl]",
         ],
     )
-    rows = GRPOTrainer(config).train().metrics
+    rows = GRPOTrainer(config).train().rows
     rewards = [r["reward"] for r in rows]
     first, last = sum(rewards[:2]) / 2, sum(rewards[-3:]) / 3
     print(f"reward per step: {[round(r, 3) for r in rewards]}")
