@@ -19,10 +19,9 @@ if TYPE_CHECKING:
 
 class Callbacks:
     def __init__(self, callbacks: Sequence[Any] | None, config: GRPOConfig):
-        self.callbacks = [c() if isinstance(c, type) else c for c in callbacks or []]
-        for callback in self.callbacks:
-            if not hasattr(callback, "on_step_end"):
-                raise TypeError(f"callbacks: {callback!r} is not a transformers TrainerCallback (subclass it)")
+        self.callbacks: list[Any] = []
+        for callback in callbacks or []:
+            self.add(callback)
         self.config = config
         self.global_step, self.max_steps = 0, config.max_steps or 0
         self.log_history: list[dict[str, Any]] = []
@@ -31,6 +30,22 @@ class Callbacks:
         self._state: Any = None
         self._control: Any = None
         self.extras: dict[str, Any] = {}  # model, processing_class: passed to every event, as transformers does
+
+    def add(self, callback: Any) -> None:
+        """A `TrainerCallback` or its class (made with no arguments), as transformers' `add_callback`."""
+        callback = callback() if isinstance(callback, type) else callback
+        if not hasattr(callback, "on_step_end"):
+            raise TypeError(f"callbacks: {callback!r} is not a transformers TrainerCallback (subclass it)")
+        self.callbacks.append(callback)
+
+    def pop(self, callback: Any) -> Any:
+        """Removes and returns the first callback that is `callback` or, for a class, one of its
+        instances; None where there is none (transformers' `pop_callback`)."""
+        for held in self.callbacks:
+            if held is callback or (isinstance(callback, type) and isinstance(held, callback)):
+                self.callbacks.remove(held)
+                return held
+        return None
 
     @property
     def state(self) -> Any:

@@ -166,9 +166,28 @@ class GRPOTrainer:
         return self.source.model
 
     @property
+    def args(self) -> GRPOConfig:
+        """The run's config (TRL's field names), as `trainer.args` in TRL."""
+        return self.config
+
+    @property
     def state(self) -> Any:
         """transformers' `TrainerState`: `global_step`, `max_steps`, `log_history`."""
         return self.callbacks.state
+
+    def add_callback(self, callback: Any) -> None:
+        """A transformers `TrainerCallback` (or its class) for the run's events, as in TRL."""
+        self.callbacks.add(callback)
+
+    def pop_callback(self, callback: Any) -> Any:
+        """Removes and returns a callback (or the first instance of a class); None if there is none."""
+        return self.callbacks.pop(callback)
+
+    def remove_callback(self, callback: Any) -> None:
+        """Removes a callback (or the first instance of a class), as in TRL; a callback the trainer
+        does not hold is an error, a class none of them is an instance of is not."""
+        if self.callbacks.pop(callback) is None and not isinstance(callback, type):
+            raise ValueError(f"remove_callback: {callback!r} is not one of the trainer's callbacks")
 
     def save_model(self, output_dir: str | None = None) -> str:
         """The trained adapter as a PEFT folder (with the tokenizer), as TRL's `save_model` writes it."""

@@ -128,3 +128,29 @@ def test_train_takes_transformers_resume_from_checkpoint(tmp_path):
         arguments.refuse_unsupported_train({"lr": 1.0}, None)
     with pytest.raises(ConfigError, match="ignore_keys_for_eval"):
         arguments.refuse_unsupported_train(None, ["past_key_values"])
+
+
+def test_callbacks_are_added_and_removed_as_in_trl_and_args_is_the_config():
+    from transformers import TrainerCallback
+
+    from rlactors.trainer.grpo_trainer import GRPOTrainer
+
+    class Printer(TrainerCallback):
+        pass
+
+    config = GRPOConfig(model_name="any/model", max_steps=1)
+    trainer = GRPOTrainer(config, reward_funcs=[lambda completions, **kw: [0.0] * len(completions)])
+    assert trainer.args is trainer.config and trainer.args.max_steps == 1
+    mine = Printer()
+    trainer.add_callback(Printer)  # a class is made, as transformers does
+    trainer.add_callback(mine)
+    assert [type(c) for c in trainer.callbacks.callbacks] == [Printer, Printer]
+    first = trainer.pop_callback(Printer)
+    assert first is not mine and trainer.callbacks.callbacks == [mine]
+    trainer.remove_callback(mine)
+    assert trainer.callbacks.callbacks == [] and trainer.pop_callback(Printer) is None
+    trainer.remove_callback(Printer)  # a class with no instance left: nothing to do, as in transformers
+    with pytest.raises(ValueError, match="is not one of the trainer's callbacks"):
+        trainer.remove_callback(mine)
+    with pytest.raises(TypeError, match="is not a transformers TrainerCallback"):
+        trainer.add_callback(object())
