@@ -2,8 +2,9 @@
 
     python examples/custom_reward.py [--steps N]
 
-Rewards use TRL's signature: f(prompts, completions, **columns) -> list[float | None]; dataset
-columns arrive as keyword arguments; return None where a sample cannot be scored.
+Rewards use TRL's signature: f(prompts, completions, **kwargs) -> list[float | None]; dataset
+columns arrive as keyword arguments, with TRL's completion_ids, log_metric, log_extra and (to a
+function that names it) trainer_state; return None where a sample cannot be scored.
 """
 
 import argparse

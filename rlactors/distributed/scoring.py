@@ -1,4 +1,9 @@
-"""Reward functions: TRL's signature `f(prompts, completions, **columns) -> list[float | None]`.
+"""Reward functions: TRL's signature `f(prompts, completions, completion_ids, **kwargs) ->
+list[float | None]`, the keywords as TRL passes them: the dataset's other columns (one value per
+sample), `log_metric(name, value)` / `log_extra(column, values)`, whose figures come back with the
+rewards (the step's row takes each metric's mean; `log_completions`' table, the extra columns),
+and `trainer_state` (transformers' `TrainerState`) to a function that names it: unpickling one
+imports transformers' trainer (seconds, in each reward process), which the others are spared.
 
 Each function's call for a step runs as its own Ray task (so functions run concurrently and a
 hung one can be killed at `reward_timeout_s`). A call that raises is retried sample by sample;
@@ -98,13 +103,45 @@ class CallResult:
     timed_out: bool = False
     first_error: str = ""
     seconds: float = 0.0
+    metrics: dict[str, list[float]] = field(default_factory=dict)  # by `log_metric`
+    extra_columns: dict[str, list[Any]] = field(default_factory=dict)  # by `log_extra`
+
+    def log_metric(self, name: str, value: float) -> None:
+        """TRL's `log_metric`: a scalar for this batch; the step's row holds the mean of a name's values."""
+        self.metrics.setdefault(name, []).append(float(value))
+
+    def log_extra(self, column: str, values: list[Any]) -> None:
+        """TRL's `log_extra`: a column of values, one per sample, for the completions' table."""
+        self.extra_columns.setdefault(column, []).extend(values)
 
 
-def _invoke(fn: Callable[..., Any], prompts: list, completions: list, columns: dict[str, list]) -> Any:
-    result = fn(prompts=prompts, completions=completions, **columns)
+def _invoke(
+    fn: Callable[..., Any], prompts: list, completions: list, columns: dict[str, list], shared: dict[str, Any]
+) -> Any:
+    result = fn(**_accepted(fn, {"prompts": prompts, "completions": completions, **columns, **shared}))
     if inspect.isawaitable(result):
         result = asyncio.run(_await(result))
     return result
+
+
+def _accepted(fn: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """All of `kwargs` for a function with `**kwargs` (TRL's reward functions have it); for one
+    without, those it names: a function written before a keyword was added keeps working."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a callable Python cannot inspect: it gets everything
+        return kwargs
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return kwargs
+    named = {p.name for p in params}
+    return {k: v for k, v in kwargs.items() if k in named}
+
+
+def _names(fn: Callable[..., Any], parameter: str) -> bool:
+    try:
+        return parameter in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 async def _await(awaitable: Any) -> Any:
@@ -123,20 +160,29 @@ def _as_float(value: Any) -> float | None:
 
 
 def run_reward(
-    name: str, fn: Callable[..., Any], prompts: list, completions: list, columns: dict[str, list]
+    name: str,
+    fn: Callable[..., Any],
+    prompts: list,
+    completions: list,
+    columns: dict[str, list],
+    shared: dict[str, Any] | None = None,
 ) -> CallResult:
-    """Calls `fn` on the whole batch; if it raises, once per sample. Runs inside a Ray task."""
+    """Calls `fn` on the whole batch; if it raises, once per sample. Runs inside a Ray task.
+    `columns` hold a value per sample; `shared` (`trainer_state`) goes to every call whole."""
     start = time.perf_counter()
     n = len(completions)
+    result = CallResult(values=[])
+    shared = {**(shared or {}), "log_metric": result.log_metric, "log_extra": result.log_extra}
     batch_error = ""
     try:
-        raw: list[Any] = list(_invoke(fn, prompts, completions, columns))
+        raw: list[Any] = list(_invoke(fn, prompts, completions, columns, shared))
     except Exception:
         batch_error = traceback.format_exc(limit=5)
-        raw = [_call_one(fn, prompts, completions, columns, i) for i in range(n)]
+        result.metrics.clear()
+        result.extra_columns.clear()  # what the failed call logged; the calls per sample log again
+        raw = [_call_one(fn, prompts, completions, columns, shared, i) for i in range(n)]
     if len(raw) != n:
         raise RewardError(f"reward function {name!r} returned {len(raw)} values for {n} completions")
-    result = CallResult(values=[])
     for value in raw:
         converted, problem = _convert(value)
         if problem:
@@ -152,11 +198,12 @@ class _Failed:
     message: str
 
 
-def _call_one(fn: Callable[..., Any], prompts: list, completions: list, columns: dict[str, list], i: int) -> Any:
+def _call_one(
+    fn: Callable[..., Any], prompts: list, completions: list, columns: dict[str, list], shared: dict[str, Any], i: int
+) -> Any:
     try:
-        one = list(
-            _invoke(fn, prompts[i : i + 1], completions[i : i + 1], {k: v[i : i + 1] for k, v in columns.items()})
-        )
+        one_columns = {k: v[i : i + 1] for k, v in columns.items()}
+        one = list(_invoke(fn, prompts[i : i + 1], completions[i : i + 1], one_columns, shared))
     except Exception:
         return _Failed(traceback.format_exc(limit=5))
     return one[0] if len(one) == 1 else _Failed(f"returned {len(one)} values for 1 completion")
@@ -199,6 +246,18 @@ class Scores:
             [[math.nan if v is None else v for v in col] for col in self.per_function], dtype=torch.float32
         ).T
 
+    def logged_metrics(self) -> dict[str, float]:
+        """Each name given to `log_metric` in this batch, with the mean of its values."""
+        values: dict[str, list[float]] = {}
+        for result in self.results:
+            for name, logged in result.metrics.items():
+                values.setdefault(name, []).extend(logged)
+        return {name: sum(v) / len(v) for name, v in values.items() if v}
+
+    def extra_columns(self) -> dict[str, list[Any]]:
+        """The columns given to `log_extra` in this batch (a later function's column of a name wins)."""
+        return {name: values for result in self.results for name, values in result.extra_columns.items()}
+
     def first_error(self) -> str:
         """The last line of the first recorded error of any function (or of an environment)."""
         found = next((r.first_error for r in self.results if r.first_error), None)
@@ -210,13 +269,22 @@ class Scores:
 
 
 def score(
-    functions: Sequence[RewardFunction], prompts: list, completions: list, columns: dict[str, list], timeout_s: float
+    functions: Sequence[RewardFunction],
+    prompts: list,
+    completions: list,
+    columns: dict[str, list],
+    timeout_s: float,
+    trainer_state: Callable[[], Any] | None = None,
 ) -> Scores:
-    """Runs every function as a Ray task at once; kills those still running at `timeout_s`."""
+    """Runs every function as a Ray task at once; kills those still running at `timeout_s`.
+    `trainer_state` makes the run's `TrainerState` for the functions that name it."""
     import ray
 
     task = ray.remote(num_cpus=0.1, max_retries=0)(run_reward)
-    refs = [task.remote(f.name, f.fn, prompts, completions, columns) for f in functions]
+    refs = []
+    for f in functions:
+        shared = {"trainer_state": trainer_state()} if trainer_state and _names(f.fn, "trainer_state") else None
+        refs.append(task.remote(f.name, f.fn, prompts, completions, columns, shared))
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
     results = []
     for reward, ref in zip(functions, refs):

@@ -134,16 +134,23 @@ def prompt_renderer(spec: AgentSpec | None, tokenizer: Any, prompt_column: str) 
     return render
 
 
+GENERATED = ("completion", "completion_ids")  # what the reward functions get of each sample, not of its row
+
+
 def reward_inputs(batch: Any, rows: list[dict[str, Any]], prompt_column: str) -> tuple[list, dict[str, list]]:
     """(completions, columns) for the reward functions: chat completions as messages (the whole
-    episode, tool results included, where there were turns), the rows' other columns,
-    rollout_func's extra keys and the episodes' environments."""
+    episode, tool results included, where there were turns), each sample's `completion_ids` (the
+    episode's, tool results included, as TRL's), the rows' other columns, rollout_func's extra
+    keys and the episodes' environments."""
     chat = isinstance(rows[0][prompt_column], list)
     if batch.trajectories is not None and chat:
         completions: list = batch.trajectories
     else:
         completions = [[{"role": "assistant", "content": text}] if chat else text for text in batch.completions]
-    columns = {key: [row[key] for row in rows] for key in rows[0] if key != prompt_column}
+    # as TRL: a row's own "completion" or "completion_ids" column gives way to the sample's
+    columns = {key: [row[key] for row in rows] for key in rows[0] if key not in (prompt_column, *GENERATED)}
+    lengths = batch.completion_mask.sum(-1).tolist()  # right-padded: the first `length` ids are the sample's
+    columns["completion_ids"] = [ids[:n] for ids, n in zip(batch.completion_ids.tolist(), lengths)]
     columns.update(batch.columns or {})
     if batch.environments is not None:  # a failed episode's environment is not to be trusted: None
         columns["environments"] = [None if f else env for env, f in zip(batch.environments, batch.failures)]

@@ -324,7 +324,12 @@ class GRPOTrainer:
         if logged and cfg.log_completions:
             prompts = [self.prompts.rows[indices[int(p)]][cfg.prompt_column] for p in batch.prompt_index]
             table = completions_table(
-                prompts, batch.completions, adv.rewards, adv.advantages, cfg.num_completions_to_print
+                prompts,
+                batch.completions,
+                adv.rewards,
+                adv.advantages,
+                cfg.num_completions_to_print,
+                scores.extra_columns(),
             )
             self.recorder.write(table)
         self.checks.skipped(metrics.skipped)  # after the row is written: the metrics show the skipped steps
@@ -373,7 +378,9 @@ class GRPOTrainer:
         cfg = self.config
         prompts = [row[cfg.prompt_column] for row in rows]
         completions, columns = agent_setup.reward_inputs(batch, rows, cfg.prompt_column)
-        scores = scoring.score(self.reward_functions, prompts, completions, columns, cfg.reward_timeout_s)
+        scores = scoring.score(
+            self.reward_functions, prompts, completions, columns, cfg.reward_timeout_s, lambda: self.callbacks.state
+        )
         if self.environment_workers is not None:
             self.environment_workers.release(batch.environments)
         return scores.without(batch.failures)

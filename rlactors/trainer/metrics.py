@@ -39,6 +39,7 @@ def sample_metrics(
         "num_tokens": int(batch.completion_mask.sum() + batch.prompt_mask.sum()),
     }
     row.update(episode_means(batch.episode_metrics))
+    row.update(scores.logged_metrics())  # the reward functions' `log_metric`s, under their names as in TRL
     for name in sorted(set(environment_names or [])):
         chosen = torch.tensor([n == name for n in environment_names]) & valid
         row[f"rewards/environment/{name}/mean"] = float(adv.rewards[chosen].mean()) if chosen.any() else float("nan")
@@ -91,13 +92,22 @@ def step_row(
 
 
 def completions_table(
-    prompts: list[Any], completions: list[str], rewards: Any, advantages: Any, rows: int | None
+    prompts: list[Any],
+    completions: list[str],
+    rewards: Any,
+    advantages: Any,
+    rows: int | None,
+    extra: dict[str, list[Any]] | None = None,
 ) -> str:
-    """Plain text: one line per sample (prompt, completion, reward, advantage), the first `rows` samples."""
-    lines = ["prompt | completion | reward | advantage"]
-    for prompt, text, reward, adv in list(zip(prompts, completions, rewards.tolist(), advantages.tolist()))[:rows]:
+    """Plain text: one line per sample (prompt, completion, reward, advantage, and the reward
+    functions' `log_extra` columns), the first `rows` samples."""
+    extra = {name: values for name, values in (extra or {}).items() if len(values) == len(completions)}
+    lines = [" | ".join(["prompt", "completion", "reward", "advantage", *extra])]
+    samples = list(zip(prompts, completions, rewards.tolist(), advantages.tolist()))[:rows]
+    for i, (prompt, text, reward, adv) in enumerate(samples):
         shown = prompt[-1]["content"] if isinstance(prompt, list) else prompt
-        lines.append(f"{_one_line(shown, 60)} | {_one_line(text, 80)} | {reward:.3f} | {adv:+.3f}")
+        cells = [_one_line(shown, 60), _one_line(text, 80), f"{reward:.3f}", f"{adv:+.3f}"]
+        lines.append(" | ".join(cells + [_one_line(values[i], 40) for values in extra.values()]))
     return "\n".join(lines)
 
 

@@ -16,6 +16,13 @@ def count_vowels(prompts, completions, **_):
     return [sum(ch in "aeiou" for ch in c) / 10 for c in completions]
 
 
+def brief(completion_ids, trainer_state, log_metric, **kwargs):
+    """TRL's other reward keywords: each sample's token ids, the run's TrainerState, a metric."""
+    log_metric("brief/ids_per_completion", sum(map(len, completion_ids)) / len(completion_ids))
+    log_metric("brief/state_step", trainer_state.global_step)  # the steps done before this one, as in TRL
+    return [-len(ids) / 100 for ids in completion_ids]
+
+
 @pytest.fixture(scope="module")
 def caller_model(tiny_llama):
     model, tokenizer = FastLanguageModel.from_pretrained(
@@ -91,7 +98,7 @@ def test_the_callers_model_is_trained_in_place_with_trl_call_and_fields(ray_clus
         trainer = GRPOTrainer(
             model=model,
             processing_class=tokenizer,
-            reward_funcs=count_vowels,
+            reward_funcs=[count_vowels, brief],
             args=args,
             train_dataset=rows,
             callbacks=[StopAtThree],
@@ -110,6 +117,10 @@ def test_the_callers_model_is_trained_in_place_with_trl_call_and_fields(ray_clus
     assert [e[0] for e in events] == ["begin", "log", "log", "save", "log", "save", "end"]
     assert events[0] == ("begin", 0, True)
     assert [row["step"] for row in trainer.state.log_history] == [1, 2, 3]
+    assert [row["brief/state_step"] for row in result.rows] == [0, 1, 2]
+    assert all(1 <= row["brief/ids_per_completion"] <= 8 for row in result.rows)  # max_completion_length=8
+    for row in result.rows:
+        assert row["rewards/brief/mean"] == pytest.approx(-row["brief/ids_per_completion"] / 100, abs=1e-6)
     # The caller's model now holds the learner's final adapter: what save_lora writes is final/.
     final = LoRAAdapter.load(result.final_adapter).tensors
     saved = LoRAAdapter.load(model.save_lora(str(tmp_path / "mine"))).tensors
