@@ -194,6 +194,13 @@ class GRPOTrainer:
         run_dir = self.config.output_dir
         return checkpoints.save_model(output_dir or run_dir, run_dir, self.model, self.processing_class)
 
+    def push_to_hub(self, *args: Any, **kwargs: Any) -> None:
+        """TRL's upload: refused with the way to do it, since rlactors writes the adapter locally."""
+        raise NotImplementedError(
+            "push_to_hub: rlactors writes the trained adapter to output_dir/final (a PEFT folder) and uploads "
+            "nothing; upload it with huggingface_hub: HfApi().upload_folder(folder_path=..., repo_id=...)"
+        )
+
     def _prepare_prompts(self) -> None:
         """The tokenizer, the dataset's rows rendered and tokenized, the sampler over them, and
         `max_steps` from `num_train_epochs`. Needs no Ray: `train()` runs it while Ray starts."""

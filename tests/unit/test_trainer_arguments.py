@@ -154,3 +154,5 @@ def test_callbacks_are_added_and_removed_as_in_trl_and_args_is_the_config():
         trainer.remove_callback(mine)
     with pytest.raises(TypeError, match="is not a transformers TrainerCallback"):
         trainer.add_callback(object())
+    with pytest.raises(NotImplementedError, match="push_to_hub: rlactors writes the trained adapter to output_dir"):
+        trainer.push_to_hub()
