@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rlactors.core import trl_fields
+from rlactors.core import trl_fields, unsloth_fields
 from rlactors.core.config_rules import ConfigError, check_consistent, format_errors
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -276,7 +276,7 @@ class GRPOConfig(BaseModel):
         max_seq_length, the completion defaults to min(256, half of it) and the prompt to the rest."""
         if not isinstance(values, dict):
             return values
-        values = trl_fields.translate(values)
+        values = trl_fields.translate(unsloth_fields.translate(values))
         context = values.get("max_seq_length")
         if isinstance(context, int) and "max_prompt_length" not in values:
             values.setdefault("max_completion_length", min(256, context // 2))
