@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from rlactors import FastLanguageModel, GRPOConfig, GRPOTrainer
+from rlactors import FastLanguageModel, GRPOConfig, GRPOTrainer, vLLMSamplingParams
 from rlactors.core.adapter import LoRAAdapter
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
@@ -92,8 +92,13 @@ def test_the_callers_model_is_trained_in_place_with_trl_call_and_fields(ray_clus
         use_vllm=True,
         vllm_mode="colocate",
         progress_bar=False,
+        # Unsloth's notebooks' sampling, as they write it
+        vllm_sampling_params=vLLMSamplingParams(
+            min_p=0.1, top_p=1.0, top_k=-1, seed=3407, stop=[tokenizer.eos_token], include_stop_str_in_output=True
+        ),
     )
     rows = datasets.Dataset.from_list([{"prompt": f"Say something about {i}:"} for i in range(8)])
+    assert args.min_p == 0.1 and args.seed == 3407 and args.generation_kwargs["stop"] == [tokenizer.eos_token]
     with pytest.warns(UserWarning, match="optim='adamw_8bit' needs bitsandbytes on CUDA"):
         trainer = GRPOTrainer(
             model=model,
@@ -129,8 +134,6 @@ def test_the_callers_model_is_trained_in_place_with_trl_call_and_fields(ray_clus
     assert any(k.endswith("lora_B.weight") and final[k].abs().sum() > 0 for k in final)
     # fast_generate with load_lora() serves the trained adapter: vLLM's log-probs of a completion
     # match the learner's own within the run's bound.
-    from rlactors import vLLMSamplingParams
-
     out = model.fast_generate(
         ["Say something about 3:"],
         sampling_params=vLLMSamplingParams(max_tokens=6, temperature=1.0, logprobs=0),
