@@ -36,6 +36,7 @@ def sample_metrics(
         "completions/min_length": float(lengths.min()),
         "completions/max_length": float(lengths.max()),
         "completions/clipped_ratio": float(batch.truncated.float().mean()),
+        **_terminated_lengths(lengths[~batch.truncated.bool()]),
         "num_tokens": int(batch.completion_mask.sum() + batch.prompt_mask.sum()),
     }
     row.update(episode_means(batch.episode_metrics))
@@ -45,8 +46,20 @@ def sample_metrics(
         row[f"rewards/environment/{name}/mean"] = float(adv.rewards[chosen].mean()) if chosen.any() else float("nan")
     for i, name in enumerate(reward_names):
         column = per_function[:, i]
-        row[f"rewards/{name}/mean"] = float(torch.nanmean(column)) if (~column.isnan()).any() else 0.0
+        scored = column[~column.isnan()]
+        row[f"rewards/{name}/mean"] = float(scored.mean()) if len(scored) else 0.0
+        row[f"rewards/{name}/std"] = float(scored.std()) if len(scored) > 1 else 0.0
     return row
+
+
+def _terminated_lengths(lengths: Any) -> dict[str, float]:
+    """TRL's lengths of the completions that ended (not cut at max_completion_length); 0 if none did."""
+    ended = len(lengths) > 0
+    return {
+        "completions/mean_terminated_length": float(lengths.mean()) if ended else 0.0,
+        "completions/min_terminated_length": float(lengths.min()) if ended else 0.0,
+        "completions/max_terminated_length": float(lengths.max()) if ended else 0.0,
+    }
 
 
 def step_row(
@@ -74,7 +87,9 @@ def step_row(
             "learning_rate": metrics.learning_rate,
             "clip_ratio/low_mean": metrics.clip_ratio_low,
             "clip_ratio/high_mean": metrics.clip_ratio_high,
+            "clip_ratio/region_mean": metrics.clip_ratio_low + metrics.clip_ratio_high,  # one token is one or the other
             "sampling/logprob_mismatch": metrics.logprob_mismatch,
+            "sampling/sampling_logp_difference/mean": metrics.logprob_mismatch,  # TRL's name for the same mean
             "train/skipped": int(metrics.skipped),
             "rollout/redispatches": rollouts.redispatches,
             "rollout/worker_restarts": rollouts.restarts,

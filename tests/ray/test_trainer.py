@@ -25,6 +25,12 @@ METRIC_KEYS = {
     "time/sync_load_s",
     "time/learner_forward_backward_s",
     "time/learner_optimizer_s",
+    # TRL's names, for dashboards built on TRL's runs
+    "rewards/count_vowels/std",
+    "completions/mean_terminated_length",
+    "completions/max_terminated_length",
+    "clip_ratio/region_mean",
+    "sampling/sampling_logp_difference/mean",
 }
 
 
@@ -91,6 +97,11 @@ def test_in_process_run_writes_the_run_folder(ray_cluster, tiny_llama, tmp_path)
     assert [r["step"] for r in rows] == [1, 2, 3] and METRIC_KEYS <= set(rows[0])
     assert [r["adapter_version"] for r in rows] == [1, 2, 3]
     assert all(r["sampling/logprob_mismatch"] < 1e-3 for r in rows)
+    for r in rows:
+        assert r["clip_ratio/region_mean"] == r["clip_ratio/low_mean"] + r["clip_ratio/high_mean"]
+        assert (
+            r["completions/max_terminated_length"] <= r["completions/max_length"] and r["rewards/count_vowels/std"] >= 0
+        )
     assert all(0 < r["time/generate_vllm_s"] <= r["time/generate_s"] for r in rows)  # vLLM's share of generate
     assert all(0 < r["time/sync_load_s"] < r["time/sync_s"] for r in rows)  # the load's share of the sync
     out = config.output_dir
