@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 import pytest
@@ -9,6 +10,15 @@ import pytest
 from rlactors.testing import make_tiny_model, smollm2_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _engines_of_a_module_go_with_it():
+    """An in-process vLLM engine a module's fixture held is torn down before the next module starts.
+    Left to the garbage collector, its teardown can run in the middle of the next engine's start and
+    take vLLM's global state (the parallel groups) from under it."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="session")
