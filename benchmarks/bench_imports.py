@@ -21,10 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import save_piece, versions
 
-RAY_START = (
-    "import ray; ray.init(address='local', _node_ip_address='127.0.0.1', include_dashboard=False); ray.shutdown()"
-)
-NO_PRESTART = "include_dashboard=False, _system_config={'prestart_worker_first_driver': False}"
+RAY_INIT = "ray.init(address='local', _node_ip_address='127.0.0.1', include_dashboard=False{})"  # as the trainer's
+NO_PRESTART = ", _system_config={'prestart_worker_first_driver': False}"
 STATEMENTS = {
     "torch": "import torch",
     "torch_cuda": "import torch; torch.cuda.is_available() and torch.zeros(1, device='cuda')",
@@ -33,9 +31,9 @@ STATEMENTS = {
     "trainer": "from rlactors.trainer.grpo_trainer import GRPOTrainer",
     "workers": "import rlactors.workers.rollout, rlactors.workers.learner",
     "ray": "import ray",
-    "ray_start": RAY_START,
+    "ray_start": f"import ray; {RAY_INIT.format('')}; ray.shutdown()",
     # without the idle workers Ray starts for the first driver (one per CPU) beside the run's own
-    "ray_start_no_prestart": RAY_START.replace("include_dashboard=False", NO_PRESTART),
+    "ray_start_no_prestart": f"import ray; {RAY_INIT.format(NO_PRESTART)}; ray.shutdown()",
 }
 
 
@@ -76,7 +74,7 @@ def ray_init_parts() -> dict[str, float]:
     with tempfile.TemporaryDirectory() as folder:
         profile, script = os.path.join(folder, "init.prof"), os.path.join(folder, "init.py")
         with open(script, "w") as f:
-            f.write(RAY_START.replace("; ray.shutdown()", "").replace("; ", "\n") + "\n")
+            f.write(f"import ray\n{RAY_INIT.format('')}\n")
         subprocess.run([sys.executable, "-m", "cProfile", "-o", profile, script], check=True, capture_output=True)
         stats = pstats.Stats(profile).stats  # {(file, line, function): (calls, ..., cumulative, callers)}
     seconds = {}

@@ -29,8 +29,11 @@ AS_CONFIG = {  # SamplingParams field -> GRPOConfig field
     "seed": "seed",
 }
 SET_BY_THE_RUN = {"logprobs", "prompt_logprobs", "detokenize", "output_kind", "flat_logprobs", "logprob_token_ids"}
-CHUNKING = ("unsloth_num_chunks", "unsloth_grpo_mini_batch", "unsloth_logit_chunk_multiplier")
-NOT_SET = {"unsloth_num_chunks": (-1, None)}  # the others: None
+CHUNKING = {  # Unsloth's chunking field -> the values that leave it unset
+    "unsloth_num_chunks": (-1, None),
+    "unsloth_grpo_mini_batch": (None,),
+    "unsloth_logit_chunk_multiplier": (None,),
+}
 
 
 class UnslothFieldError(ValueError):
@@ -40,7 +43,7 @@ class UnslothFieldError(ValueError):
 def translate(values: dict[str, Any]) -> dict[str, Any]:
     """`values` with Unsloth's fields turned into rlactors' (a new dict)."""
     out = dict(values)
-    chunking = [name for name in CHUNKING if out.pop(name, None) not in NOT_SET.get(name, (None,))]
+    chunking = [name for name, unset in CHUNKING.items() if out.pop(name, None) not in unset]
     if chunking:
         warnings.warn(
             f"rlactors: {chunking} have no effect here (Unsloth's log-prob chunking); micro_batch_size and "
@@ -50,11 +53,11 @@ def translate(values: dict[str, Any]) -> dict[str, Any]:
         )
     params = out.pop("vllm_sampling_params", None)
     if params is not None:
-        _sampling(out, set_fields(params))
+        _sampling(out, fields_set(params))
     return out
 
 
-def set_fields(params: Any) -> dict[str, Any]:
+def fields_set(params: Any) -> dict[str, Any]:
     """The fields a `SamplingParams` sets (those that differ from a default one), or a dict's."""
     if isinstance(params, dict):
         return dict(params)
@@ -74,7 +77,7 @@ def set_fields(params: Any) -> dict[str, Any]:
 
 
 def _sampling(out: dict[str, Any], given: dict[str, Any]) -> None:
-    left_out = sorted(name for name in given if name in SET_BY_THE_RUN)
+    left_out = sorted(given.keys() & SET_BY_THE_RUN)
     differ = []
     for name, ours in AS_CONFIG.items():
         if name not in given:

@@ -125,30 +125,27 @@ class CallResult:
 def _invoke(
     fn: Callable[..., Any], prompts: list, completions: list, columns: dict[str, list], shared: dict[str, Any]
 ) -> Any:
-    result = fn(**_accepted(fn, {"prompts": prompts, "completions": completions, **columns, **shared}))
+    result = fn(prompts=prompts, completions=completions, **columns, **shared)
     if inspect.isawaitable(result):
         result = asyncio.run(_await(result))
     return result
 
 
-def _accepted(fn: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
-    """All of `kwargs` for a function with `**kwargs` (TRL's reward functions have it); for one
-    without, those it names: a function written before a keyword was added keeps working."""
+def _parameters(fn: Callable[..., Any]) -> Any:
+    """`fn`'s parameters by name; None for a callable Python cannot inspect."""
     try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):  # a callable Python cannot inspect: it gets everything
-        return kwargs
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return kwargs
-    named = {p.name for p in params}
-    return {k: v for k, v in kwargs.items() if k in named}
-
-
-def _names(fn: Callable[..., Any], parameter: str) -> bool:
-    try:
-        return parameter in inspect.signature(fn).parameters
+        return inspect.signature(fn).parameters
     except (TypeError, ValueError):
-        return False
+        return None
+
+
+def _taking_what_it_names(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` itself where it takes `**kwargs` (TRL's reward functions do) or cannot be inspected; else
+    `fn` given only the keywords it names: a function written before a keyword was added keeps working."""
+    params = _parameters(fn)
+    if params is None or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return fn
+    return lambda **kwargs: fn(**{k: v for k, v in kwargs.items() if k in params})
 
 
 async def _await(awaitable: Any) -> Any:
@@ -178,6 +175,7 @@ def run_reward(
     `columns` hold a value per sample; `shared` (`trainer_state`) goes to every call whole."""
     start = time.perf_counter()
     n = len(completions)
+    fn = _taking_what_it_names(fn)
     result = CallResult(values=[])
     shared = {**(shared or {}), "log_metric": result.log_metric, "log_extra": result.log_extra}
     batch_error = ""
@@ -290,7 +288,8 @@ def score(
     task = ray.remote(num_cpus=0.1, max_retries=0)(run_reward)
     refs = []
     for f in functions:
-        shared = {"trainer_state": trainer_state()} if trainer_state and _names(f.fn, "trainer_state") else None
+        named = "trainer_state" in (_parameters(f.fn) or {})
+        shared = {"trainer_state": trainer_state()} if trainer_state and named else None
         refs.append(task.remote(f.name, f.fn, prompts, completions, columns, shared))
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
     results = []

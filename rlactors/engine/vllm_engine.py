@@ -22,6 +22,7 @@ from rlactors.core.adapter import LoRAAdapter
 from rlactors.engine import lora_slots
 from rlactors.engine.samples import Sample, Turn
 from rlactors.engine.spec import EngineSpec, device_defaults, is_cuda
+from rlactors.engine.worker_env import triton_cache_dir
 
 if TYPE_CHECKING:
     import torch
@@ -58,25 +59,6 @@ def vllm_version() -> str | None:
         with contextlib.suppress(PackageNotFoundError):
             return version(dist)
     return None
-
-
-def log_to_stderr() -> None:
-    """vLLM's INFO lines (its start-up timings among them) to this process's stderr, which is a
-    worker's log file; without this only its warnings reach it."""
-    import logging
-
-    logger = logging.getLogger("vllm")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s [%(name)s] %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-
-
-def triton_cache_dir() -> str:
-    """Where Triton keeps the GPU kernels it builds: TRITON_CACHE_DIR, else Triton's default."""
-    return os.environ.get("TRITON_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".triton", "cache")
 
 
 def lora_kernel_builds() -> int | None:

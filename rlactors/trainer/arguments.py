@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 
 from rlactors.core.config import ConfigError, GRPOConfig, load_config
 from rlactors.distributed import scoring
+from rlactors.trainer.checkpoints import resume_target
 
 
 def config_and_model(first: Any, args: Any, config: Any) -> tuple[GRPOConfig, Any]:
@@ -79,6 +80,15 @@ def refuse_unsupported(reward_processing_classes: Any, optimizers: Any) -> None:
             "optimizers: the learner builds its optimizer in its own process from optim, learning_rate, "
             "adam_beta1, adam_beta2, adam_epsilon and weight_decay; set those instead"
         )
+
+
+def train_config(config: GRPOConfig, resume_from_checkpoint: Any, trial: Any, ignore_keys_for_eval: Any) -> GRPOConfig:
+    """The run's config under transformers' `train()` arguments: `resume_from_checkpoint` True (the
+    newest checkpoint in output_dir) or a folder; None or False leave the config's own."""
+    refuse_unsupported_train(trial, ignore_keys_for_eval)
+    if resume_from_checkpoint in (None, False):
+        return config
+    return config.model_copy(update={"resume_from_checkpoint": resume_target(config, resume_from_checkpoint)})
 
 
 def refuse_unsupported_train(trial: Any, ignore_keys_for_eval: Any) -> None:

@@ -97,10 +97,7 @@ class GRPOTrainer(TrainerAPI):
         from the newest checkpoint in output_dir, a str from that folder; None or False leaves the
         config's own `resume_from_checkpoint`."""
         began = time.perf_counter()
-        arguments.refuse_unsupported_train(trial, ignore_keys_for_eval)
-        if resume_from_checkpoint not in (None, False):
-            target = checkpoints.resume_target(self.config, resume_from_checkpoint)
-            self.config = self.config.model_copy(update={"resume_from_checkpoint": target})
+        self.config = arguments.train_config(self.config, resume_from_checkpoint, trial, ignore_keys_for_eval)
         self.clock = StartupClock()
         data = self.train_dataset if self.train_dataset is not None else self.config.dataset
         check_local_inputs(None if self.processing_class else self.config.model_name, data, self.config.prompt_column)
@@ -133,8 +130,7 @@ class GRPOTrainer(TrainerAPI):
             final = checkpoints.save_final(self.learners.export_adapter(), self.config.output_dir)
             self.callbacks.train_end()
             rows = self.recorder.rows
-            this_call = [r for r in rows if r["step"] > start_step]  # a resumed run's earlier steps are not its own
-            loss, metrics = train_output(self.config, this_call, time.perf_counter() - began)
+            loss, metrics = train_output(self.config, rows, start_step, time.perf_counter() - began)
             result = TrainResult(step, loss, metrics, final, rows)
         finally:
             self._stop(owns_ray)
@@ -275,13 +271,9 @@ class GRPOTrainer(TrainerAPI):
         self.clock.first_step(self.timings, row)
         if logged and cfg.log_completions:
             prompts = [self.prompts.rows[indices[int(p)]][cfg.prompt_column] for p in batch.prompt_index]
+            extra = scores.extra_columns()  # what the reward functions gave `log_extra`
             table = completions_table(
-                prompts,
-                batch.completions,
-                adv.rewards,
-                adv.advantages,
-                cfg.num_completions_to_print,
-                scores.extra_columns(),
+                prompts, batch.completions, adv.rewards, adv.advantages, cfg.num_completions_to_print, extra
             )
             self.recorder.write(table)
         self.checks.skipped(metrics.skipped)  # after the row is written: the metrics show the skipped steps

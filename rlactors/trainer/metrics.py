@@ -131,10 +131,14 @@ def _one_line(text: Any, width: int) -> str:
     return flat if len(flat) <= width else flat[: width - 3] + "..."
 
 
-def train_output(config: Any, rows: list[dict[str, Any]], runtime_s: float) -> tuple[float, dict[str, float]]:
-    """transformers' `TrainOutput` figures of one `train()` call (`rows`: its steps' rows): the mean
-    loss of its steps, and `train_runtime`, `train_samples_per_second` (completions),
-    `train_steps_per_second` and `train_loss`, rounded as transformers rounds them."""
+def train_output(
+    config: Any, rows: list[dict[str, Any]], start_step: int, runtime_s: float
+) -> tuple[float, dict[str, float]]:
+    """transformers' `TrainOutput` figures of one `train()` call, which began after `start_step`
+    (a resumed run's earlier rows are not its own): the mean loss of its steps, and `train_runtime`,
+    `train_samples_per_second` (completions), `train_steps_per_second` and `train_loss`, rounded as
+    transformers rounds them."""
+    rows = [r for r in rows if r["step"] > start_step]
     losses = [r["loss"] for r in rows if isinstance(r.get("loss"), float | int) and math.isfinite(r["loss"])]
     loss = sum(losses) / len(losses) if losses else 0.0
     runtime_s = max(runtime_s, 1e-9)

@@ -17,7 +17,7 @@ from rlactors.core.records import RolloutBatch
 from rlactors.core.timing import timed
 from rlactors.engine import vllm_engine as engine
 from rlactors.engine.samples import seed_sampling
-from rlactors.engine.vllm_engine import log_to_stderr as vllm_log_to_stderr
+from rlactors.engine.worker_env import log_to_stderr as vllm_log_to_stderr
 from rlactors.loader.fast_language_model import load_engine, resolve_dtype
 from rlactors.loader.model_files import resolve_model_path
 from rlactors.workers.host import WorkerProcess, use_all_cores, worker_log
