@@ -66,6 +66,19 @@ VARIANTS: dict[str, list[str]] = {
     "adamw_torch": ["optim=adamw_torch"],
     # the learner computes each prompt once for its samples (the default on CPU learners only)
     "shared_prompt": ["share_prompt_forward=true"],
+    # Ray's settings for the local cluster the run starts (below)
+    "no_prestart": [],
+    "preload_torch": [],
+    "prestart_torch": [],
+}
+# the environment of a run: Ray's own settings (`RAY_<name>`) for the local cluster it starts
+VARIANT_ENV: dict[str, dict[str, str]] = {
+    # no idle workers started for the first driver (one per CPU, each importing Ray beside the actors)
+    "no_prestart": {"RAY_prestart_worker_first_driver": "0"},
+    # the idle workers import torch before the actors land on them
+    "preload_torch": {"RAY_preload_python_modules": "torch"},
+    # one idle worker per CPU started with the raylet (during `ray.init()`), torch imported in each
+    "prestart_torch": {"RAY_enable_worker_prestart": "1", "RAY_preload_python_modules": "torch"},
 }
 # vLLM's compilation settings instead of rlactors' defaults (full graphs without torch.compile, each
 # size captured once), with rlactors' graph sizes up to the step's batch and the run's KV cache
@@ -130,7 +143,8 @@ def run_one(name: str, sets: list[str], args: argparse.Namespace, index: int) ->
     watcher = threading.Thread(target=watch_compilers, args=(seen, stop, started), daemon=True)
     watcher.start()
     lines: list[tuple[float, str]] = []
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {**os.environ, **VARIANT_ENV.get(name, {})}
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
     def read() -> None:
         for line in proc.stdout:

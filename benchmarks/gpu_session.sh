@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One GPU lease, in stages that each fit one device call (after the wheel recipe's install):
-#   bash benchmarks/gpu_session.sh first-step   # the main example cold (fresh machine) then warm
+#   bash benchmarks/gpu_session.sh first-step [V,W]  # the main example cold (fresh machine) then warm
 #   bash benchmarks/gpu_session.sh first-step-1b [V,W]  # the same for the 1B benchmark's step (random weights)
 #   bash benchmarks/gpu_session.sh tests-a      # tests/gpu: the tool loop in a Qwen2 class, learning
 #   bash benchmarks/gpu_session.sh tests-b      # tests/gpu: loader, exports, training on the GPU
@@ -11,10 +11,11 @@
 #   bash benchmarks/gpu_session.sh step-variants [V,W]  # the main example's step: compiled learner, async, both
 #   bash benchmarks/gpu_session.sh agent-loop [ARGS]  # multi-turn episodes against single-turn, engine steps timed
 #   bash benchmarks/gpu_session.sh imports      # what `from vllm import LLM` costs, by package (-X importtime)
+#   bash benchmarks/gpu_session.sh entropy      # the learner's log-prob pass with and without TRL's entropy
 # Logs and JSON pieces go to $OUT; each stage prints its summary last. The embedded model is built
 # at /tmp/smollm2 on first use.
 set -uo pipefail
-stage=${1:?stage: first-step, first-step-1b, tests-a, tests-b, sync, round N, time-to-reward, profile-example, step-variants, agent-loop or imports}
+stage=${1:?stage: first-step, first-step-1b, tests-a, tests-b, sync, round N, time-to-reward, profile-example, step-variants, agent-loop, imports or entropy}
 out=${OUT:-/tmp/gpu-session}
 model=/tmp/smollm2
 mkdir -p "$out"
@@ -25,7 +26,8 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 start=$(date +%s)
 case $stage in
   first-step)
-    timeout 520 python benchmarks/bench_first_step.py --model $model --variants default,default --steps 8 \
+    # extra arguments replace the variants: first-step default,default,no_prestart
+    timeout 520 python benchmarks/bench_first_step.py --model $model --variants "${2:-default,default}" --steps 8 \
       > "$out/first-step.log" 2>&1
     echo "first-step: exit $? after $(( $(date +%s) - start )) s"
     sed -n '/^variant /,$p' "$out/first-step.log"
@@ -90,5 +92,10 @@ case $stage in
     echo "imports: exit $? after $(( $(date +%s) - start )) s"
     cp /tmp/rlactors-bench/imports.json "$out/" 2>/dev/null
     grep -v "^imports:" "$out/imports.log" | tail -32 ;;
+  entropy)
+    timeout 200 python benchmarks/bench_entropy.py > "$out/entropy.log" 2>&1
+    echo "entropy: exit $? after $(( $(date +%s) - start )) s"
+    cp /tmp/rlactors-bench/entropy.json "$out/" 2>/dev/null
+    tail -4 "$out/entropy.log" ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac

@@ -273,7 +273,16 @@ def selective_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, temperatur
     given (bf16 on a GPU) and one log-sum-exp per token: a float32 copy of the whole [B, T, V]
     and its gradient never exist at once, which is the learner's largest transient.
     """
-    return _SelectiveLogprobs.apply(logits, token_ids, float(temperature))
+    return _SelectiveLogprobs.apply(logits, token_ids, float(temperature), False)[0]
+
+
+def logprobs_and_entropy(
+    logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`selective_logprobs` and, from the same float32 rows, each token's entropy (nats) of
+    softmax(logits / temperature): TRL's `entropy` metric, without a second pass over the logits.
+    The entropy is a statistic: no gradient flows through it."""
+    return _SelectiveLogprobs.apply(logits, token_ids, float(temperature), True)
 
 
 LOGPROB_CHUNK_ELEMENTS = 2**25  # about 128 MB of float32 logits per chunk
@@ -281,19 +290,25 @@ LOGPROB_CHUNK_ELEMENTS = 2**25  # about 128 MB of float32 logits per chunk
 
 class _SelectiveLogprobs(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, token_ids: torch.Tensor, temperature: float) -> torch.Tensor:
+    def forward(
+        ctx, logits: torch.Tensor, token_ids: torch.Tensor, temperature: float, with_entropy: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         out = torch.empty(token_ids.shape, dtype=torch.float32, device=logits.device)
         lse = torch.empty_like(out)
+        entropy = torch.empty_like(out) if with_entropy else out.new_empty(0)
         for rows in _row_chunks(logits):
             x = logits[rows].float() / temperature
             lse[rows] = torch.logsumexp(x, dim=-1)
             out[rows] = torch.gather(x, -1, token_ids[rows].unsqueeze(-1)).squeeze(-1) - lse[rows]
+            if with_entropy:  # H = lse(x) - sum softmax(x) * x
+                entropy[rows] = lse[rows] - (x - lse[rows].unsqueeze(-1)).exp_().mul_(x).sum(-1)
         ctx.save_for_backward(logits, token_ids, lse)
         ctx.temperature = temperature
-        return out
+        ctx.mark_non_differentiable(entropy)
+        return out, entropy
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple:
+    def backward(ctx, grad: torch.Tensor, _entropy_grad: torch.Tensor | None = None) -> tuple:
         logits, token_ids, lse = ctx.saved_tensors
         grad_logits = torch.empty_like(logits)
         for rows in _row_chunks(logits):
@@ -302,7 +317,7 @@ class _SelectiveLogprobs(torch.autograd.Function):
             chunk = torch.exp(logits[rows].float() / ctx.temperature - lse[rows].unsqueeze(-1)).mul_(-g)
             chunk.scatter_add_(-1, token_ids[rows].unsqueeze(-1), g)
             grad_logits[rows] = chunk.div_(ctx.temperature).to(logits.dtype)
-        return grad_logits, None, None
+        return grad_logits, None, None, None
 
 
 def _row_chunks(logits: torch.Tensor) -> list[slice]:

@@ -67,6 +67,12 @@ class LearnerWorker(WorkerProcess):
         use_all_cores()
         cfg = self.config
         if self.model is None:
+            with timed(self.startup, "import transformers, PEFT"):  # what `model` would otherwise hide
+                import peft  # noqa: F401
+                from transformers import AutoModelForCausalLM  # noqa: F401
+            if torch.cuda.is_available():
+                with timed(self.startup, "CUDA"):
+                    torch.zeros(1, device="cuda")
             with timed(self.startup, "model"):
                 self.model = self._load_model()
         self.model.train()
@@ -223,6 +229,9 @@ class LearnerWorker(WorkerProcess):
         tokens = max(totals[j].num_items, 1.0)  # the statistics are the last optimizer step's
         if cfg.needs_logprob_passes:
             extra["learner/reference_passes_ahead"] = float(ahead)
+        extra["entropy"] = sums["entropy"] / tokens  # TRL's: per token, at the sampling temperature
+        if math.isfinite(sums["clip_low_min"]):  # some sequence had tokens
+            extra |= {"clip_ratio/low_min": sums["clip_low_min"], "clip_ratio/high_max": sums["clip_high_max"]}
         if cfg.vllm_importance_sampling_correction and sums["is_count"]:
             extra |= {
                 "sampling/importance_sampling_ratio/mean": sums["is_sum"] / sums["is_count"],
@@ -258,13 +267,22 @@ class LearnerWorker(WorkerProcess):
 
     def _forward_logprobs(self, mb: RolloutBatch) -> tuple[Any, Any]:
         """(logp at the sampling temperature, logp at temperature 1), each [b, C] float32."""
+        logp, raw, _ = self._forward(mb, with_entropy=False)
+        return logp, raw
+
+    def _forward(self, mb: RolloutBatch, with_entropy: bool) -> tuple[Any, Any, Any]:
+        """`_forward_logprobs` and each token's entropy at the sampling temperature (None without
+        `with_entropy`), from the same logits."""
         mb = mb.to(self.device)  # a no-op for the update's micro-batches, already there
         with self.mixed_precision():
             logits = shared_prompt.completion_logits(self.model, mb, self.share_prompt)
-        targets = mb.completion_ids
-        logp = algorithm.selective_logprobs(logits, targets, self.config.temperature)
-        raw = logp if self.config.temperature == 1.0 else algorithm.selective_logprobs(logits.detach(), targets)
-        return logp, raw.detach()
+        targets, temperature = mb.completion_ids, self.config.temperature
+        if with_entropy:
+            logp, entropy = algorithm.logprobs_and_entropy(logits, targets, temperature)
+        else:
+            logp, entropy = algorithm.selective_logprobs(logits, targets, temperature), None
+        raw = logp if temperature == 1.0 else algorithm.selective_logprobs(logits.detach(), targets)
+        return logp, raw.detach(), entropy
 
     def _reference_passes(self, micro: list[RolloutBatch]) -> tuple[list, list]:
         """Before any update: old log-probs (when num_iterations or num_mini_batches > 1; else the current
@@ -300,7 +318,7 @@ class LearnerWorker(WorkerProcess):
         import torch
 
         cfg = self.config
-        logp, raw = self._forward_logprobs(mb)  # mb is on the device (see update)
+        logp, raw, entropy = self._forward(mb, with_entropy=True)  # mb is on the device (see update)
         old_logp, old_raw = old if old is not None else (logp.detach(), raw)  # the policy vLLM sampled from
         mask, behaviour = mb.loss_mask, mb.behaviour_logprobs  # tool results: no loss, no KL, not counted
         if cfg.vllm_importance_sampling_correction and weights is None:
@@ -341,12 +359,18 @@ class LearnerWorker(WorkerProcess):
         real = mb.loss_mask.bool()
         # Statistics stay on the device (0-d tensors): one transfer per optimizer step, not per micro-batch.
         zero = loss.new_zeros(())
+        counts = mask.sum(-1).clamp(min=1)
+        counted = mask.sum(-1) > 0
         stats = {
             "mismatch": torch.where(real, (raw - behaviour).abs(), 0.0).sum(),
             "loss": loss.detach(),
             "kl": (out.kl.detach() * mask).sum() if out.kl is not None else zero,
             "clip_low": out.clipped_low.sum(),
             "clip_high": out.clipped_high.sum(),
+            "entropy": (entropy * mask).sum(),
+            # TRL's clip_ratio/low_min and high_max: of each sequence's share of clipped tokens
+            "clip_low_min": torch.where(counted, out.clipped_low.sum(-1) / counts, math.inf).min(),
+            "clip_high_max": torch.where(counted, out.clipped_high.sum(-1) / counts, -math.inf).max(),
             "is_sum": zero,
             "is_count": zero,
             "is_min": zero + math.inf,

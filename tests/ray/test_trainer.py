@@ -30,6 +30,9 @@ METRIC_KEYS = {
     "completions/mean_terminated_length",
     "completions/max_terminated_length",
     "clip_ratio/region_mean",
+    "clip_ratio/low_min",
+    "clip_ratio/high_max",
+    "entropy",
     "sampling/sampling_logp_difference/mean",
 }
 
@@ -99,6 +102,7 @@ def test_in_process_run_writes_the_run_folder(ray_cluster, tiny_llama, tmp_path)
     assert all(r["sampling/logprob_mismatch"] < 1e-3 for r in rows)
     for r in rows:
         assert r["clip_ratio/region_mean"] == r["clip_ratio/low_mean"] + r["clip_ratio/high_mean"]
+        assert r["clip_ratio/high_max"] >= r["clip_ratio/high_mean"] and 0 < r["entropy"] < 11  # ln(49152) = 10.8
         assert (
             r["completions/max_terminated_length"] <= r["completions/max_length"] and r["rewards/count_vowels/std"] >= 0
         )

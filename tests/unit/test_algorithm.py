@@ -117,6 +117,22 @@ def test_selective_logprobs_chunked_matches_log_softmax_values_and_gradients(dty
     assert torch.allclose(got_grad.float(), want_grad.float(), atol=1e-5 if dtype == torch.float32 else 1e-2)
 
 
+def test_entropy_comes_from_the_same_chunks_and_leaves_the_gradient_alone(monkeypatch):
+    monkeypatch.setattr(algorithm, "LOGPROB_CHUNK_ELEMENTS", 2 * 7 * 50)  # 2 rows per chunk, 3 chunks
+    gen = torch.Generator().manual_seed(1)
+    base = torch.randn(5, 7, 50, generator=gen) * 3
+    ids = torch.randint(0, 50, (5, 7), generator=gen)
+    x = base.clone().requires_grad_(True)
+    logp, entropy = algorithm.logprobs_and_entropy(x, ids, temperature=0.7)
+    logp.sum().backward()
+    want = torch.distributions.Categorical(logits=base / 0.7).entropy()
+    assert not entropy.requires_grad and torch.allclose(entropy, want, atol=1e-5)
+    y = base.clone().requires_grad_(True)
+    algorithm.selective_logprobs(y, ids, temperature=0.7).sum().backward()
+    assert torch.equal(logp.detach(), algorithm.selective_logprobs(base, ids, temperature=0.7))
+    assert torch.equal(x.grad, y.grad)
+
+
 def test_bad_options_name_the_field():
     with pytest.raises(ValueError, match="loss_type='ppo'"):
         algorithm.policy_loss(torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1), torch.ones(1, 1), loss_type="ppo")

@@ -257,7 +257,7 @@ def test_step_statistics_count_real_tokens_over_micro_batches(tiny_llama, tmp_pa
     learner.build()
     shift = 0.05  # behaviour log-probs = the learner's + shift, so each token's weight is exp(-shift)
     metrics = learner.update(_batch(learner, 0, logprob_shift=shift), step=1)
-    ratio = {key.rsplit("/", 1)[1]: value for key, value in metrics.extra.items()}
+    ratio = {k.rsplit("/", 1)[1]: v for k, v in metrics.extra.items() if k.startswith("sampling/importance")}
     assert metrics.logprob_mismatch == pytest.approx(shift, rel=1e-4)
     if mode.startswith("token"):
         expected = [math.exp(-shift)] * 3
@@ -265,6 +265,32 @@ def test_step_statistics_count_real_tokens_over_micro_batches(tiny_llama, tmp_pa
         rows = [math.exp(-shift * n) for n in (6, 4, 6, 6)]
         expected = [sum(rows) / 4, min(rows), max(rows)]
     assert [ratio["mean"], ratio["min"], ratio["max"]] == pytest.approx(expected, rel=1e-4)
+
+
+def test_entropy_and_clip_extremes_are_trls(tiny_llama, tmp_path):
+    """`entropy`: the token mean, over the step's real completion tokens, of the policy's entropy at the
+    sampling temperature. `clip_ratio/low_min`, `high_max`: the extremes over sequences of each one's
+    share of clipped tokens (TRL's), which bound the token means."""
+    from rlactors.workers import shared_prompt
+
+    learner = LearnerWorker(_config(tiny_llama, tmp_path, temperature=0.7))
+    learner.build()
+    batch = _batch(learner, 0)
+    with torch.no_grad():
+        logits = shared_prompt.completion_logits(learner.model, batch, learner.share_prompt).float()
+    entropy = torch.distributions.Categorical(logits=logits / 0.7).entropy()
+    mask = batch.completion_mask
+    metrics = learner.update(batch, step=1)
+    assert metrics.extra["entropy"] == pytest.approx(float((entropy * mask).sum() / mask.sum()), rel=1e-4)
+    assert metrics.extra["clip_ratio/low_min"] == metrics.extra["clip_ratio/high_max"] == 0.0  # ratio 1: none
+
+    # a second pass over the batch after a large step: the ratios move past a tiny epsilon
+    learner = LearnerWorker(_config(tiny_llama, tmp_path, num_iterations=2, epsilon=1e-4, learning_rate=0.1))
+    learner.build()
+    metrics = learner.update(_batch(learner, 0), step=1)
+    low_min, high_max = metrics.extra["clip_ratio/low_min"], metrics.extra["clip_ratio/high_max"]
+    assert low_min == 0.0  # rows with positive advantages never clip low
+    assert 0.0 < metrics.clip_ratio_high <= high_max <= 1.0
 
 
 def test_torch_compile_compiles_the_decoder_layers_and_takes_the_same_step(tiny_llama, tmp_path):
