@@ -138,6 +138,7 @@ def policy_loss(
     num_items: float | None = None,
     is_weights: torch.Tensor | None = None,
     shape: LossShape | None = None,
+    token_mask: torch.Tensor | None = None,
 ) -> LossOutput:
     """The policy loss of GRPO / Dr. GRPO / DAPO / BNPO / LUSPO (PPO's clipped surrogate), CISPO
     (clipped, detached importance weights on the log-prob), SAPO (a sigmoid gate instead of the clip)
@@ -148,7 +149,8 @@ def policy_loss(
     to this batch's) so that micro-batches accumulate to the full-batch loss. `max_completion_length`
     is Dr. GRPO's constant normaliser (defaults to T). `is_weights` ([B, T] or [B, 1], no gradient)
     multiply the per-token loss before the KL term (VESPO folds them into its weight instead): the
-    correction for samples from another policy.
+    correction for samples from another policy. `token_mask` ([B, T] bool) keeps only those tokens'
+    policy term, still counted in the normaliser (TRL's `top_entropy_quantile`, `high_entropy_mask`).
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type={loss_type!r}: use one of {LOSS_TYPES}.")
@@ -174,6 +176,8 @@ def policy_loss(
         clipped = torch.clamp(ratio, 1 - epsilon, 1 + eps_high)
         capped = ratio if shape.delta is None else torch.clamp(ratio, max=shape.delta)
         per_token = -torch.min(capped * adv, clipped * adv)
+    if token_mask is not None:
+        per_token = per_token * token_mask
     if is_weights is not None and loss_type != "vespo":
         per_token = per_token * is_weights
     kl = None
@@ -195,6 +199,16 @@ def policy_loss(
         clipped_high=(ratio_full > 1 + eps_high) & (adv > 0) & mask.bool(),
         kl=kl,
     )
+
+
+def high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, quantile: float) -> torch.Tensor:
+    """The real tokens whose entropy is in the top `quantile` of the real tokens' ([B, T] bool):
+    TRL's `get_high_entropy_mask` with threshold 1 - quantile (0.0 keeps the highest only)."""
+    real = mask.bool()
+    values = entropy[real].float()
+    if values.numel() == 0:
+        return torch.zeros_like(real)
+    return (entropy >= torch.quantile(values, 1.0 - quantile)) & real
 
 
 LOG_1E_8 = math.log(1e-8)

@@ -195,7 +195,6 @@ NOT_YET: dict[str, Any] = {
     "sync_ref_model": False,
     "ref_model_mixup_alpha": 0.6,
     "ref_model_sync_steps": 512,
-    "top_entropy_quantile": 1.0,
     "entropy_coef": 0.0,
     "use_adaptive_entropy": False,
     "entropy_coef_min": 0.0,

@@ -332,6 +332,9 @@ class LearnerWorker(WorkerProcess):
             )
         if cfg.mask_truncated_completions:
             mask = mask * (~mb.truncated).unsqueeze(1).long()
+        keep = None
+        if cfg.top_entropy_quantile < 1.0:  # over this learner's micro-batch (TRL: over all processes')
+            keep = algorithm.high_entropy_mask(entropy, mask, cfg.top_entropy_quantile)
         out = algorithm.policy_loss(
             logp,
             old_logp,
@@ -347,6 +350,7 @@ class LearnerWorker(WorkerProcess):
             num_items=whole.num_items,
             is_weights=weights,
             shape=self.loss_shape,
+            token_mask=keep,
         )
         # Scale so that micro-batches (of every learner) add up to the loss of the whole batch.
         scale = {

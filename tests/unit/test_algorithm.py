@@ -143,15 +143,22 @@ def test_bad_options_name_the_field():
 # ---- cross-check with TRL's GRPOTrainer._compute_loss on random inputs ------------------------------
 
 
-def _trl_loss(logp, old, ref, adv, mask, loss_type, level, beta, eps_low, eps_high, max_len, is_ratio=None, **extra):
+def _trl_loss(
+    logp, old, ref, adv, mask, loss_type, level, beta, eps_low, eps_high, max_len, is_ratio=None, quantile=1.0, **extra
+):
     from trl.trainer.grpo_trainer import GRPOTrainer
 
+    entropies = extra.pop("entropies", torch.zeros_like(logp))
     accelerator = types.SimpleNamespace(
-        gather=lambda x: x, num_processes=1, sync_gradients=True, reduce=lambda x, reduction="sum": x
+        gather=lambda x: x,
+        num_processes=1,
+        sync_gradients=True,
+        reduce=lambda x, reduction="sum": x,
+        pad_across_processes=lambda x, dim=0, pad_index=0: x,
     )
     args = types.SimpleNamespace(**{"delta": None, "use_bias_correction_kl": False, **extra})
     fake = types.SimpleNamespace(
-        top_entropy_quantile=1.0,
+        top_entropy_quantile=quantile,
         off_policy_mask_threshold=None,
         importance_sampling_level=level,
         beta=beta,
@@ -170,8 +177,8 @@ def _trl_loss(logp, old, ref, adv, mask, loss_type, level, beta, eps_low, eps_hi
         _entropy_bonus_enabled=False,
         use_adaptive_entropy=False,
     )
-    fake._get_per_token_logps_and_entropies = lambda *a, **k: (logp, torch.zeros_like(logp), None)
-    fake.get_high_entropy_mask = None
+    fake._get_per_token_logps_and_entropies = lambda *a, **k: (logp, entropies, None)
+    fake.get_high_entropy_mask = lambda *a: GRPOTrainer.get_high_entropy_mask(fake, *a)
     fake.get_gamma_weights = GRPOTrainer.get_gamma_weights  # a static method
     inputs = {
         "prompt_ids": torch.zeros(logp.shape[0], 1, dtype=torch.long),
@@ -217,6 +224,28 @@ def test_matches_trl_compute_loss(loss_type, level, beta):
         max_completion_length=t,
     ).loss
     assert ours.item() == pytest.approx(theirs.item(), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("quantile", [0.0, 0.2, 0.7])
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
+def test_top_entropy_quantile_matches_trl(quantile, loss_type):
+    """Only the high-entropy tokens keep their policy term; the KL term and the normaliser keep all."""
+    pytest.importorskip("trl")
+    gen = torch.Generator().manual_seed(11)
+    b, t = 6, 5
+    old = -torch.rand(b, t, generator=gen) * 3
+    logp = old + torch.randn(b, t, generator=gen) * 0.3
+    ref = old + torch.randn(b, t, generator=gen) * 0.2
+    adv = torch.randn(b, generator=gen)
+    entropy = torch.rand(b, t, generator=gen) * 4
+    mask = (torch.arange(t)[None, :] < torch.tensor([5, 3, 1, 4, 2, 5])[:, None]).long()
+    keep = algorithm.high_entropy_mask(entropy, mask, quantile)
+    assert keep.sum() == (1 if quantile == 0.0 else max(1, round(quantile * 20)))  # of 20 real tokens
+    theirs = _trl_loss(
+        logp, old, ref, adv, mask, loss_type, "token", 0.04, 0.2, 0.2, t, quantile=quantile, entropies=entropy
+    )
+    ours = algorithm.policy_loss(logp, old, adv, mask, loss_type=loss_type, beta=0.04, ref_logp=ref, token_mask=keep)
+    assert ours.loss.item() == pytest.approx(theirs.item(), rel=1e-5, abs=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["token_truncate", "sequence_mask"])

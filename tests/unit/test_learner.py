@@ -293,6 +293,20 @@ def test_entropy_and_clip_extremes_are_trls(tiny_llama, tmp_path):
     assert 0.0 < metrics.clip_ratio_high <= high_max <= 1.0
 
 
+def test_top_entropy_quantile_trains_on_the_high_entropy_tokens_only(tiny_llama, tmp_path):
+    """With 0.0 only each micro-batch's highest-entropy token keeps its policy term: the loss is that
+    token's alone over the same normaliser, not the full batch's."""
+    losses = {}
+    for quantile in (1.0, 0.0):
+        torch.manual_seed(0)
+        learner = LearnerWorker(_config(tiny_llama, tmp_path, top_entropy_quantile=quantile, micro_batch_size=4))
+        learner.build()
+        losses[quantile] = learner.update(_batch(learner, 0), step=1).loss
+    # ratio 1 on the first pass: each kept token contributes -advantage / (all real tokens)
+    assert losses[1.0] == pytest.approx(-(6 * 1.0 - 4 * 1.0 + 6 * 0.5 - 6 * 0.5) / 22, rel=1e-5)
+    assert losses[0.0] != pytest.approx(losses[1.0]) and abs(losses[0.0]) <= 1.0 / 22 + 1e-6
+
+
 def test_torch_compile_compiles_the_decoder_layers_and_takes_the_same_step(tiny_llama, tmp_path):
     """torch_compile: every decoder layer runs compiled (one shared graph), and on a batch whose
     behaviour log-probs come from the eager learner, the compiled update's log-probs, loss and

@@ -115,7 +115,7 @@ def test_trl_fields_map_to_rlactors(trl, ours):
         ({"steps_per_generation": 2, "generation_batch_size": 16}, "are both given"),
         ({"generation_batch_size": 12, "num_generations": 8}, "generation_batch_size=12 is not a multiple"),
         ({"prompts_per_step": 2, "per_device_train_batch_size": 8}, "prompts_per_step=2 given with TRL's"),
-        ({"top_entropy_quantile": 0.2}, "top_entropy_quantile=0.2: rlactors does not implement"),
+        ({"entropy_coef": 0.01}, "entropy_coef=0.01: rlactors does not implement"),
         ({"lr_scheduler_type": "polynomial"}, "lr_scheduler_type='polynomial'"),
         ({"bf16": True, "fp16": True}, "bf16=True and fp16=True"),
         ({"bf16": True, "dtype": "float32"}, "bf16=True with dtype='float32'"),
