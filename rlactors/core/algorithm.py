@@ -149,8 +149,8 @@ def policy_loss(
     to this batch's) so that micro-batches accumulate to the full-batch loss. `max_completion_length`
     is Dr. GRPO's constant normaliser (defaults to T). `is_weights` ([B, T] or [B, 1], no gradient)
     multiply the per-token loss before the KL term (VESPO folds them into its weight instead): the
-    correction for samples from another policy. `token_mask` ([B, T] bool) keeps only those tokens'
-    policy term, still counted in the normaliser (TRL's `top_entropy_quantile`, `high_entropy_mask`).
+    correction for samples from another policy. `token_mask` ([B, T] or [B, 1] bool) keeps only those
+    tokens' policy term, still counted in the normaliser (`high_entropy_mask`, `off_policy_mask`).
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type={loss_type!r}: use one of {LOSS_TYPES}.")
@@ -209,6 +209,19 @@ def high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, quantile: float
     if values.numel() == 0:
         return torch.zeros_like(real)
     return (entropy >= torch.quantile(values, 1.0 - quantile)) & real
+
+
+def off_policy_mask(
+    advantages: torch.Tensor, logp: torch.Tensor, behaviour: torch.Tensor, mask: torch.Tensor, threshold: float
+) -> torch.Tensor:
+    """[B, 1]: False for a sequence with a negative advantage whose mean per-token KL(behaviour ||
+    current), estimated as behaviour - logp over its real tokens, exceeds `threshold` (TRL's
+    `get_off_policy_mask`, DeepSeek-V3.2's off-policy sequence mask); tokens without a behaviour
+    log-prob (NaN) count as no evidence."""
+    mask = mask.to(logp.dtype)
+    kl = torch.nan_to_num(behaviour - logp.detach(), nan=0.0)
+    mean_kl = (kl * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1.0)
+    return (advantages.unsqueeze(1) >= 0) | (mean_kl <= threshold)
 
 
 LOG_1E_8 = math.log(1e-8)

@@ -175,6 +175,12 @@ class GRPOConfig(BaseModel):
         "(TRL's steps_per_generation / gradient_accumulation_steps)",
     )
     mask_truncated_completions: bool = False
+    off_policy_mask_threshold: float | None = Field(
+        None,
+        gt=0.0,
+        description="drop the policy term of negative-advantage sequences whose mean KL(vLLM's sampling "
+        "policy || the learner's) exceeds this (DeepSeek-V3.2's off-policy sequence mask, e.g. 0.5); None: keep all",
+    )
     top_entropy_quantile: float = Field(
         1.0,
         ge=0.0,

@@ -201,7 +201,6 @@ NOT_YET: dict[str, Any] = {
     "entropy_coef_max": 1.0,
     "entropy_coef_delta": 0.005,
     "entropy_target": 0.2,
-    "off_policy_mask_threshold": None,
     "load_best_model_at_end": False,
 }
 

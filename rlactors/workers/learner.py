@@ -332,9 +332,12 @@ class LearnerWorker(WorkerProcess):
             )
         if cfg.mask_truncated_completions:
             mask = mask * (~mb.truncated).unsqueeze(1).long()
-        keep = None
+        keep = None  # the tokens whose policy term counts
+        if cfg.off_policy_mask_threshold is not None:  # vLLM's log-probs are at temperature 1, as `raw`
+            keep = algorithm.off_policy_mask(mb.advantages, raw, behaviour, mask, cfg.off_policy_mask_threshold)
         if cfg.top_entropy_quantile < 1.0:  # over this learner's micro-batch (TRL: over all processes')
-            keep = algorithm.high_entropy_mask(entropy, mask, cfg.top_entropy_quantile)
+            high = algorithm.high_entropy_mask(entropy, mask, cfg.top_entropy_quantile)
+            keep = high if keep is None else keep & high
         out = algorithm.policy_loss(
             logp,
             old_logp,

@@ -149,6 +149,8 @@ def _trl_loss(
     from trl.trainer.grpo_trainer import GRPOTrainer
 
     entropies = extra.pop("entropies", torch.zeros_like(logp))
+    opsm = extra.pop("opsm", None)
+    sampling = extra.pop("sampling_per_token_logps", None)
     accelerator = types.SimpleNamespace(
         gather=lambda x: x,
         num_processes=1,
@@ -159,7 +161,7 @@ def _trl_loss(
     args = types.SimpleNamespace(**{"delta": None, "use_bias_correction_kl": False, **extra})
     fake = types.SimpleNamespace(
         top_entropy_quantile=quantile,
-        off_policy_mask_threshold=None,
+        off_policy_mask_threshold=opsm,
         importance_sampling_level=level,
         beta=beta,
         loss_type=loss_type,
@@ -180,6 +182,7 @@ def _trl_loss(
     fake._get_per_token_logps_and_entropies = lambda *a, **k: (logp, entropies, None)
     fake.get_high_entropy_mask = lambda *a: GRPOTrainer.get_high_entropy_mask(fake, *a)
     fake.get_gamma_weights = GRPOTrainer.get_gamma_weights  # a static method
+    fake.get_off_policy_mask = GRPOTrainer.get_off_policy_mask
     inputs = {
         "prompt_ids": torch.zeros(logp.shape[0], 1, dtype=torch.long),
         "prompt_mask": torch.ones(logp.shape[0], 1, dtype=torch.long),
@@ -192,6 +195,8 @@ def _trl_loss(
     }
     if is_ratio is not None:
         inputs.update(importance_sampling_ratio=is_ratio, sampling_per_token_logps=old)
+    if sampling is not None:
+        inputs["sampling_per_token_logps"] = sampling
     fake.args.steps_per_generation = 1
     return GRPOTrainer._compute_loss(fake, None, inputs)
 
@@ -246,6 +251,31 @@ def test_top_entropy_quantile_matches_trl(quantile, loss_type):
     )
     ours = algorithm.policy_loss(logp, old, adv, mask, loss_type=loss_type, beta=0.04, ref_logp=ref, token_mask=keep)
     assert ours.loss.item() == pytest.approx(theirs.item(), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("threshold", [0.1, 0.2])
+def test_off_policy_mask_matches_trl(threshold):
+    """Negative-advantage sequences far from vLLM's sampling policy lose their policy term (TRL's
+    off_policy_mask_threshold); one NaN behaviour log-prob is no evidence."""
+    pytest.importorskip("trl")
+    from trl.trainer.grpo_trainer import GRPOTrainer
+
+    gen = torch.Generator().manual_seed(5)
+    b, t = 8, 5
+    behaviour = -torch.rand(b, t, generator=gen) * 3
+    logp = behaviour - torch.rand(b, t, generator=gen) * 0.4  # KL estimates 0 to 0.4 per token
+    old = logp.detach() + torch.randn(b, t, generator=gen) * 0.1
+    behaviour[3, 1] = float("nan")
+    adv = torch.randn(b, generator=gen)
+    mask = (torch.arange(t)[None, :] < torch.tensor([5, 3, 1, 4, 2, 5, 5, 4])[:, None]).long()
+    keep = algorithm.off_policy_mask(adv, logp, behaviour, mask, threshold)
+    theirs = GRPOTrainer.get_off_policy_mask(adv.unsqueeze(1), logp, behaviour, mask, threshold)
+    assert torch.equal(keep, theirs.bool()) and 0 < keep.sum() < b
+    ours = algorithm.policy_loss(logp, old, adv, mask, loss_type="dapo", token_mask=keep).loss
+    full = algorithm.policy_loss(logp, old, adv, mask, loss_type="dapo").loss
+    fake_inputs = {"sampling_per_token_logps": behaviour}
+    trl = _trl_loss(logp, old, None, adv, mask, "dapo", "token", 0.0, 0.2, 0.2, t, opsm=threshold, **fake_inputs)
+    assert ours.item() == pytest.approx(trl.item(), rel=1e-5, abs=1e-6) and ours.item() != pytest.approx(full.item())
 
 
 @pytest.mark.parametrize("mode", ["token_truncate", "sequence_mask"])

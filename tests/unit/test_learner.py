@@ -307,6 +307,17 @@ def test_top_entropy_quantile_trains_on_the_high_entropy_tokens_only(tiny_llama,
     assert losses[0.0] != pytest.approx(losses[1.0]) and abs(losses[0.0]) <= 1.0 / 22 + 1e-6
 
 
+def test_off_policy_mask_drops_negative_advantage_sequences_far_from_vllm(tiny_llama, tmp_path):
+    """vLLM's log-probs 0.3 above the learner's on every token: a mean KL of 0.3, past a threshold of
+    0.1, drops the two negative-advantage rows; the positive ones stay (weighted by exp(-0.3))."""
+    import math
+
+    learner = LearnerWorker(_config(tiny_llama, tmp_path, off_policy_mask_threshold=0.1, micro_batch_size=4))
+    learner.build()
+    loss = learner.update(_batch(learner, 0, logprob_shift=0.3), step=1).loss
+    assert loss == pytest.approx(-(6 * 1.0 + 6 * 0.5) * math.exp(-0.3) / 22, rel=1e-4)
+
+
 def test_torch_compile_compiles_the_decoder_layers_and_takes_the_same_step(tiny_llama, tmp_path):
     """torch_compile: every decoder layer runs compiled (one shared graph), and on a batch whose
     behaviour log-probs come from the eager learner, the compiled update's log-probs, loss and
