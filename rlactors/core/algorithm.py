@@ -300,16 +300,16 @@ def selective_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, temperatur
     given (bf16 on a GPU) and one log-sum-exp per token: a float32 copy of the whole [B, T, V]
     and its gradient never exist at once, which is the learner's largest transient.
     """
-    return _SelectiveLogprobs.apply(logits, token_ids, float(temperature), False)[0]
+    return _SelectiveLogprobs.apply(logits, token_ids, float(temperature), False, False)[0]
 
 
 def logprobs_and_entropy(
-    logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0
+    logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0, entropy_grad: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`selective_logprobs` and, from the same float32 rows, each token's entropy (nats) of
     softmax(logits / temperature): TRL's `entropy` metric, without a second pass over the logits.
-    The entropy is a statistic: no gradient flows through it."""
-    return _SelectiveLogprobs.apply(logits, token_ids, float(temperature), True)
+    With `entropy_grad` a loss may use the entropy too (TRL's `entropy_coef`); else it is a statistic."""
+    return _SelectiveLogprobs.apply(logits, token_ids, float(temperature), True, entropy_grad)
 
 
 LOGPROB_CHUNK_ELEMENTS = 2**25  # about 128 MB of float32 logits per chunk
@@ -318,7 +318,12 @@ LOGPROB_CHUNK_ELEMENTS = 2**25  # about 128 MB of float32 logits per chunk
 class _SelectiveLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx, logits: torch.Tensor, token_ids: torch.Tensor, temperature: float, with_entropy: bool
+        ctx,
+        logits: torch.Tensor,
+        token_ids: torch.Tensor,
+        temperature: float,
+        with_entropy: bool,
+        entropy_grad: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         out = torch.empty(token_ids.shape, dtype=torch.float32, device=logits.device)
         lse = torch.empty_like(out)
@@ -329,22 +334,32 @@ class _SelectiveLogprobs(torch.autograd.Function):
             out[rows] = torch.gather(x, -1, token_ids[rows].unsqueeze(-1)).squeeze(-1) - lse[rows]
             if with_entropy:  # H = lse(x) - sum softmax(x) * x
                 entropy[rows] = lse[rows] - (x - lse[rows].unsqueeze(-1)).exp_().mul_(x).sum(-1)
-        ctx.save_for_backward(logits, token_ids, lse)
+        ctx.save_for_backward(logits, token_ids, lse, entropy if entropy_grad else out.new_empty(0))
         ctx.temperature = temperature
-        ctx.mark_non_differentiable(entropy)
+        ctx.set_materialize_grads(False)  # a gradient left None is not computed
+        if not entropy_grad:
+            ctx.mark_non_differentiable(entropy)
         return out, entropy
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor, _entropy_grad: torch.Tensor | None = None) -> tuple:
-        logits, token_ids, lse = ctx.saved_tensors
+    def backward(ctx, grad: torch.Tensor | None, entropy_grad: torch.Tensor | None) -> tuple:
+        logits, token_ids, lse, entropy = ctx.saved_tensors
         grad_logits = torch.empty_like(logits)
         for rows in _row_chunks(logits):
-            g = grad[rows].float().unsqueeze(-1)
-            # d/dx (x_t - lse(x)) = onehot(t) - softmax(x), through x = logits / temperature
-            chunk = torch.exp(logits[rows].float() / ctx.temperature - lse[rows].unsqueeze(-1)).mul_(-g)
-            chunk.scatter_add_(-1, token_ids[rows].unsqueeze(-1), g)
+            x = logits[rows].float() / ctx.temperature
+            lse_r = lse[rows].unsqueeze(-1)
+            p = torch.exp(x - lse_r)
+            g = grad[rows].float().unsqueeze(-1) if grad is not None else torch.zeros_like(lse_r)
+            # d/dx (x_t - lse(x)) = onehot(t) - p;  dH/dx = -p (x - lse + H), through x = logits / temperature
+            if entropy_grad is not None:
+                h = entropy_grad[rows].unsqueeze(-1)
+                chunk = p.mul_(x.sub_(lse_r - entropy[rows].unsqueeze(-1)).mul_(h).add_(g)).neg_()
+            else:
+                chunk = p.mul_(-g)
+            if grad is not None:
+                chunk.scatter_add_(-1, token_ids[rows].unsqueeze(-1), g)
             grad_logits[rows] = chunk.div_(ctx.temperature).to(logits.dtype)
-        return grad_logits, None, None, None
+        return grad_logits, None, None, None, None
 
 
 def _row_chunks(logits: torch.Tensor) -> list[slice]:

@@ -181,6 +181,22 @@ class GRPOConfig(BaseModel):
         description="drop the policy term of negative-advantage sequences whose mean KL(vLLM's sampling "
         "policy || the learner's) exceeds this (DeepSeek-V3.2's off-policy sequence mask, e.g. 0.5); None: keep all",
     )
+    entropy_coef: float = Field(
+        0.0,
+        description="subtract this times the mean entropy per token (of the tokens the policy term keeps) from "
+        "each micro-batch's loss: an exploration bonus, the same for every loss_type (TRL's)",
+    )
+    use_adaptive_entropy: bool = Field(
+        False,
+        description="Skywork-OR1's control (TRL's): after each optimizer step, entropy_coef rises by "
+        "entropy_coef_delta while the step's entropy is at or below entropy_target, else falls; it applies only then",
+    )
+    entropy_coef_min: float = Field(0.0, description="use_adaptive_entropy: the lowest entropy_coef")
+    entropy_coef_max: float = Field(1.0, description="use_adaptive_entropy: the highest entropy_coef")
+    entropy_coef_delta: float = Field(0.005, ge=0.0, description="use_adaptive_entropy: the step of entropy_coef")
+    entropy_target: float = Field(
+        0.2, ge=0.0, description="use_adaptive_entropy: the entropy per token (nats) at or below which it applies"
+    )
     top_entropy_quantile: float = Field(
         1.0,
         ge=0.0,

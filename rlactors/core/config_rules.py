@@ -66,6 +66,11 @@ def check_consistent(cfg: GRPOConfig) -> None:
         value = getattr(cfg, name)
         if value >= 1 and not float(value).is_integer():
             raise ValueError(f"{name}={value}: give a whole number of steps, or a fraction below 1")
+    if cfg.use_adaptive_entropy and not cfg.entropy_coef_min <= cfg.entropy_coef_max:
+        raise ValueError(
+            f"entropy_coef_min={cfg.entropy_coef_min} is above entropy_coef_max={cfg.entropy_coef_max}: "
+            "the adaptive entropy_coef moves between them; swap them"
+        )
     if cfg.loss_type == "vespo" and not cfg.vllm_importance_sampling_mode.startswith("token"):
         raise ValueError(
             f"loss_type vespo needs vllm_importance_sampling_mode token_truncate or token_mask (TRL's rule), "

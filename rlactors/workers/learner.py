@@ -20,6 +20,7 @@ from rlactors.core.timing import timed
 from rlactors.loader.fast_language_model import FastLanguageModel, compile_layers, keep_inputs_in_base_dtype
 from rlactors.loader.fast_state import state_of
 from rlactors.workers import collective, shared_prompt, step_stats
+from rlactors.workers.entropy_bonus import EntropyBonus
 from rlactors.workers.host import WorkerProcess, use_all_cores, worker_log
 from rlactors.workers.learner_memory import measure_learner, warm_up
 from rlactors.workers.learner_state import load_learner_state, save_learner_state
@@ -55,6 +56,7 @@ class LearnerWorker(WorkerProcess):
         self._shared: dict[int, tuple[DeviceAdapter, Any]] = {}  # version -> (record, its GPU buffer)
         self._prepared: tuple[tuple[int, int, int], tuple[list, list]] | None = None  # see prepare
         self.startup: dict[str, float] = {}
+        self.entropy_bonus = EntropyBonus(config)
         worker_log(config.output_dir, "learner", rank)
         self.loss_shape = algorithm.LossShape(**{f.name: getattr(config, f.name) for f in fields(algorithm.LossShape)})
 
@@ -219,6 +221,7 @@ class LearnerWorker(WorkerProcess):
                     break
                 self.optimizer.step()
                 self.scheduler.step()
+                self.entropy_bonus.step_done(sums["kept_entropy"] / max(sums["kept_tokens"], 1.0))
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()  # the step's kernels in its time (the adapter's sync waits on them anyway)
             self.optimizer_steps += 1
@@ -230,6 +233,8 @@ class LearnerWorker(WorkerProcess):
         if cfg.needs_logprob_passes:
             extra["learner/reference_passes_ahead"] = float(ahead)
         extra["entropy"] = sums["entropy"] / tokens  # TRL's: per token, at the sampling temperature
+        if self.entropy_bonus.enabled:
+            extra["entropy_coef"] = self.entropy_bonus.coef
         if math.isfinite(sums["clip_low_min"]):  # some sequence had tokens
             extra |= {"clip_ratio/low_min": sums["clip_low_min"], "clip_ratio/high_max": sums["clip_high_max"]}
         if cfg.vllm_importance_sampling_correction and sums["is_count"]:
@@ -272,13 +277,13 @@ class LearnerWorker(WorkerProcess):
 
     def _forward(self, mb: RolloutBatch, with_entropy: bool) -> tuple[Any, Any, Any]:
         """`_forward_logprobs` and each token's entropy at the sampling temperature (None without
-        `with_entropy`), from the same logits."""
+        `with_entropy`; with a gradient under the entropy bonus), from the same logits."""
         mb = mb.to(self.device)  # a no-op for the update's micro-batches, already there
         with self.mixed_precision():
             logits = shared_prompt.completion_logits(self.model, mb, self.share_prompt)
         targets, temperature = mb.completion_ids, self.config.temperature
         if with_entropy:
-            logp, entropy = algorithm.logprobs_and_entropy(logits, targets, temperature)
+            logp, entropy = algorithm.logprobs_and_entropy(logits, targets, temperature, self.entropy_bonus.enabled)
         else:
             logp, entropy = algorithm.selective_logprobs(logits, targets, temperature), None
         raw = logp if temperature == 1.0 else algorithm.selective_logprobs(logits.detach(), targets)
@@ -363,6 +368,9 @@ class LearnerWorker(WorkerProcess):
             "dapo": 1.0,
         }[cfg.loss_type]
         loss = out.loss * scale
+        kept = mask if keep is None else mask * keep  # the tokens whose policy term counts
+        if self.entropy_bonus.enabled:
+            loss = loss - self.entropy_bonus.loss_term(entropy, kept, whole.num_micro)
         real = mb.loss_mask.bool()
         # Statistics stay on the device (0-d tensors): one transfer per optimizer step, not per micro-batch.
         zero = loss.new_zeros(())
@@ -374,7 +382,9 @@ class LearnerWorker(WorkerProcess):
             "kl": (out.kl.detach() * mask).sum() if out.kl is not None else zero,
             "clip_low": out.clipped_low.sum(),
             "clip_high": out.clipped_high.sum(),
-            "entropy": (entropy * mask).sum(),
+            "entropy": (entropy.detach() * mask).sum(),
+            "kept_entropy": (entropy.detach() * kept).sum(),
+            "kept_tokens": kept.sum(),
             # TRL's clip_ratio/low_min and high_max: of each sequence's share of clipped tokens
             "clip_low_min": torch.where(counted, out.clipped_low.sum(-1) / counts, math.inf).min(),
             "clip_high_max": torch.where(counted, out.clipped_high.sum(-1) / counts, -math.inf).max(),

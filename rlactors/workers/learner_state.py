@@ -3,7 +3,7 @@ moments and step counters, the schedule and the RNGs. Safetensors + JSON only.
 
     <checkpoint>/adapter_model.safetensors, adapter_config.json
     <checkpoint>/trainer_state/optimizer.safetensors    <- AdamW moments and step counters, RNG states
-    <checkpoint>/trainer_state/learner.json             <- version, param groups, schedule, Python RNG
+    <checkpoint>/trainer_state/learner.json             <- version, param groups, schedule, Python RNG, entropy bonus
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ def save_learner_state(path: str, learner: LearnerWorker) -> None:
             "param_groups": state["param_groups"],
             "scheduler": {k: v for k, v in learner.scheduler.state_dict().items() if k != "lr_lambdas"},
             "python_rng": [py_state[0], list(py_state[1]), py_state[2]],
+            "entropy_bonus": learner.entropy_bonus.state(),
         },
     )
 
@@ -93,6 +94,7 @@ def load_learner_state(path: str, learner: LearnerWorker) -> None:
     random.setstate((version, tuple(state), gauss))
     learner.version = meta["version"]
     learner.optimizer_steps = meta["optimizer_steps"]
+    learner.entropy_bonus.load(meta.get("entropy_bonus", {}))
 
 
 def load_adapter_weights(model: Any, tensors: dict[str, Any]) -> None:

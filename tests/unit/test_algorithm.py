@@ -133,6 +133,28 @@ def test_entropy_comes_from_the_same_chunks_and_leaves_the_gradient_alone(monkey
     assert torch.equal(x.grad, y.grad)
 
 
+def test_entropy_gradient_matches_autograd_through_softmax(monkeypatch):
+    """With entropy_grad, a loss on both outputs has autograd's gradient through log_softmax."""
+    monkeypatch.setattr(algorithm, "LOGPROB_CHUNK_ELEMENTS", 2 * 7 * 50)  # 2 rows per chunk, 3 chunks
+    gen = torch.Generator().manual_seed(2)
+    base = torch.randn(5, 7, 50, generator=gen, dtype=torch.float64).float() * 3
+    ids = torch.randint(0, 50, (5, 7), generator=gen)
+    w_logp, w_ent = torch.randn(5, 7, generator=gen), torch.randn(5, 7, generator=gen)
+    grads = []
+    for with_logp in (True, False):
+        x = base.clone().requires_grad_(True)
+        logp, entropy = algorithm.logprobs_and_entropy(x, ids, temperature=0.7, entropy_grad=True)
+        ((logp * w_logp).sum() * with_logp + (entropy * w_ent).sum()).backward()
+        y = base.clone().requires_grad_(True)
+        logq = torch.log_softmax(y / 0.7, -1)
+        want_ent = -(logq.exp() * logq).sum(-1)
+        want_logp = logq.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+        ((want_logp * w_logp).sum() * with_logp + (want_ent * w_ent).sum()).backward()
+        assert torch.allclose(x.grad, y.grad, atol=1e-5), with_logp
+        grads.append(x.grad)
+    assert not torch.allclose(grads[0], grads[1])
+
+
 def test_bad_options_name_the_field():
     with pytest.raises(ValueError, match="loss_type='ppo'"):
         algorithm.policy_loss(torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1), torch.ones(1, 1), loss_type="ppo")
@@ -151,6 +173,7 @@ def _trl_loss(
     entropies = extra.pop("entropies", torch.zeros_like(logp))
     opsm = extra.pop("opsm", None)
     sampling = extra.pop("sampling_per_token_logps", None)
+    state = extra.pop("state", None)  # the entropy bonus's attributes, carried from call to call
     accelerator = types.SimpleNamespace(
         gather=lambda x: x,
         num_processes=1,
@@ -179,6 +202,8 @@ def _trl_loss(
         _entropy_bonus_enabled=False,
         use_adaptive_entropy=False,
     )
+    if state is not None:
+        vars(fake).update(state)
     fake._get_per_token_logps_and_entropies = lambda *a, **k: (logp, entropies, None)
     fake.get_high_entropy_mask = lambda *a: GRPOTrainer.get_high_entropy_mask(fake, *a)
     fake.get_gamma_weights = GRPOTrainer.get_gamma_weights  # a static method
@@ -198,7 +223,10 @@ def _trl_loss(
     if sampling is not None:
         inputs["sampling_per_token_logps"] = sampling
     fake.args.steps_per_generation = 1
-    return GRPOTrainer._compute_loss(fake, None, inputs)
+    loss = GRPOTrainer._compute_loss(fake, None, inputs)
+    if state is not None:
+        state.update({k: getattr(fake, k) for k in state})
+    return loss
 
 
 @pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo", "bnpo"])

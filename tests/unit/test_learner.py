@@ -140,7 +140,11 @@ def test_non_finite_loss_skips_the_step(tiny_llama, tmp_path):
 
 
 def test_two_steps_equal_one_step_save_resume_one_step(tiny_llama, tmp_path):
-    config = _config(tiny_llama, tmp_path, lr_scheduler_type="cosine", max_steps=4, beta=0.04, num_iterations=2)
+    # with the adaptive entropy bonus, on from the second optimizer step: its state must come back too
+    adaptive = dict(use_adaptive_entropy=True, entropy_coef_delta=0.05, entropy_target=100.0)
+    config = _config(
+        tiny_llama, tmp_path, lr_scheduler_type="cosine", max_steps=4, beta=0.04, num_iterations=2, **adaptive
+    )
     straight = LearnerWorker(config)
     straight.build()
     straight.update(_batch(straight, 0, seed=1), step=1)
@@ -162,6 +166,27 @@ def test_two_steps_equal_one_step_save_resume_one_step(tiny_llama, tmp_path):
         for key in ("exp_avg", "exp_avg_sq", "step"):
             assert torch.equal(torch.as_tensor(slots[key]), torch.as_tensor(b["state"][index][key]))
     assert straight.scheduler.get_last_lr() == resumed.scheduler.get_last_lr()
+    assert (
+        straight.entropy_bonus.state()
+        == resumed.entropy_bonus.state()
+        == {
+            "entropy_coef": pytest.approx(0.2),  # four optimizer steps, each under the target
+            "last_entropy": pytest.approx(straight.entropy_bonus.last_entropy),
+        }
+    )
+
+
+def test_entropy_bonus_is_in_the_loss(tiny_llama, tmp_path):
+    """entropy_coef: the step's loss is the policy loss less the coefficient times the mean entropy."""
+    losses, rows = {}, {}
+    for coef in (0.0, 0.1):
+        torch.manual_seed(0)
+        learner = LearnerWorker(_config(tiny_llama, tmp_path, entropy_coef=coef, micro_batch_size=4))
+        learner.build()
+        metrics = learner.update(_batch(learner, 0), step=1)
+        losses[coef], rows[coef] = metrics.loss, metrics.extra
+    assert losses[0.1] == pytest.approx(losses[0.0] - 0.1 * rows[0.1]["entropy"], rel=1e-5)
+    assert rows[0.1]["entropy_coef"] == 0.1 and "entropy_coef" not in rows[0.0]
 
 
 def test_warm_up_leaves_no_trace(tiny_llama, tmp_path):

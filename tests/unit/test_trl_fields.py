@@ -115,7 +115,7 @@ def test_trl_fields_map_to_rlactors(trl, ours):
         ({"steps_per_generation": 2, "generation_batch_size": 16}, "are both given"),
         ({"generation_batch_size": 12, "num_generations": 8}, "generation_batch_size=12 is not a multiple"),
         ({"prompts_per_step": 2, "per_device_train_batch_size": 8}, "prompts_per_step=2 given with TRL's"),
-        ({"entropy_coef": 0.01}, "entropy_coef=0.01: rlactors does not implement"),
+        ({"sync_ref_model": True}, "sync_ref_model=True: rlactors does not implement"),
         ({"lr_scheduler_type": "polynomial"}, "lr_scheduler_type='polynomial'"),
         ({"bf16": True, "fp16": True}, "bf16=True and fp16=True"),
         ({"bf16": True, "dtype": "float32"}, "bf16=True with dtype='float32'"),
