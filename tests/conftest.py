@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 
 import pytest
 
@@ -16,9 +17,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _engines_of_a_module_go_with_it():
     """An in-process vLLM engine a module's fixture held is torn down before the next module starts.
     Left to the garbage collector, its teardown can run in the middle of the next engine's start and
-    take vLLM's global state (the parallel groups) from under it."""
+    take vLLM's global state (the parallel groups) from under it. On a GPU its memory goes back to the
+    device too, not only to this process's cache: the next module's actors measure what is free."""
     yield
     gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 @pytest.fixture(scope="session")

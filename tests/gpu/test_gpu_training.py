@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rlactors import GRPOConfig, GRPOTrainer
+from rlactors.distributed.memory import GIB, MARGIN_BYTES
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -69,7 +70,9 @@ def test_auto_share_with_sleep_mode_leaves_out_only_what_the_learner_keeps(
     result = trainer.train()
     share = trainer.rollouts.config.gpu_memory_utilization
     print(f"auto share with sleep mode {share}, {free_before / 2**30:.0f} of {total / 2**30:.0f} GiB free before")
-    assert min(0.95, 0.9 * free_before / total) <= share <= free_before / total
+    # what was free less the 3 GiB margin, the learner's CUDA context, weights and kept state (under
+    # 2 GiB for this model) and the rounding down to a hundredth; the activations' 1.4 GiB are not left out
+    assert (free_before - MARGIN_BYTES - 2 * GIB) / total - 0.01 <= share <= free_before / total
     assert [r["adapter_version"] for r in result.rows] == [1, 2]
     assert all(r["time/sleep_s"] > 0 and r["sampling/logprob_mismatch"] < 0.05 for r in result.rows)
 
