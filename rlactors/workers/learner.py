@@ -233,8 +233,8 @@ class LearnerWorker(WorkerProcess):
         if cfg.needs_logprob_passes:
             extra["learner/reference_passes_ahead"] = float(ahead)
         extra["entropy"] = sums["entropy"] / tokens  # TRL's: per token, at the sampling temperature
-        if self.entropy_bonus.enabled:
-            extra["entropy_coef"] = self.entropy_bonus.coef
+        if self.entropy_bonus.enabled:  # TRL's names, logged then
+            extra |= {"entropy_coef": self.entropy_bonus.coef, "policy_loss": sums["policy_loss"]}
         if math.isfinite(sums["clip_low_min"]):  # some sequence had tokens
             extra |= {"clip_ratio/low_min": sums["clip_low_min"], "clip_ratio/high_max": sums["clip_high_max"]}
         if cfg.vllm_importance_sampling_correction and sums["is_count"]:
@@ -367,7 +367,7 @@ class LearnerWorker(WorkerProcess):
             "bnpo": 1.0 / whole.num_micro,
             "dapo": 1.0,
         }[cfg.loss_type]
-        loss = out.loss * scale
+        loss = policy_loss = out.loss * scale
         kept = mask if keep is None else mask * keep  # the tokens whose policy term counts
         if self.entropy_bonus.enabled:
             loss = loss - self.entropy_bonus.loss_term(entropy, kept, whole.num_micro)
@@ -379,6 +379,7 @@ class LearnerWorker(WorkerProcess):
         stats = {
             "mismatch": torch.where(real, (raw - behaviour).abs(), 0.0).sum(),
             "loss": loss.detach(),
+            "policy_loss": policy_loss.detach(),  # without the entropy bonus
             "kl": (out.kl.detach() * mask).sum() if out.kl is not None else zero,
             "clip_low": out.clipped_low.sum(),
             "clip_high": out.clipped_high.sum(),

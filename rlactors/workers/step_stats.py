@@ -8,7 +8,7 @@ from typing import Any
 from rlactors.workers import collective
 
 SUMMED = ("loss", "kl", "clip_low", "clip_high", "mismatch", "is_sum", "is_count", "entropy")
-SUMMED += ("kept_entropy", "kept_tokens")  # the entropy bonus's: over the tokens the policy term keeps
+SUMMED += ("kept_entropy", "kept_tokens", "policy_loss")  # the entropy bonus's: over the tokens kept
 # the importance weights' range; TRL's clip_ratio/low_min and high_max (over sequences)
 EXTREMES = {"is_max": max, "is_min": min, "clip_low_min": min, "clip_high_max": max}
 

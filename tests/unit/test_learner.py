@@ -187,6 +187,7 @@ def test_entropy_bonus_is_in_the_loss(tiny_llama, tmp_path):
         losses[coef], rows[coef] = metrics.loss, metrics.extra
     assert losses[0.1] == pytest.approx(losses[0.0] - 0.1 * rows[0.1]["entropy"], rel=1e-5)
     assert rows[0.1]["entropy_coef"] == 0.1 and "entropy_coef" not in rows[0.0]
+    assert rows[0.1]["policy_loss"] == pytest.approx(losses[0.0], rel=1e-5)  # TRL's: the loss less the bonus
 
 
 def test_warm_up_leaves_no_trace(tiny_llama, tmp_path):
