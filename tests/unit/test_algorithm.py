@@ -259,19 +259,29 @@ def test_matches_trl_compute_loss(loss_type, level, beta):
     assert ours.item() == pytest.approx(theirs.item(), rel=1e-5, abs=1e-6)
 
 
+LENGTHS = [5, 3, 1, 4, 2, 5]  # the real tokens of each row of a random batch
+
+
+def random_batch(seed: int, t: int = 5, lengths: list[int] = LENGTHS):
+    """(old log-probs, new ones near them, advantages, mask): a batch for the loss cross-checks."""
+    gen = torch.Generator().manual_seed(seed)
+    b = len(lengths)
+    old = -torch.rand(b, t, generator=gen) * 3
+    logp = old + torch.randn(b, t, generator=gen) * 0.3
+    adv = torch.randn(b, generator=gen)
+    mask = (torch.arange(t)[None, :] < torch.tensor(lengths)[:, None]).long()
+    return old, logp, adv, mask, gen
+
+
 @pytest.mark.parametrize("quantile", [0.0, 0.2, 0.7])
 @pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
 def test_top_entropy_quantile_matches_trl(quantile, loss_type):
     """Only the high-entropy tokens keep their policy term; the KL term and the normaliser keep all."""
     pytest.importorskip("trl")
-    gen = torch.Generator().manual_seed(11)
-    b, t = 6, 5
-    old = -torch.rand(b, t, generator=gen) * 3
-    logp = old + torch.randn(b, t, generator=gen) * 0.3
-    ref = old + torch.randn(b, t, generator=gen) * 0.2
-    adv = torch.randn(b, generator=gen)
-    entropy = torch.rand(b, t, generator=gen) * 4
-    mask = (torch.arange(t)[None, :] < torch.tensor([5, 3, 1, 4, 2, 5])[:, None]).long()
+    old, logp, adv, mask, gen = random_batch(11)
+    t = mask.shape[1]
+    ref = old + torch.randn(old.shape, generator=gen) * 0.2
+    entropy = torch.rand(old.shape, generator=gen) * 4
     keep = algorithm.high_entropy_mask(entropy, mask, quantile)
     assert keep.sum() == (1 if quantile == 0.0 else max(1, round(quantile * 20)))  # of 20 real tokens
     theirs = _trl_loss(
@@ -288,14 +298,11 @@ def test_off_policy_mask_matches_trl(threshold):
     pytest.importorskip("trl")
     from trl.trainer.grpo_trainer import GRPOTrainer
 
-    gen = torch.Generator().manual_seed(5)
-    b, t = 8, 5
-    behaviour = -torch.rand(b, t, generator=gen) * 3
+    behaviour, _, adv, mask, gen = random_batch(5, lengths=LENGTHS + [5, 4])
+    b, t = mask.shape
     logp = behaviour - torch.rand(b, t, generator=gen) * 0.4  # KL estimates 0 to 0.4 per token
     old = logp.detach() + torch.randn(b, t, generator=gen) * 0.1
     behaviour[3, 1] = float("nan")
-    adv = torch.randn(b, generator=gen)
-    mask = (torch.arange(t)[None, :] < torch.tensor([5, 3, 1, 4, 2, 5, 5, 4])[:, None]).long()
     keep = algorithm.off_policy_mask(adv, logp, behaviour, mask, threshold)
     theirs = GRPOTrainer.get_off_policy_mask(adv.unsqueeze(1), logp, behaviour, mask, threshold)
     assert torch.equal(keep, theirs.bool()) and 0 < keep.sum() < b

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from test_algorithm import _trl_loss
+from test_algorithm import _trl_loss, random_batch
 
 from rlactors.core import algorithm
 from rlactors.core.config import GRPOConfig
@@ -12,18 +12,13 @@ from rlactors.workers.entropy_bonus import EntropyBonus
 
 pytestmark = pytest.mark.unit
 
-B, T = 6, 5
+T = 5  # tokens a row
 ADAPTIVE = dict(entropy_coef_min=0.0, entropy_coef_max=0.02, entropy_coef_delta=0.01, entropy_target=1.0)
 
 
 def _inputs(seed):
-    gen = torch.Generator().manual_seed(seed)
-    old = -torch.rand(B, T, generator=gen) * 3
-    logp = old + torch.randn(B, T, generator=gen) * 0.3
-    adv = torch.randn(B, generator=gen)
-    entropy = torch.rand(B, T, generator=gen) * 2
-    mask = (torch.arange(T)[None, :] < torch.tensor([5, 3, 1, 4, 2, 5])[:, None]).long()
-    return logp, old, adv, entropy, mask
+    old, logp, adv, mask, gen = random_batch(seed, T)
+    return logp, old, adv, torch.rand(old.shape, generator=gen) * 2, mask
 
 
 def _ours(bonus, logp, old, adv, entropy, mask, loss_type, quantile):
