@@ -178,6 +178,10 @@ NOT_HERE: dict[str, str] = {
     "chat_template_kwargs": "chat prompts go through the tokenizer's chat template as it is",
     "optim_target_modules": "only the LoRA adapter is trained",
     "disable_dropout": "LoRA dropout is lora_dropout (0 by default); the base model is frozen",
+    **dict.fromkeys(
+        ["use_liger_kernel", "liger_kernel_config"],
+        "Liger's layer kernels only speed TRL's learner up (deprecated there); the loss is the same",
+    ),
 }
 
 # TRL feature -> its default: accepted at the default, refused otherwise.
@@ -187,8 +191,6 @@ NOT_YET: dict[str, Any] = {
     "label_smoothing_factor": 0.0,
     "torch_compile_backend": None,
     "torch_compile_mode": None,
-    "use_liger_kernel": False,
-    "liger_kernel_config": None,
     "neftune_noise_alpha": None,
     "router_aux_loss_coef": None,
     "cast_lm_head_to_fp32": False,

@@ -135,3 +135,10 @@ def test_fractions_of_max_steps():
     config = GRPOConfig(max_steps=40, warmup_steps=0.1, logging_steps=0.25)
     assert config.steps_of(config.warmup_steps) == 4 and config.steps_of(config.logging_steps) == 10
     assert GRPOConfig(logging_steps=3).steps_of(3) == 3
+
+
+def test_liger_kernels_are_accepted_with_the_reason():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        GRPOConfig(use_liger_kernel=True)
+    assert any("use_liger_kernel" in str(w.message) and "the loss is the same" in str(w.message) for w in caught)
