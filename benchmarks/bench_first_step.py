@@ -66,12 +66,8 @@ VARIANTS: dict[str, list[str]] = {
     "adamw_torch": ["optim=adamw_torch"],
     # the learner computes each prompt once for its samples (the default on CPU learners only)
     "shared_prompt": ["share_prompt_forward=true"],
-    # Ray's settings for the local cluster the run starts (below)
-    "no_prestart": [],
-    "preload_torch": [],
-    "prestart_torch": [],
 }
-# the environment of a run: Ray's own settings (`RAY_<name>`) for the local cluster it starts
+# rlactors' defaults in another environment: Ray's own settings (`RAY_<name>`) for the local cluster it starts
 VARIANT_ENV: dict[str, dict[str, str]] = {
     # no idle workers started for the first driver (one per CPU, each importing Ray beside the actors)
     "no_prestart": {"RAY_prestart_worker_first_driver": "0"},
@@ -201,14 +197,15 @@ def main() -> None:
     parser.add_argument("--shape", choices=sorted(SHAPES), help="random weights in this shape, the 1B step's sizes")
     parser.add_argument("--tokenizer", default="models/smollm2", help="with --shape: the tokenizer the model gets")
     args = parser.parse_args()
-    unknown = [name for name in args.variants.split(",") if name not in VARIANTS | ENGINE_VARIANTS]
+    known = VARIANTS | ENGINE_VARIANTS | VARIANT_ENV
+    unknown = [name for name in args.variants.split(",") if name not in known]
     if unknown:
-        parser.error(f"--variants: unknown {unknown}; known: {sorted(VARIANTS | ENGINE_VARIANTS)}")
+        parser.error(f"--variants: unknown {unknown}; known: {sorted(known)}")
     if args.shape:
         args.model = make_model(os.path.join(args.work, args.shape), args.shape, args.tokenizer)
     results = []
     for index, name in enumerate(args.variants.split(",")):
-        sets = VARIANTS[name] if name in VARIANTS else engine_sets(ENGINE_VARIANTS[name], args)
+        sets = engine_sets(ENGINE_VARIANTS[name], args) if name in ENGINE_VARIANTS else VARIANTS.get(name, [])
         result = run_one(name, sets, args, index)
         results.append(result)
         print(json.dumps(result, indent=1), flush=True)

@@ -201,6 +201,16 @@ def policy_loss(
     )
 
 
+def micro_batch_scale(loss_type: str, rows: int, batch_rows: int, num_micro: int) -> float:
+    """What a micro-batch's `policy_loss` is multiplied by so that the micro-batches (of every learner)
+    add up to the loss of the whole batch: a mean over sequences weighs each by its rows, BNPO's mean
+    over each micro-batch's tokens by their count; the token means over the whole batch (`num_items`)
+    and Dr. GRPO's constant already add up."""
+    if loss_type in ("grpo", "sapo", "luspo", "dr_grpo"):  # Dr. GRPO's B is the micro-batch's
+        return rows / batch_rows
+    return 1.0 / num_micro if loss_type == "bnpo" else 1.0  # dapo, cispo, vespo: 1
+
+
 def high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, quantile: float) -> torch.Tensor:
     """The real tokens whose entropy is in the top `quantile` of the real tokens' ([B, T] bool):
     TRL's `get_high_entropy_mask` with threshold 1 - quantile (0.0 keeps the highest only)."""
@@ -222,6 +232,26 @@ def off_policy_mask(
     kl = torch.nan_to_num(behaviour - logp.detach(), nan=0.0)
     mean_kl = (kl * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1.0)
     return (advantages.unsqueeze(1) >= 0) | (mean_kl <= threshold)
+
+
+def kept_tokens(
+    advantages: torch.Tensor,
+    logp: torch.Tensor,
+    behaviour: torch.Tensor,
+    entropy: torch.Tensor,
+    mask: torch.Tensor,
+    off_policy_threshold: float | None,
+    top_entropy_quantile: float,
+) -> torch.Tensor | None:
+    """The tokens whose policy term counts (`policy_loss`'s `token_mask`): those `off_policy_mask` and
+    `high_entropy_mask` keep, where each is asked for; None: all."""
+    keep = None
+    if off_policy_threshold is not None:
+        keep = off_policy_mask(advantages, logp, behaviour, mask, off_policy_threshold)
+    if top_entropy_quantile < 1.0:
+        high = high_entropy_mask(entropy, mask, top_entropy_quantile)
+        keep = high if keep is None else keep & high
+    return keep
 
 
 LOG_1E_8 = math.log(1e-8)

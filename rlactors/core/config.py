@@ -175,34 +175,19 @@ class GRPOConfig(BaseModel):
         "(TRL's steps_per_generation / gradient_accumulation_steps)",
     )
     mask_truncated_completions: bool = False
+    # TRL's: DeepSeek-V3.2's off-policy sequence mask, e.g. 0.5; the entropy bonus (Skywork-OR1's control);
+    # Beyond the 80/20 Rule's token selection (0.2 recommended, 1.0 keeps all; the KL term keeps every token)
     off_policy_mask_threshold: float | None = Field(
-        None,
-        gt=0.0,
-        description="drop the policy term of negative-advantage sequences whose mean KL(vLLM's sampling "
-        "policy || the learner's) exceeds this (DeepSeek-V3.2's off-policy sequence mask, e.g. 0.5); None: keep all",
+        None, gt=0.0, description="drop negative-advantage sequences whose mean KL from vLLM's policy exceeds this"
     )
-    entropy_coef: float = Field(
-        0.0,
-        description="subtract this times the mean entropy per token (of the tokens the policy term keeps) from "
-        "each micro-batch's loss: an exploration bonus, the same for every loss_type (TRL's)",
-    )
-    use_adaptive_entropy: bool = Field(
-        False,
-        description="Skywork-OR1's control (TRL's): after each optimizer step, entropy_coef rises by "
-        "entropy_coef_delta while the step's entropy is at or below entropy_target, else falls; it applies only then",
-    )
+    entropy_coef: float = Field(0.0, description="the loss less this times the kept tokens' mean entropy")
+    use_adaptive_entropy: bool = Field(False, description="entropy_coef moves each optimizer step, on at the target")
     entropy_coef_min: float = Field(0.0, description="use_adaptive_entropy: the lowest entropy_coef")
     entropy_coef_max: float = Field(1.0, description="use_adaptive_entropy: the highest entropy_coef")
     entropy_coef_delta: float = Field(0.005, ge=0.0, description="use_adaptive_entropy: the step of entropy_coef")
-    entropy_target: float = Field(
-        0.2, ge=0.0, description="use_adaptive_entropy: the entropy per token (nats) at or below which it applies"
-    )
+    entropy_target: float = Field(0.2, ge=0.0, description="use_adaptive_entropy: the entropy (nats) it aims at")
     top_entropy_quantile: float = Field(
-        1.0,
-        ge=0.0,
-        le=1.0,
-        description="keep in the policy loss only each micro-batch's top quantile of tokens by entropy "
-        "(Beyond the 80/20 Rule recommends 0.2; 0.0 keeps the highest; 1.0 all); the KL term keeps every token",
+        1.0, ge=0.0, le=1.0, description="the policy term of each micro-batch's top quantile of tokens by entropy only"
     )
     max_skipped_steps: int = Field(3, ge=1, description="non-finite steps in a row before the run stops")
     overlap_scoring: bool = Field(

@@ -320,7 +320,6 @@ class LearnerWorker(WorkerProcess):
     def _micro_loss(
         self, mb: RolloutBatch, old: Any, ref: Any, weights: Any, whole: BatchTotals
     ) -> tuple[Any, dict[str, Any], Any]:
-        import torch
 
         cfg = self.config
         logp, raw, entropy = self._forward(mb, with_entropy=True)  # mb is on the device (see update)
@@ -337,12 +336,11 @@ class LearnerWorker(WorkerProcess):
             )
         if cfg.mask_truncated_completions:
             mask = mask * (~mb.truncated).unsqueeze(1).long()
-        keep = None  # the tokens whose policy term counts
-        if cfg.off_policy_mask_threshold is not None:  # vLLM's log-probs are at temperature 1, as `raw`
-            keep = algorithm.off_policy_mask(mb.advantages, raw, behaviour, mask, cfg.off_policy_mask_threshold)
-        if cfg.top_entropy_quantile < 1.0:  # over this learner's micro-batch (TRL: over all processes')
-            high = algorithm.high_entropy_mask(entropy, mask, cfg.top_entropy_quantile)
-            keep = high if keep is None else keep & high
+        # vLLM's log-probs are at temperature 1, as `raw`; the quantile is over this learner's micro-batch
+        # (TRL's over all processes')
+        keep = algorithm.kept_tokens(
+            mb.advantages, raw, behaviour, entropy, mask, cfg.off_policy_mask_threshold, cfg.top_entropy_quantile
+        )
         out = algorithm.policy_loss(
             logp,
             old_logp,
@@ -360,50 +358,13 @@ class LearnerWorker(WorkerProcess):
             shape=self.loss_shape,
             token_mask=keep,
         )
-        # Scale so that micro-batches (of every learner) add up to the loss of the whole batch.
-        scale = {
-            "grpo": mb.size / whole.size,
-            "dr_grpo": mb.size / whole.size,
-            "bnpo": 1.0 / whole.num_micro,
-            "dapo": 1.0,
-        }[cfg.loss_type]
-        loss = policy_loss = out.loss * scale
+        loss = policy_loss = out.loss * algorithm.micro_batch_scale(cfg.loss_type, mb.size, whole.size, whole.num_micro)
         kept = mask if keep is None else mask * keep  # the tokens whose policy term counts
         if self.entropy_bonus.enabled:
             loss = loss - self.entropy_bonus.loss_term(entropy, kept, whole.num_micro)
-        real = mb.loss_mask.bool()
-        # Statistics stay on the device (0-d tensors): one transfer per optimizer step, not per micro-batch.
-        zero = loss.new_zeros(())
-        counts = mask.sum(-1).clamp(min=1)
-        counted = mask.sum(-1) > 0
-        stats = {
-            "mismatch": torch.where(real, (raw - behaviour).abs(), 0.0).sum(),
-            "loss": loss.detach(),
-            "policy_loss": policy_loss.detach(),  # without the entropy bonus
-            "kl": (out.kl.detach() * mask).sum() if out.kl is not None else zero,
-            "clip_low": out.clipped_low.sum(),
-            "clip_high": out.clipped_high.sum(),
-            "entropy": (entropy.detach() * mask).sum(),
-            "kept_entropy": (entropy.detach() * kept).sum(),
-            "kept_tokens": kept.sum(),
-            # TRL's clip_ratio/low_min and high_max: of each sequence's share of clipped tokens
-            "clip_low_min": torch.where(counted, out.clipped_low.sum(-1) / counts, math.inf).min(),
-            "clip_high_max": torch.where(counted, out.clipped_high.sum(-1) / counts, -math.inf).max(),
-            "is_sum": zero,
-            "is_count": zero,
-            "is_min": zero + math.inf,
-            "is_max": zero - math.inf,
-        }
+        stats = step_stats.of_micro_batch(out, loss, policy_loss, raw, behaviour, mb.loss_mask, mask, kept, entropy)
         if weights is not None:
-            token_level = cfg.vllm_importance_sampling_mode.startswith("token")
-            w = weights.expand_as(raw) if token_level else weights[:, 0]
-            seen = real if token_level else torch.ones_like(w, dtype=torch.bool)
-            stats.update(
-                is_sum=torch.where(seen, w, 0.0).sum(),
-                is_count=seen.sum(),
-                is_min=torch.where(seen, w, math.inf).min(),
-                is_max=torch.where(seen, w, -math.inf).max(),
-            )
+            stats |= step_stats.of_weights(weights, cfg.vllm_importance_sampling_mode.startswith("token"), mb.loss_mask)
         return loss, stats, weights
 
     def _autocast_dtype(self) -> Any:

@@ -344,6 +344,19 @@ def test_off_policy_mask_drops_negative_advantage_sequences_far_from_vllm(tiny_l
     assert loss == pytest.approx(-(6 * 1.0 + 6 * 0.5) * math.exp(-0.3) / 22, rel=1e-4)
 
 
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"])
+def test_every_loss_type_takes_the_same_step_in_micro_batches(tiny_llama, tmp_path, loss_type):
+    """Two micro-batches add up to the whole batch's loss for every loss type that normalises over the
+    batch (BNPO's is a mean over each micro-batch's tokens, as TRL's)."""
+    losses = {}
+    for size in (4, 2):
+        torch.manual_seed(0)
+        learner = LearnerWorker(_config(tiny_llama, tmp_path, loss_type=loss_type, micro_batch_size=size))
+        learner.build()
+        losses[size] = learner.update(_batch(learner, 0), step=1).loss
+    assert losses[2] == pytest.approx(losses[4], rel=1e-4, abs=1e-6)
+
+
 def test_torch_compile_compiles_the_decoder_layers_and_takes_the_same_step(tiny_llama, tmp_path):
     """torch_compile: every decoder layer runs compiled (one shared graph), and on a batch whose
     behaviour log-probs come from the eager learner, the compiled update's log-probs, loss and
