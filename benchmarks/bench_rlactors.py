@@ -31,6 +31,7 @@ def config_for(
     micro: int,
     sleep: bool = False,
     compile_learner: bool = False,
+    max_staleness: int = 0,
 ) -> object:
     from rlactors import GRPOConfig
 
@@ -61,6 +62,7 @@ def config_for(
         engine_kwargs={"enforce_eager": True, "kv_cache_memory_bytes": 256 * 2**20} if smoke else {},
         vllm_enable_sleep_mode=sleep,
         torch_compile=compile_learner,
+        max_staleness=max_staleness,
     )
 
 
@@ -162,7 +164,10 @@ def grpo_steps(trainer, steps: int, out: dict) -> None:
                 p: round(median([r[f"time/{p}_s"] for r in rows[2:] or rows]), 2)
                 for p in ("generate", "sleep", "score", "update", "sync")
             },
-            "grpo_phase_s_all": {p: [round(r[f"time/{p}_s"], 2) for r in rows] for p in ("generate", "update")},
+            # generate_vllm: inside the worker's vLLM call; the rest of generate is Ray and packing
+            "grpo_phase_s_all": {
+                p: [round(r[f"time/{p}_s"], 2) for r in rows] for p in ("generate", "generate_vllm", "update")
+            },
             "grpo_tokens_per_step": int(median(tokens)),
             "peak_memory_gib": peak.peak_gib,
             "logprob_mismatch_mean": round(median([r["sampling/logprob_mismatch"] for r in rows]), 4),
@@ -192,6 +197,9 @@ def main() -> None:
     )
     parser.add_argument("--compile", action="store_true", help="torch_compile: the learner's decoder layers compiled")
     parser.add_argument(
+        "--max-staleness", type=int, default=0, help="1: one step off-policy (next batch made during the update)"
+    )
+    parser.add_argument(
         "--rollout-batches",
         default="",
         help="with --step-only: after the steps, the rollout throughput at these batches (the trained adapter)",
@@ -204,7 +212,15 @@ def main() -> None:
 
     rows = [{"prompt": p} for p in prompts(4096)]
     config = config_for(
-        args.model, args.smoke, args.steps, args.gmu, checkpointing, args.micro_batch, args.sleep, args.compile
+        args.model,
+        args.smoke,
+        args.steps,
+        args.gmu,
+        checkpointing,
+        args.micro_batch,
+        args.sleep,
+        args.compile,
+        args.max_staleness,
     )
     trainer = GRPOTrainer(config, reward_funcs=[length_reward], train_dataset=rows)
     out: dict = {
@@ -213,6 +229,7 @@ def main() -> None:
         "compile": args.compile,
         "gradient_checkpointing": config.gradient_checkpointing,
         "micro_batch_size": config.micro_batch_size,
+        "max_staleness": config.max_staleness,
     }
     launched = time.perf_counter()
     owns_ray = trainer._init_ray()
@@ -238,7 +255,8 @@ def main() -> None:
             adapter_sync(trainer, 4 if args.smoke else 8, out)
     finally:
         trainer._stop(owns_ray)
-    save_piece("rlactors" + ("_step" if args.step_only else "_sync" if args.sync_only else ""), out)
+    part = "_step" if args.step_only else "_sync" if args.sync_only else ""
+    save_piece("rlactors" + part + ("_async" if args.max_staleness and args.step_only else ""), out)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 #   bash benchmarks/gpu_session.sh tests-a      # tests/gpu: the tool loop in a Qwen2 class, learning
 #   bash benchmarks/gpu_session.sh tests-b      # tests/gpu: loader, exports, training on the GPU
 #   bash benchmarks/gpu_session.sh sync         # the adapter sync by path (run_all.py --parts sync)
-#   bash benchmarks/gpu_session.sh round N      # round N of bare vLLM, the rlactors step and TRL's, alternated
+#   bash benchmarks/gpu_session.sh round N [P]  # round N of bare vLLM, the rlactors step and TRL's, alternated
+#                                               # (P: other parts for the round, e.g. step_async)
 #   bash benchmarks/gpu_session.sh time-to-reward [--set K=V]  # the main example to reward 0.8: rlactors, then TRL
 #   bash benchmarks/gpu_session.sh profile-example # the main example's update, profiled (no engine)
 #   bash benchmarks/gpu_session.sh step-variants [V,W]  # the main example's step: compiled learner, async, both
@@ -57,8 +58,8 @@ case $stage in
     grep -a -E "sync|disk" "$out/sync.log" | tail -6 ;;
   round)
     n=${2:?round N: give the number of the round, 1 and up}
-    timeout 560 python benchmarks/run_all.py --parts bare,step,trl --round "$n" --skip-hf --tokenizer $model \
-      > "$out/round$n.log" 2>&1
+    timeout 560 python benchmarks/run_all.py --parts "${3:-bare,step,trl}" --round "$n" --skip-hf --tokenizer $model \
+      > "$out/round$n${3:+-$3}.log" 2>&1
     echo "round $n: exit $? after $(( $(date +%s) - start )) s"
     python benchmarks/run_all.py --report --tokenizer $model > "$out/report.log" 2>&1
     cp -r /tmp/rlactors-bench "$out/pieces" 2>/dev/null

@@ -6,7 +6,7 @@
     python benchmarks/run_all.py --parts async,profile  # one-step-off-policy; where the step's time goes
     python benchmarks/run_all.py --parts memory --memory-gmu 0.2  # all three at one vLLM share
     python benchmarks/run_all.py --parts step,trl,unsloth --rounds 3  # the step comparison, alternated
-    python benchmarks/run_all.py --parts bare,step,trl --round 2  # one round of it (split over calls);
+    python benchmarks/run_all.py --parts bare,step,step_async,trl --round 2  # one round of it (split over calls);
                                                       # bare and step then also compare generation at batch 128
     python benchmarks/run_all.py --parts sync         # the adapter sync alone (paths and disk), piece rlactors_sync
     python benchmarks/run_all.py --parts overlap      # rewards scored while the learners run their log-prob passes
@@ -42,6 +42,7 @@ SCRIPTS = {
     "bare_mp": "bench_bare.py",
     "rlactors": "bench_rlactors.py",
     "step": "bench_rlactors.py",
+    "step_async": "bench_rlactors.py",
     "sync": "bench_rlactors.py",
     "async": "bench_async.py",
     "profile": "profile_step.py",
@@ -50,20 +51,28 @@ SCRIPTS = {
 # bare_mp: bare vLLM with its engine core in a process of its own (vLLM's default), beside the
 # in-process engine every rollout worker runs (bare): what running in-process costs decoding.
 # step: the GRPO steps alone in a fresh process (piece rlactors_step), the part `--rounds` alternates
-# with the baselines' steps. sync: the adapter sync alone (piece rlactors_sync), which the report
+# with the baselines' steps; step_async: the same steps one step off-policy (max_staleness 1, piece
+# rlactors_step_async), the figure the issue reports beside the on-policy one. sync: the adapter
+# sync alone (piece rlactors_sync), which the report
 # takes over the rlactors part's. overlap: the step with beta > 0 and a reward that waits (a judge),
 # the learners' log-prob passes overlapped with the scoring or not, alternating step by step.
-EXTRA_PARTS = ("step", "sync", "overlap")
+EXTRA_PARTS = ("step", "step_async", "sync", "overlap")
 ARGS = {
     "bare_mp": ["--multiprocessing", "--skip-hf"],
     "step": ["--step-only", "--steps", "8"],
+    "step_async": ["--step-only", "--steps", "8", "--max-staleness", "1"],
     "sync": ["--sync-only"],
     "overlap": ["--steps", "8", "--judge-s", "0.5"],
 }
 # In a round, generation is compared at the step's own batch (16 prompts x 8; smoke: 2 x 8): bare
 # vLLM's log-prob sampling beside the rollout worker's once the step part has trained its adapter.
 ROUND_BATCH = {False: 128, True: 16}
-PIECE_NAMES = {"step": "rlactors_step", "sync": "rlactors_sync", "memory_rlactors": "rlactors_step"}  # else the part's
+PIECE_NAMES = {  # else the part's
+    "step": "rlactors_step",
+    "step_async": "rlactors_step_async",
+    "sync": "rlactors_sync",
+    "memory_rlactors": "rlactors_step",
+}
 # The memory comparison: the GRPO step of all three at one vLLM share, each framework's lowest-memory
 # learner setting (rlactors: vLLM asleep while the learner trains, activation checkpointing).
 MEMORY_RLACTORS = ["--step-only", "--sleep", "--checkpointing", "true"]
@@ -217,11 +226,13 @@ def rounds_report(smoke: bool = False) -> dict:
             "first_step_s": ours.get("rlactors_first_step_s"),
             "grpo_step_s": ours.get("grpo_step_s"),
             "grpo_phase_s": ours.get("grpo_phase_s"),
+            "grpo_step_async_s": pieces.get("rlactors_step_async", {}).get("grpo_step_s"),
             "trl_grpo_step_s": pieces.get("trl", {}).get("trl_step_s_median_last4"),
             "unsloth_grpo_step_s": pieces.get("unsloth", {}).get("unsloth_step_s_median_last4"),
         }
         row["rollout_vs_bare"] = ratio(row["rollout_tok_s"], row["bare_vllm_tok_s"])
         row["vs_trl"] = ratio(row["grpo_step_s"], row["trl_grpo_step_s"])
+        row["async_vs_trl"] = ratio(row["grpo_step_async_s"], row["trl_grpo_step_s"])
         row["vs_unsloth"] = ratio(row["grpo_step_s"], row["unsloth_grpo_step_s"])
         rounds.append(row)
     if not rounds:
@@ -239,6 +250,8 @@ def rounds_report(smoke: bool = False) -> dict:
         "rounds_trl_grpo_step_s": over_rounds("trl_grpo_step_s"),
         "rounds_unsloth_grpo_step_s": over_rounds("unsloth_grpo_step_s"),
         "rounds_grpo_step_vs_trl": over_rounds("vs_trl"),
+        "rounds_grpo_step_async_s": over_rounds("grpo_step_async_s"),
+        "rounds_grpo_step_async_vs_trl": over_rounds("async_vs_trl"),
         "rounds_grpo_step_vs_unsloth": over_rounds("vs_unsloth"),
     }
 
