@@ -53,9 +53,9 @@ SCRIPTS = {
 # step: the GRPO steps alone in a fresh process (piece rlactors_step), the part `--rounds` alternates
 # with the baselines' steps; step_async: the same steps one step off-policy (max_staleness 1, piece
 # rlactors_step_async), the figure the issue reports beside the on-policy one. sync: the adapter
-# sync alone (piece rlactors_sync), which the report
-# takes over the rlactors part's. overlap: the step with beta > 0 and a reward that waits (a judge),
-# the learners' log-prob passes overlapped with the scoring or not, alternating step by step.
+# sync alone (piece rlactors_sync), which the report takes over the rlactors part's. overlap: the
+# step with beta > 0 and a reward that waits (a judge), the learners' log-prob passes overlapped
+# with the scoring or not, alternating step by step.
 EXTRA_PARTS = ("step", "step_async", "sync", "overlap")
 ARGS = {
     "bare_mp": ["--multiprocessing", "--skip-hf"],
