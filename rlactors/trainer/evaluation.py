@@ -78,14 +78,33 @@ def check_schedule(config: GRPOConfig, eval_dataset: Any, custom_rollouts: bool)
         )
 
 
+def check_evaluate(eval_dataset: Any, custom_rollouts: bool) -> None:
+    """`trainer.evaluate()` without prompts, or with a `rollout_func`: a `ConfigError` with the fix."""
+    if eval_dataset is None:
+        raise ConfigError(
+            "evaluate: no eval prompts; pass eval_dataset= to evaluate() or to GRPOTrainer (a dataset or "
+            "a dict of them)"
+        )
+    if custom_rollouts:
+        raise ConfigError(
+            "evaluate with rollout_func: rlactors evaluates with its own rollouts only; score your "
+            "rollout_func's samples yourself"
+        )
+
+
 def build_sets(
-    eval_dataset: Any, config: GRPOConfig, tokenizer: Any, render: Callable[[dict], list[int]] | None
+    eval_dataset: Any,
+    config: GRPOConfig,
+    tokenizer: Any,
+    render: Callable[[dict], list[int]] | None,
+    prefix: str = "eval",
 ) -> list[EvalSet]:
-    """The eval prompts, rendered and length-filtered as the training prompts are."""
+    """The eval prompts, rendered and length-filtered as the training prompts are; the metrics of
+    an entry <name> of a dict of datasets go under `<prefix>_<name>`."""
     if eval_dataset is None:
         return []
     named = eval_dataset.items() if isinstance(eval_dataset, dict) else [("", eval_dataset)]
-    prefixes = [f"eval_{name}" if name else "eval" for name, _ in named]
+    prefixes = [f"{prefix}_{name}" if name else prefix for name, _ in named]
     return [
         EvalSet(prefix, prompt_table(data, config, tokenizer, render, what=f"{prefix} prompts"))
         for prefix, (_, data) in zip(prefixes, named)

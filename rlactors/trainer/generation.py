@@ -68,4 +68,7 @@ class Generations:
         return (self.config.seed * 1_000_003 + step * 10_007) % 2**62
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)  # an in-flight generation ends with its actors
+        """Ends the generation in flight (it ends with its actors); a later run starts a new pool."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.inflight = None
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlactors-rollout")

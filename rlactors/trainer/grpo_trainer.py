@@ -9,6 +9,7 @@ Runs on whatever `ray.init()` the caller made, or makes a local one (and shuts i
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import time
@@ -23,8 +24,9 @@ from rlactors.distributed import cluster, scoring
 from rlactors.trainer import agent_setup, arguments, checkpoints, evaluation, model_source, rollout_output
 from rlactors.trainer.callbacks import Callbacks
 from rlactors.trainer.errors import StepChecks, TrainingError
+from rlactors.trainer.evaluating import Evaluating
 from rlactors.trainer.generation import Generations
-from rlactors.trainer.metrics import completions_table, run_summary, sample_metrics, step_row, train_output
+from rlactors.trainer.metrics import completions_table, run_summary, step_row, train_output
 from rlactors.trainer.prompts import PromptSampler, PromptTable, check_local_inputs, prompt_table
 from rlactors.trainer.startup import StartupClock, import_start_modules
 from rlactors.trainer.trainer_api import TrainerAPI, TrainResult
@@ -32,7 +34,7 @@ from rlactors.trainer.trainer_api import TrainerAPI, TrainResult
 log = logging.getLogger(__name__)
 
 
-class GRPOTrainer(TrainerAPI):
+class GRPOTrainer(Evaluating, TrainerAPI):
     """TRL's call shape, or rlactors' first one:
 
         GRPOTrainer(model=model, reward_funcs=[f], args=GRPOConfig(...), train_dataset=ds,
@@ -88,6 +90,9 @@ class GRPOTrainer(TrainerAPI):
         self.clock = StartupClock()
         self.environment_workers: Any = None  # `environment_workers` actors, made at start
         self.prompts: PromptTable | None = None  # the dataset's prompts, tokenized (`_prepare_prompts`)
+        self.tokenizer = self.processing_class  # the config's model's when None (`_renderer`)
+        self.workers_up = False  # between `_start_workers` and `_stop`
+        self.final_adapter: str | None = None  # output_dir/final, once `train()` has written it
 
     # ---- lifecycle -------------------------------------------------------------------------
     def train(
@@ -127,7 +132,7 @@ class GRPOTrainer(TrainerAPI):
                     self._evaluate(step)
                 if stop:
                     break  # a callback set control.should_training_stop
-            final = checkpoints.save_final(self.learners.export_adapter(), self.config.output_dir)
+            final = self.final_adapter = checkpoints.save_final(self.learners.export_adapter(), self.config.output_dir)
             self.callbacks.train_end()
             rows = self.recorder.rows
             loss, metrics = train_output(self.config, rows, start_step, time.perf_counter() - began)
@@ -145,12 +150,8 @@ class GRPOTrainer(TrainerAPI):
     def _prepare_prompts(self) -> None:
         """The tokenizer, the dataset's rows rendered and tokenized, the sampler over them, and
         `max_steps` from `num_train_epochs`. Needs no Ray: `train()` runs it while Ray starts."""
-        from rlactors.loader.fast_language_model import load_tokenizer
-        from rlactors.loader.model_files import resolve_model_path
-
         cfg = self.config
-        self.tokenizer = self.processing_class or load_tokenizer(resolve_model_path(cfg.model_name))
-        render = agent_setup.prompt_renderer(self.agent.spec, self.tokenizer, cfg.prompt_column)
+        render = self._renderer()
         data = self.train_dataset if self.train_dataset is not None else cfg.dataset
         limit = cfg.max_steps * cfg.prompts_per_step if cfg.max_steps else None  # of a stream
         self.prompts = prompt_table(data, cfg, self.tokenizer, render, limit)
@@ -167,19 +168,41 @@ class GRPOTrainer(TrainerAPI):
                 flush=True,
             )
 
+    def _renderer(self) -> Any:
+        """Loads the tokenizer; returns what renders a dataset row into prompt token ids."""
+        from rlactors.loader.fast_language_model import load_tokenizer
+        from rlactors.loader.model_files import resolve_model_path
+
+        self.tokenizer = self.tokenizer or load_tokenizer(resolve_model_path(self.config.model_name))
+        return agent_setup.prompt_renderer(self.agent.spec, self.tokenizer, self.config.prompt_column)
+
     def _start(self, prompts: Future | None = None) -> int:
-        """Reserves the placement and starts the workers; `prompts`: `_prepare_prompts` running
-        (awaited once the workers are up), or None to run it first."""
-        from rlactors.distributed.placement import cluster_has_gpus, plan, reserve
-        from rlactors.trainer import launch
+        """Starts the workers, resumes, opens the run folder's records; `prompts`: `_prepare_prompts`
+        running (awaited once the workers are up), or None to run it first. Returns the step to go on from."""
         from rlactors.trainer.run_folder import RunRecorder
 
         if prompts is None and self.prompts is None:  # callers that start without train()
             self._prepare_prompts()
         if prompts is not None and prompts.done():
             prompts.result()  # prompts that failed to load fail the run before the workers start
+        resume_from = self.resumed_from = checkpoints.resume_path(self.config)
+        self._start_workers()
+        if prompts is not None:
+            with self.clock.phase("prompts"):  # what is left of their load once the workers are up
+                prompts.result()
+        start_step = self._resume(resume_from) if resume_from else 0
+        self.recorder = RunRecorder(self.config, resume_step=start_step)
+        return start_step
+
+    def _start_workers(self) -> None:
+        """Reserves the placement and starts the learner and rollout workers."""
+        from rlactors.distributed.placement import cluster_has_gpus, plan, reserve
+        from rlactors.trainer import launch
+
         cfg = self.config
-        resume_from = self.resumed_from = checkpoints.resume_path(cfg)
+        if getattr(self, "rollouts", None) is not None:  # an earlier start's (evaluate() before train())
+            self.learners = self.rollouts = None
+            gc.collect()  # vLLM ends an in-process engine, and the process's parallel state, when collected
         layout = plan(cfg, cluster_has_gpus())
         with self.clock.phase("placement"):
             self.placement_group = reserve(layout, cfg.placement_timeout_s, strategy=cfg.placement_strategy)
@@ -193,12 +216,7 @@ class GRPOTrainer(TrainerAPI):
             print("rlactors: adapter sync by CUDA IPC (rollout workers share the learners' GPUs)", flush=True)
         pids = f"rollout workers on pids {workers.rollout_pids}, learners on pids {workers.learner_pids}"
         print(f"rlactors: {pids}", flush=True)
-        if prompts is not None:
-            with self.clock.phase("prompts"):  # what is left of their load once the workers are up
-                prompts.result()
-        start_step = self._resume(resume_from) if resume_from else 0
-        self.recorder = RunRecorder(self.config, resume_step=start_step)
-        return start_step
+        self.workers_up = True
 
     def _stop(self, owns_ray: bool) -> None:
         from rlactors.distributed.placement import release
@@ -216,6 +234,7 @@ class GRPOTrainer(TrainerAPI):
                 group.shutdown()
         self.generations.close()
         release(getattr(self, "placement_group", None))
+        self.workers_up = False
         if owns_ray:
             import ray
 
@@ -362,27 +381,6 @@ class GRPOTrainer(TrainerAPI):
         if any(v != self.published for v in held):
             raise TrainingError(f"rollout workers hold adapter versions {held} after a sync to {self.published}")
         self.version = self.published
-
-    # ---- evaluation --------------------------------------------------------------------------
-    def _evaluate(self, step: int) -> None:
-        """Each eval set sampled under the newest adapter and scored (`rlactors.trainer.evaluation`)."""
-        with_rows = self.agent.spec is not None  # episodes start from rows, single turns from token ids
-        for eval_set in self.eval_sets:
-            run = (evaluation.run, eval_set, self.config, self._generate_newest, self._sample_metrics, with_rows)
-            row = {"step": step, **self.generations.after_inflight(*run)}
-            self.recorder.log_eval(row)
-            self.callbacks.evaluated(step, row)
-
-    def _generate_newest(self, prompts: list[Any], seed: int, n: int) -> Any:
-        self._load_published()  # TRL evaluates the weights as they are
-        return self.rollouts.generate(prompts, self.version, seed, n)
-
-    def _sample_metrics(self, rows: list[dict[str, Any]], batch: Any, group: int) -> dict[str, Any]:
-        scores = self._score(rows, batch)
-        per_function = scores.tensor()
-        names = [r.name for r in self.reward_functions]
-        environments = agent_setup.environment_names(self.agent.spec, rows)
-        return sample_metrics(batch, scores, per_function, self._advantages(per_function, group), names, environments)
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _save_checkpoint(self, step: int) -> str:

@@ -67,6 +67,7 @@ class ModelSource:
             from rlactors.engine import vllm_engine
 
             vllm_engine.wake_up(self.engine)
+            self.asleep = False
 
 
 def from_argument(model: Any, peft_config: Any, config: GRPOConfig, quantization_config: Any = None) -> ModelSource:

@@ -23,7 +23,9 @@ def redact(values: dict[str, Any]) -> dict[str, Any]:
 
 
 class RunRecorder:
-    def __init__(self, config: GRPOConfig, resume_step: int = 0):
+    def __init__(self, config: GRPOConfig, resume_step: int = 0, keep_rows: bool = False):
+        """Opens the run folder's records; rows after `resume_step` are dropped (redone on resume)
+        unless `keep_rows` (an evaluation outside training adds to them)."""
         self.config = config
         self.dir = config.output_dir
         os.makedirs(self.dir, exist_ok=True)
@@ -31,8 +33,9 @@ class RunRecorder:
             f.write(config.to_yaml())
         self.metrics_path = os.path.join(self.dir, METRICS_FILE)
         self.eval_path = os.path.join(self.dir, EVAL_METRICS_FILE)
-        self.rows = self._keep_rows_until(self.metrics_path, resume_step)
-        self.eval_rows = self._keep_rows_until(self.eval_path, resume_step)
+        until = math.inf if keep_rows else resume_step
+        self.rows = self._keep_rows_until(self.metrics_path, until)
+        self.eval_rows = self._keep_rows_until(self.eval_path, until)
         self.tensorboard = self._tensorboard() if "tensorboard" in config.report_to else None
         self.wandb = self._wandb() if "wandb" in config.report_to else None
         self.mlflow = self._mlflow() if "mlflow" in config.report_to else None
@@ -43,7 +46,7 @@ class RunRecorder:
             self.bar = tqdm(total=config.max_steps, initial=resume_step, desc="GRPO", unit="step", dynamic_ncols=True)
 
     @staticmethod
-    def _keep_rows_until(path: str, step: int) -> list[dict[str, Any]]:
+    def _keep_rows_until(path: str, step: float) -> list[dict[str, Any]]:
         """On resume, keeps the rows up to `step` and drops any later ones (they will be redone)."""
         if not os.path.isfile(path):
             return []

@@ -81,7 +81,7 @@ def test_in_process_run_writes_the_run_folder(ray_cluster, tiny_llama, tmp_path)
 
     class Evaluated(TrainerCallback):
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            seen.append((state.global_step, metrics["eval_reward"]))
+            seen.append((state.global_step, metrics))
 
     # TRL's evaluation fields: a baseline before the first step, then every 2 steps and at the last
     evals = dict(eval_strategy="steps", eval_steps=2, eval_on_start=True, num_generations_eval=3)
@@ -89,13 +89,22 @@ def test_in_process_run_writes_the_run_folder(ray_cluster, tiny_llama, tmp_path)
     trainer = GRPOTrainer(
         config, reward_funcs=[count_vowels], train_dataset=_rows(), eval_dataset=_rows(5), callbacks=[Evaluated]
     )
+    before = trainer.evaluate(metric_key_prefix="test")  # transformers' evaluate before training: the starting adapter
     result = trainer.train()
+    after = trainer.evaluate(eval_dataset={"small": _rows(5)})  # and after: the final adapter, read from disk
     rows = _metrics(config.output_dir)
     with open(os.path.join(config.output_dir, "eval_metrics.jsonl")) as f:
         eval_rows = [json.loads(line) for line in f]
-    assert [r["step"] for r in eval_rows] == [0, 2, 3] and [r["eval_adapter_version"] for r in eval_rows] == [0, 2, 3]
+    assert [r["step"] for r in eval_rows] == [0, 0, 2, 3, 3]  # evaluate()'s rows kept beside train()'s
+    assert eval_rows[0] == {"step": 0, **before} and eval_rows[-1] == {"step": 3, **after}
+    assert seen == [(r["step"], r) for r in eval_rows]  # on_evaluate for each, at its step
+    eval_rows = eval_rows[1:-1]
+    assert [r["eval_adapter_version"] for r in eval_rows] == [0, 2, 3]
+    # One seed and one adapter sample the same completions: before train() as at its step 0, after
+    # it (the final adapter loaded from output_dir/final) as at its last step.
+    assert before["test_reward"] == eval_rows[0]["eval_reward"] and before["test_adapter_version"] == 0
+    assert after["eval_small_reward"] == eval_rows[-1]["eval_reward"] and after["eval_small_adapter_version"] == 3
     assert all(r["eval_samples"] == 15 and "eval_rewards/count_vowels/mean" in r for r in eval_rows)
-    assert seen == [(r["step"], r["eval_reward"]) for r in eval_rows]
     assert [r for r in trainer.state.log_history if "eval_reward" in r] == eval_rows  # beside the steps' rows
     assert [r["step"] for r in rows] == [1, 2, 3] and METRIC_KEYS <= set(rows[0])
     assert [r["adapter_version"] for r in rows] == [1, 2, 3]

@@ -43,6 +43,11 @@ def test_an_evaluation_without_eval_prompts_is_an_error_that_names_the_field_and
     evaluation.check_schedule(config(), [{"prompt": "x"}], custom_rollouts=False)  # no schedule: nothing runs
     with pytest.raises(ConfigError, match="eval_strategy"):
         config(eval_strategy="always")
+    # trainer.evaluate(): the same checks before any worker starts
+    with pytest.raises(ConfigError, match=r"evaluate: no eval prompts; pass eval_dataset= to evaluate\(\)"):
+        evaluation.check_evaluate(None, custom_rollouts=False)
+    with pytest.raises(ConfigError, match="evaluate with rollout_func"):
+        evaluation.check_evaluate([{"prompt": "x"}], custom_rollouts=True)
 
 
 def test_eval_generations_come_in_chunks_no_larger_than_a_training_steps_batch():
@@ -53,6 +58,9 @@ def test_eval_generations_come_in_chunks_no_larger_than_a_training_steps_batch()
 
 
 def test_metrics_take_transformers_eval_prefix():
+    cfg = config()
+    named = evaluation.build_sets({"a": [{"prompt": "x"}]}, cfg, None, lambda row: [1, 2], prefix="test")
+    assert [s.prefix for s in named] == ["test_a"]  # evaluate(metric_key_prefix="test") on a dict of datasets
     assert evaluation.prefixed("eval", {"reward": 1.0, "rewards/f/mean": 0.5}) == {
         "eval_reward": 1.0,
         "eval_rewards/f/mean": 0.5,
