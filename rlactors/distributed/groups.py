@@ -323,6 +323,10 @@ class LearnerGroup(WorkerGroup):
             list(zip(rollouts.node_ids(), rollouts.gpus())), list(zip(self.node_ids(), self.gpus()))
         )
 
+    def load_adapter(self, adapter: LoRAAdapter) -> None:
+        """Every learner takes `adapter`'s weights (a caller's trained adapter the run goes on from)."""
+        self._each(lambda w: w.load_adapter, adapter)
+
     def export_adapter(self, on_device: bool = False) -> Any:
         """The current adapter: an ObjectRef from an actor (stored once), or the record itself.
         `on_device`: every learner's `DeviceAdapter` instead (small records; the weights stay on the GPUs)."""

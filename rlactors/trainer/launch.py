@@ -78,7 +78,20 @@ def start_workers(
                 rollout_pids = rollouts.build()
                 learner_pids = learner_build.result()
     clock.workers({"vLLM worker": rollouts.startup_phases(), "learner": learners.startup_phases()})
+    go_on_from_callers_adapter(source, learners, rollouts)
     return Workers(learners, rollouts, learner_pids, rollout_pids)
+
+
+def go_on_from_callers_adapter(source: ModelSource, learners: LearnerGroup, rollouts: RolloutGroup) -> None:
+    """A caller's model that holds a trained adapter (a run before, a PEFT folder loaded): the learners
+    train on from it and vLLM samples the first step under it, as version 0."""
+    adapter = source.starting_adapter()
+    if adapter is None:
+        return
+    if not source.in_process:  # learner actors load the base with a fresh adapter
+        learners.load_adapter(adapter)
+    rollouts.load_adapter(adapter)
+    print(f"rlactors: going on from the adapter the model holds ({adapter.nbytes() / 2**20:.1f} MiB)", flush=True)
 
 
 def say_first_kernel_builds(rollouts: RolloutGroup) -> None:

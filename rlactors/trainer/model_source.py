@@ -20,6 +20,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+from rlactors.core.adapter import LoRAAdapter, export_adapter
 from rlactors.core.config import ALL_PROJECTIONS, ConfigError, GRPOConfig
 from rlactors.loader.fast_language_model import FastLanguageModel, keep_inputs_in_base_dtype
 from rlactors.loader.fast_state import state_of
@@ -47,6 +48,17 @@ class ModelSource:
             )
         return GRPOConfig.from_dict({**explicit, **self.updates}, source="GRPOTrainer(model=...)")
 
+    def starting_adapter(self) -> LoRAAdapter | None:
+        """The caller's model's adapter when it is trained (some `lora_B` not zero, as PEFT starts
+        them): the run goes on from it, in the learners and in vLLM. None for a fresh adapter."""
+        if self.model is None:
+            return None
+        trained = any("lora_B" in name and bool(p.detach().any()) for name, p in self.model.named_parameters())
+        if not trained:
+            return None
+        state = state_of(self.model)
+        return export_adapter(self.model, 0, dtype=state.dtype if state is not None else None)
+
     def release(self) -> None:
         """Before training with Ray workers: the caller's engine frees its GPU memory for them."""
         if self.engine is not None and not self.in_process:
@@ -59,8 +71,6 @@ class ModelSource:
         if self.model is None:
             return
         if not self.in_process and final_adapter is not None:
-            from rlactors.core.adapter import LoRAAdapter
-
             load_adapter_weights(self.model, LoRAAdapter.load(final_adapter).tensors)
         keep_inputs_in_base_dtype(self.model, keep=False)  # the learner's autocast ends with training
         if self.asleep:

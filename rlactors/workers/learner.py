@@ -23,7 +23,7 @@ from rlactors.workers import collective, shared_prompt, step_stats
 from rlactors.workers.entropy_bonus import EntropyBonus
 from rlactors.workers.host import WorkerProcess, use_all_cores, worker_log
 from rlactors.workers.learner_memory import measure_learner, warm_up
-from rlactors.workers.learner_state import load_learner_state, save_learner_state
+from rlactors.workers.learner_state import load_adapter_weights, load_learner_state, save_learner_state
 from rlactors.workers.optim import make_optimizer, schedule
 
 SHARED_VERSIONS = 3  # device buffers kept for rollout workers: the newest and two older (async, restarts)
@@ -90,12 +90,8 @@ class LearnerWorker(WorkerProcess):
         collective.broadcast_params(params)  # every data-parallel learner starts from rank 0's adapter
         if self.device.type == "cuda":
             with timed(self.startup, "warm-up"):
-                self.warm_up()  # while vLLM starts beside it, not in the first step
+                warm_up(self)  # first-use kernels loaded while vLLM starts beside it, not in the first step
         return os.getpid()
-
-    def warm_up(self) -> None:
-        """A dummy pass that loads the GPU's first-use kernels; see `learner_memory.warm_up`."""
-        warm_up(self)
 
     def _load_model(self) -> Any:
         import torch
@@ -156,6 +152,12 @@ class LearnerWorker(WorkerProcess):
     def save_adapter(self, path: str) -> str:
         """Writes the current adapter as a PEFT folder."""
         return self.export_adapter().save(path)
+
+    def load_adapter(self, adapter: LoRAAdapter) -> int:
+        """Takes `adapter`'s weights (a caller's trained adapter the run goes on from); returns the version."""
+        self.build()
+        load_adapter_weights(self.model, adapter.tensors)
+        return self.version
 
     def prepare(self, batch: RolloutBatch, step: int) -> bool:
         """The passes `update` needs before it trains on `batch` (old log-probs for `num_iterations` > 1, the
@@ -272,8 +274,7 @@ class LearnerWorker(WorkerProcess):
 
     def _forward_logprobs(self, mb: RolloutBatch) -> tuple[Any, Any]:
         """(logp at the sampling temperature, logp at temperature 1), each [b, C] float32."""
-        logp, raw, _ = self._forward(mb, with_entropy=False)
-        return logp, raw
+        return self._forward(mb, with_entropy=False)[:2]
 
     def _forward(self, mb: RolloutBatch, with_entropy: bool) -> tuple[Any, Any, Any]:
         """`_forward_logprobs` and each token's entropy at the sampling temperature (None without
@@ -386,8 +387,7 @@ class LearnerWorker(WorkerProcess):
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    # checkpoints: see rlactors.trainer.checkpoints for the file layout
-    def save_state(self, path: str) -> None:
+    def save_state(self, path: str) -> None:  # the files: see rlactors.trainer.checkpoints
         save_learner_state(path, self)
 
     def load_state(self, path: str) -> int:

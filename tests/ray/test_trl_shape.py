@@ -149,6 +149,13 @@ def test_the_callers_model_is_trained_in_place_with_trl_call_and_fields(ray_clus
     # save_model writes a PEFT folder with the tokenizer, as TRL's does.
     folder = trainer.save_model(str(tmp_path / "saved"))
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer_config.json"} <= set(os.listdir(folder))
+    # Training goes on from the adapter the model holds: the first step samples under it, not the base.
+    more = args.model_copy(update={"max_steps": 1, "output_dir": str(tmp_path / "more"), "vllm_sampling_params": None})
+    again = GRPOTrainer(
+        model=model, processing_class=tokenizer, reward_funcs=[count_vowels], args=more, train_dataset=rows
+    )
+    [row] = again.train().rows
+    assert row["sampling/logprob_mismatch"] < 1e-3
 
 
 def _served_logprobs(folder, ids, num_scored):

@@ -7,6 +7,7 @@ from rlactors.core.config import GRPOConfig
 from rlactors.core.records import RolloutBatch
 from rlactors.trainer.checkpoints import STATE_DIR
 from rlactors.workers.learner import LearnerWorker, LogprobMismatchError, StaleBatchError
+from rlactors.workers.learner_memory import warm_up
 
 pytestmark = pytest.mark.unit
 
@@ -199,7 +200,7 @@ def test_warm_up_leaves_no_trace(tiny_llama, tmp_path):
     warmed.build()
     before = {k: v.clone() for k, v in _adapter(warmed).items()}
     rng = torch.get_rng_state()
-    warmed.warm_up()
+    warm_up(warmed)
     assert torch.equal(rng, torch.get_rng_state())
     assert all(p.grad is None for p in warmed.model.parameters())
     assert all(torch.equal(before[k], v) for k, v in _adapter(warmed).items())

@@ -56,9 +56,13 @@ def test_a_model_id_with_a_peft_config_names_the_model_and_lora():
         model_source.lora_fields(LoraConfig(r=8, use_dora=True, target_modules=["q_proj"]))
 
 
-def test_a_peft_model_is_trained_in_process_unless_workers_are_asked_for(tiny_llama):
+def test_a_peft_model_is_trained_in_process_unless_workers_are_asked_for(tiny_llama, tmp_path):
+    import torch
     from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model_state_dict as peft_model_state_dict
     from transformers import AutoModelForCausalLM
+
+    from rlactors.workers.learner import LearnerWorker
 
     base = AutoModelForCausalLM.from_pretrained(tiny_llama)
     peft_model = get_peft_model(base, LoraConfig(r=8, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
@@ -71,6 +75,20 @@ def test_a_peft_model_is_trained_in_process_unless_workers_are_asked_for(tiny_ll
     assert not remote.in_process and "num_rollout_workers" not in remote.updates
     with pytest.raises(ConfigError, match="drop peft_config"):
         model_source.from_argument(peft_model, LoraConfig(r=4), GRPOConfig())
+    # A fresh adapter (PEFT's lora_B are zeros) is the base model: nothing to carry. A trained one is
+    # what the run goes on from, as version 0.
+    assert source.starting_adapter() is None
+    trained = next(p for name, p in peft_model.named_parameters() if "lora_B" in name)
+    with torch.no_grad():
+        trained.fill_(0.5)
+    adapter = source.starting_adapter()
+    assert adapter.version == 0 and set(adapter.tensors) == set(peft_model_state_dict(peft_model))
+    assert sum(bool(t.any()) for k, t in adapter.tensors.items() if "lora_B" in k) == 1
+    learner = LearnerWorker(
+        GRPOConfig(model_name=tiny_llama, lora_r=8, lora_alpha=8, lora_target_modules=["q_proj", "v_proj"])
+    )
+    assert learner.load_adapter(adapter) == 0  # a learner actor, which starts fresh, takes it
+    assert all(torch.equal(t, adapter.tensors[k]) for k, t in learner.export_adapter().tensors.items())
 
 
 def test_trls_quantization_config_loads_a_named_model_in_4_bits():
