@@ -8,7 +8,7 @@ Formulas follow TRL's `GRPOTrainer` (`_compute_loss`, `_generate_and_score_compl
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -211,11 +211,18 @@ def micro_batch_scale(loss_type: str, rows: int, batch_rows: int, num_micro: int
     return 1.0 / num_micro if loss_type == "bnpo" else 1.0  # dapo, cispo, vespo: 1
 
 
-def high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, quantile: float) -> torch.Tensor:
+def high_entropy_mask(
+    entropy: torch.Tensor,
+    mask: torch.Tensor,
+    quantile: float,
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """The real tokens whose entropy is in the top `quantile` of the real tokens' ([B, T] bool):
-    TRL's `get_high_entropy_mask` with threshold 1 - quantile (0.0 keeps the highest only)."""
+    TRL's `get_high_entropy_mask` with threshold 1 - quantile (0.0 keeps the highest only). `gather`
+    joins the real tokens' entropies with the other learners' (the quantile is over all of them)."""
     real = mask.bool()
     values = entropy[real].float()
+    values = values if gather is None else gather(values)
     if values.numel() == 0:
         return torch.zeros_like(real)
     return (entropy >= torch.quantile(values, 1.0 - quantile)) & real
@@ -242,6 +249,7 @@ def kept_tokens(
     mask: torch.Tensor,
     off_policy_threshold: float | None,
     top_entropy_quantile: float,
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor | None:
     """The tokens whose policy term counts (`policy_loss`'s `token_mask`): those `off_policy_mask` and
     `high_entropy_mask` keep, where each is asked for; None: all."""
@@ -249,7 +257,7 @@ def kept_tokens(
     if off_policy_threshold is not None:
         keep = off_policy_mask(advantages, logp, behaviour, mask, off_policy_threshold)
     if top_entropy_quantile < 1.0:
-        high = high_entropy_mask(entropy, mask, top_entropy_quantile)
+        high = high_entropy_mask(entropy, mask, top_entropy_quantile, gather)
         keep = high if keep is None else keep & high
     return keep
 

@@ -187,7 +187,7 @@ class GRPOConfig(BaseModel):
     entropy_coef_delta: float = Field(0.005, ge=0.0, description="use_adaptive_entropy: the step of entropy_coef")
     entropy_target: float = Field(0.2, ge=0.0, description="use_adaptive_entropy: the entropy (nats) it aims at")
     top_entropy_quantile: float = Field(
-        1.0, ge=0.0, le=1.0, description="the policy term of each micro-batch's top quantile of tokens by entropy only"
+        1.0, ge=0.0, le=1.0, description="the policy term of the top quantile of tokens by entropy only (all learners')"
     )
     max_skipped_steps: int = Field(3, ge=1, description="non-finite steps in a row before the run stops")
     overlap_scoring: bool = Field(

@@ -58,6 +58,48 @@ def all_reduce(tensor: Any, op: str = "sum") -> Any:
     return tensor
 
 
+def all_gather_values(values: Any) -> Any:
+    """Every learner's 1-D `values` (lengths may differ), joined in rank order."""
+    import torch
+    import torch.distributed as dist
+
+    count = torch.tensor([values.numel()], device=values.device)
+    counts = [torch.zeros_like(count) for _ in range(world_size())]
+    dist.all_gather(counts, count)
+    longest = int(max(counts))
+    padded = torch.zeros(longest, dtype=values.dtype, device=values.device)
+    padded[: values.numel()] = values
+    gathered = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(gathered, padded)
+    return torch.cat([g[: int(n)] for g, n in zip(gathered, counts)])
+
+
+class MicroBatchGather:
+    """Joins a micro-batch's values with those of the other learners' micro-batch of the same index
+    (as TRL gathers over processes), or passes them through (one learner, or not `wanted`). A
+    learner with fewer micro-batches than another makes up the difference with `finish`, so that
+    every learner takes part in every gather."""
+
+    def __init__(self, count: int, device: Any, wanted: bool):
+        import torch
+
+        self.on = wanted and world_size() > 1
+        self.device = device
+        self.left = int(all_reduce(torch.tensor([count], device=device), "max")) if self.on else 0
+
+    def __call__(self, values: Any) -> Any:
+        if not self.on:
+            return values
+        self.left -= 1
+        return all_gather_values(values)
+
+    def finish(self) -> None:
+        import torch
+
+        while self.on and self.left > 0:
+            self(torch.empty(0, device=self.device))
+
+
 def all_reduce_grads(params: Iterable[Any]) -> None:
     """Replaces each parameter's gradient by the sum over learners, in one flat all-reduce."""
     import torch

@@ -205,11 +205,13 @@ class LearnerWorker(WorkerProcess):
         for iteration, (j, mini) in itertools.product(range(cfg.num_iterations), enumerate(minis)):
             self.optimizer.zero_grad(set_to_none=True)
             stats = []
+            gather = collective.MicroBatchGather(len(mini), self.device, cfg.top_entropy_quantile < 1.0)
             with timed(extra, "time/learner_forward_backward_s"):  # ends reading the statistics back
                 for i, mb in enumerate(mini, start=firsts[j]):
-                    loss, mb_stats, weights[i] = self._micro_loss(mb, old[i], ref[i], weights[i], totals[j])
+                    loss, mb_stats, weights[i] = self._micro_loss(mb, old[i], ref[i], weights[i], totals[j], gather)
                     loss.backward()
                     stats.append(mb_stats)
+                gather.finish()
                 sums = step_stats.over_learners(*step_stats.summed(stats), self.device)
             if iteration == 0 and j == 0:  # before any optimizer step: vLLM's policy is the learner's
                 mismatch = sums["mismatch"] / max(totals[0].num_items, 1.0)
@@ -319,7 +321,7 @@ class LearnerWorker(WorkerProcess):
             )
 
     def _micro_loss(
-        self, mb: RolloutBatch, old: Any, ref: Any, weights: Any, whole: BatchTotals
+        self, mb: RolloutBatch, old: Any, ref: Any, weights: Any, whole: BatchTotals, gather: Any
     ) -> tuple[Any, dict[str, Any], Any]:
 
         cfg = self.config
@@ -337,11 +339,10 @@ class LearnerWorker(WorkerProcess):
             )
         if cfg.mask_truncated_completions:
             mask = mask * (~mb.truncated).unsqueeze(1).long()
-        # vLLM's log-probs are at temperature 1, as `raw`; the quantile is over this learner's micro-batch
-        # (TRL's over all processes')
-        keep = algorithm.kept_tokens(
-            mb.advantages, raw, behaviour, entropy, mask, cfg.off_policy_mask_threshold, cfg.top_entropy_quantile
-        )
+        # vLLM's log-probs are at temperature 1, as `raw`; the entropy quantile is over every learner's
+        # micro-batch of this index (TRL's over its processes')
+        threshold, quantile = cfg.off_policy_mask_threshold, cfg.top_entropy_quantile
+        keep = algorithm.kept_tokens(mb.advantages, raw, behaviour, entropy, mask, threshold, quantile, gather)
         out = algorithm.policy_loss(
             logp,
             old_logp,

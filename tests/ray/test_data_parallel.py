@@ -85,14 +85,19 @@ def _reordered(batch, order):
         {"loss_type": "grpo", "vllm_importance_sampling_mode": "sequence_truncate"},
         {"loss_type": "bnpo"},
         {"loss_type": "grpo", "num_mini_batches": 2},
+        # TRL's quantile is over every process's micro-batch: learner micro-batch i joined with the
+        # other's micro-batch i, which the one learner holds together as its micro-batch i
+        {"loss_type": "dapo", "top_entropy_quantile": 0.5, "single_micro_batch_size": 4},
     ],
-    ids=["dapo-iterations-kl", "grpo-sequence-is", "bnpo", "grpo-mini-batches"],
+    ids=["dapo-iterations-kl", "grpo-sequence-is", "bnpo", "grpo-mini-batches", "dapo-entropy-quantile"],
 )
 def test_two_learners_on_halves_equal_one_learner_on_the_whole(ray_cluster, tiny_llama, tmp_path, options):
     import ray
 
+    options = dict(options)
+    single_micro = options.pop("single_micro_batch_size", None)
     config = _config(tiny_llama, tmp_path, **options)
-    single = LearnerWorker(config)
+    single = LearnerWorker(config.model_copy(update={"micro_batch_size": single_micro or config.micro_batch_size}))
     single.build()
     group = LearnerGroup(LearnerWorker, config, [Share(0, 0.5, 0.0), Share(0, 0.5, 0.0)], None)
     try:
@@ -101,7 +106,8 @@ def test_two_learners_on_halves_equal_one_learner_on_the_whole(ray_cluster, tiny
         for step in (1, 2):
             batch = _batch(single, step - 1, seed=step)
             # Mini-batch j is slice j of each learner's shard: the one learner gets the rows in that order.
-            order = [0, 1, 4, 5, 2, 3, 6, 7] if config.num_mini_batches == 2 else list(range(8))
+            # So is micro-batch i of each shard, joined, when the one learner's micro-batches are twice as large.
+            order = [0, 1, 4, 5, 2, 3, 6, 7] if config.num_mini_batches == 2 or single_micro else list(range(8))
             one = single.update(_reordered(batch, order), step)
             if config.needs_logprob_passes:  # the group's learners run their passes ahead, each on its shard
                 assert ray.get(group.prepare(batch, step)) == [True, True]
@@ -122,5 +128,29 @@ def test_two_learners_on_halves_equal_one_learner_on_the_whole(ray_cluster, tiny
         moved = torch.cat([(expected[n] - initial[n]).flatten() for n in expected])
         error = torch.cat([(ranks[0][n] - expected[n]).flatten() for n in expected])
         assert moved.norm() > 0.1 and error.norm() / moved.norm() < 1e-3, float(error.norm() / moved.norm())
+    finally:
+        group.shutdown()
+
+
+def test_learners_with_unequal_micro_batch_counts_join_every_gather(ray_cluster, tiny_llama, tmp_path):
+    """7 rows over two learners in micro-batches of 3: one learner has 2 micro-batches, the other 1;
+    the entropy quantile's gathers still pair up (the second learner makes up its missing one)."""
+    import ray
+
+    from rlactors.core.records import BatchTotals
+
+    config = _config(tiny_llama, tmp_path, loss_type="dapo", top_entropy_quantile=0.5, micro_batch_size=3)
+    probe = LearnerWorker(config)
+    probe.build()
+    group = LearnerGroup(LearnerWorker, config, [Share(0, 0.5, 0.0), Share(0, 0.5, 0.0)], None)
+    try:
+        group.build()
+        batch = _batch(probe, 0, seed=1).rows(0, 7)
+        shards = group._shards(batch)
+        assert [-(-s.size // 3) for s in shards] == [2, 1]
+        totals = BatchTotals.per_mini_batch(shards, 3, 1)
+        refs = [a.update.remote(s, 1, totals) for a, s in zip(group.actors, shards)]
+        metrics = ray.get(refs, timeout=120)  # a learner left waiting in a gather would time out here
+        assert [m.adapter_version for m in metrics] == [1, 1] and metrics[0].loss == metrics[1].loss
     finally:
         group.shutdown()
