@@ -44,8 +44,7 @@ class GRPOConfig(BaseModel):
     gradient_checkpointing: bool | Literal["unsloth"] = Field(True, description="learner activation checkpointing")
     torch_compile: bool = Field(
         False,
-        description="compile the learner's decoder layers with torch.compile "
-        "(one graph shared by all layers; the first updates pay the compilation)",
+        description="torch.compile the learner's decoder layers (one graph for all; the first updates compile it)",
     )
     share_prompt_forward: bool | None = Field(
         None,
@@ -133,6 +132,7 @@ class GRPOConfig(BaseModel):
     # optimisation
     learning_rate: float = Field(1e-5, gt=0.0)
     lr_scheduler_type: Literal["constant", "linear", "cosine"] = "constant"
+    min_lr_rate: float = Field(0.0, ge=0.0, le=1.0, description="cosine: the lr ends at this fraction of learning_rate")
     warmup_steps: float = Field(0, ge=0, description="linear warm-up, optimizer steps; below 1: a fraction of them")
     weight_decay: float = Field(0.0, ge=0.0)
     max_grad_norm: float = Field(1.0, gt=0.0)

@@ -30,6 +30,11 @@ def check_consistent(cfg: GRPOConfig) -> None:
             f"({cfg.max_completion_length}) exceeds max_seq_length ({cfg.max_seq_length}): "
             "raise max_seq_length or shorten one of them"
         )
+    if cfg.min_lr_rate and cfg.lr_scheduler_type != "cosine":
+        raise ValueError(
+            f"min_lr_rate={cfg.min_lr_rate} with lr_scheduler_type={cfg.lr_scheduler_type!r}: the floor is the "
+            "cosine decay's; set lr_scheduler_type: cosine or min_lr_rate: 0"
+        )
     share = cfg.gpu_memory_utilization
     if cfg.placement == "colocate" and share != "auto" and share >= 1.0:
         raise ValueError(

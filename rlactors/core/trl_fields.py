@@ -31,6 +31,8 @@ TRANSLATED: dict[str, str] = {
     "steps_per_generation / gradient_accumulation_steps optimizer steps per generation (TRL's max_steps, "
     "which counts optimizer steps, divided by it)",
     "generation_batch_size": "samples per generation: prompts_per_step = generation_batch_size / num_generations",
+    "lr_scheduler_kwargs": "cosine_with_min_lr's min_lr_rate, or min_lr / learning_rate: min_lr_rate (num_cycles: "
+    "0.5 only)",
     "warmup_ratio": "warmup_steps = ceil(warmup_ratio * max_steps) (transformers 4's name; warmup_steps < 1 too)",
     "bf16": "dtype: bfloat16",
     "fp16": "dtype: float16",
@@ -186,7 +188,6 @@ NOT_HERE: dict[str, str] = {
 
 # TRL feature -> its default: accepted at the default, refused otherwise.
 NOT_YET: dict[str, Any] = {
-    "lr_scheduler_kwargs": None,
     "optim_args": None,
     "label_smoothing_factor": 0.0,
     "torch_compile_backend": None,
@@ -201,7 +202,13 @@ NOT_YET: dict[str, Any] = {
 }
 
 REPORTERS = ("jsonl", "tensorboard", "wandb", "mlflow")
-SCHEDULERS = {"constant": "constant", "constant_with_warmup": "constant", "linear": "linear", "cosine": "cosine"}
+SCHEDULERS = {
+    "constant": "constant",
+    "constant_with_warmup": "constant",
+    "linear": "linear",
+    "cosine": "cosine",
+    "cosine_with_min_lr": "cosine",  # with lr_scheduler_kwargs' min_lr_rate or min_lr: min_lr_rate
+}
 
 
 class TRLFieldError(ValueError):
@@ -358,6 +365,7 @@ def _schedule(out: dict[str, Any]) -> None:
         if name not in SCHEDULERS:
             raise TRLFieldError(f"lr_scheduler_type={name!r}: rlactors has {sorted(SCHEDULERS)}; pick one")
         out["lr_scheduler_type"] = SCHEDULERS[name]
+    _scheduler_kwargs(name, dict(out.pop("lr_scheduler_kwargs", None) or {}), out)
     ratio = out.pop("warmup_ratio", None)
     if ratio:
         if out.get("warmup_steps"):
@@ -366,6 +374,28 @@ def _schedule(out: dict[str, Any]) -> None:
     steps = out.get("warmup_steps")
     if isinstance(steps, float) and steps.is_integer() and steps >= 1:
         out["warmup_steps"] = int(steps)
+
+
+def _scheduler_kwargs(name: str | None, kwargs: dict[str, Any], out: dict[str, Any]) -> None:
+    """transformers' `lr_scheduler_kwargs`: `cosine_with_min_lr`'s floor (`min_lr_rate`, or `min_lr` over
+    learning_rate) and cosine's `num_cycles` at its default of half a cycle; anything else is refused."""
+    if name == "cosine_with_min_lr":
+        if ("min_lr_rate" in kwargs) == ("min_lr" in kwargs):
+            raise TRLFieldError(
+                f"lr_scheduler_type='cosine_with_min_lr' with lr_scheduler_kwargs={kwargs}: give one of min_lr_rate "
+                "(a fraction of learning_rate) or min_lr, as transformers requires"
+            )
+        if "min_lr" in kwargs and "learning_rate" not in out:
+            raise TRLFieldError("lr_scheduler_kwargs min_lr needs learning_rate given beside it (or give min_lr_rate)")
+        rate = kwargs.pop("min_lr_rate", None)
+        out["min_lr_rate"] = rate if rate is not None else kwargs.pop("min_lr") / out["learning_rate"]
+    if name in ("cosine", "cosine_with_min_lr") and kwargs.get("num_cycles", 0.5) == 0.5:
+        kwargs.pop("num_cycles", None)
+    if kwargs:
+        raise TRLFieldError(
+            f"lr_scheduler_kwargs={kwargs} with lr_scheduler_type={name!r}: rlactors takes only "
+            "cosine_with_min_lr's min_lr_rate / min_lr (and num_cycles at 0.5); remove the rest"
+        )
 
 
 def _reporters(names: list[Any]) -> list[str]:

@@ -56,7 +56,9 @@ def make_optimizer(cfg: GRPOConfig, params: list[Any]) -> Any:
 
 
 def schedule(cfg: GRPOConfig) -> Callable[[int], float]:
-    """lr multiplier by optimizer step: linear warm-up, then constant / linear / cosine decay."""
+    """lr multiplier by optimizer step: linear warm-up, then constant / linear / cosine decay (to
+    `min_lr_rate`), as transformers' schedulers of those names (`cosine_with_min_lr` for the floor),
+    except that the warm-up's first step has 1/warmup of the lr, not 0 (no step is spent unchanged)."""
     total = max((cfg.max_steps or 1) * cfg.num_iterations * cfg.num_mini_batches, 1)
     warmup = int(cfg.warmup_steps) if cfg.warmup_steps >= 1 else math.ceil(cfg.warmup_steps * total)
 
@@ -67,7 +69,7 @@ def schedule(cfg: GRPOConfig) -> Callable[[int], float]:
         if cfg.lr_scheduler_type == "linear":
             return 1.0 - progress
         if cfg.lr_scheduler_type == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
+            return cfg.min_lr_rate + (1.0 - cfg.min_lr_rate) * 0.5 * (1.0 + math.cos(math.pi * progress))
         return 1.0
 
     return factor

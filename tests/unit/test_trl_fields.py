@@ -97,6 +97,15 @@ def test_an_unsloth_notebook_config_builds_the_run_it_describes():
         ({"num_train_epochs": 2}, {"max_steps": None, "num_train_epochs": 2.0}),
         ({"max_steps": -1}, {"max_steps": None, "num_train_epochs": 3.0}),
         ({"lr_scheduler_type": "constant_with_warmup", "warmup_steps": 5}, {"lr_scheduler_type": "constant"}),
+        (
+            {"lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr_rate": 0.1}},
+            {"lr_scheduler_type": "cosine", "min_lr_rate": 0.1},
+        ),
+        (
+            {"lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr": 2e-6}, "learning_rate": 1e-5},
+            {"lr_scheduler_type": "cosine", "min_lr_rate": pytest.approx(0.2)},
+        ),
+        ({"lr_scheduler_type": "cosine", "lr_scheduler_kwargs": {"num_cycles": 0.5}}, {"min_lr_rate": 0.0}),
         ({"max_seq_length": 256}, {"max_prompt_length": 128, "max_completion_length": 128}),
         ({"top_k": 50, "min_p": 0.05, "repetition_penalty": 1.1}, {"top_k": 50, "min_p": 0.05}),
     ],
@@ -117,6 +126,9 @@ def test_trl_fields_map_to_rlactors(trl, ours):
         ({"prompts_per_step": 2, "per_device_train_batch_size": 8}, "prompts_per_step=2 given with TRL's"),
         ({"sync_ref_model": True}, "sync_ref_model=True: rlactors does not implement"),
         ({"lr_scheduler_type": "polynomial"}, "lr_scheduler_type='polynomial'"),
+        ({"lr_scheduler_type": "cosine_with_min_lr"}, "give one of min_lr_rate"),
+        ({"lr_scheduler_type": "cosine", "lr_scheduler_kwargs": {"num_cycles": 2}}, "rlactors takes only"),
+        ({"lr_scheduler_type": "linear", "min_lr_rate": 0.1}, "the floor is the cosine decay's"),
         ({"bf16": True, "fp16": True}, "bf16=True and fp16=True"),
         ({"bf16": True, "dtype": "float32"}, "bf16=True with dtype='float32'"),
         ({"save_strategy": "epoch"}, "save_strategy='epoch'"),
@@ -142,3 +154,23 @@ def test_liger_kernels_are_accepted_with_the_reason():
         warnings.simplefilter("always")
         GRPOConfig(use_liger_kernel=True)
     assert any("use_liger_kernel" in str(w.message) and "the loss is the same" in str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize(
+    "trl_name, kwargs",
+    [("constant_with_warmup", {}), ("linear", {}), ("cosine", {}), ("cosine_with_min_lr", {"min_lr_rate": 0.1})],
+)
+def test_the_lr_schedule_is_transformers_own_after_the_warm_up(trl_name, kwargs):
+    """Step by step the lr multiplier transformers' scheduler of that name gives, after the warm-up;
+    during it rlactors starts at 1/warmup (transformers at 0: its first step is spent unchanged)."""
+    import torch
+    from transformers import get_scheduler
+
+    from rlactors.workers.optim import schedule
+
+    values = {"lr_scheduler_type": trl_name, "lr_scheduler_kwargs": kwargs, "warmup_steps": 3, "max_steps": 12}
+    ours = schedule(GRPOConfig(**values))
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    theirs = get_scheduler(trl_name, optimizer, 3, 12, scheduler_specific_kwargs=kwargs).lr_lambdas[0]
+    assert [ours(step) for step in range(3, 12)] == pytest.approx([theirs(step) for step in range(3, 12)])
+    assert [ours(step) for step in range(3)] == pytest.approx([theirs(step + 1) for step in range(3)])
