@@ -59,10 +59,11 @@ def all_reduce(tensor: Any, op: str = "sum") -> Any:
 
 
 def all_gather_values(values: Any) -> Any:
-    """Every learner's 1-D `values` (lengths may differ), joined in rank order."""
+    """Every learner's 1-D `values` (lengths may differ), joined in rank order (no gradient)."""
     import torch
     import torch.distributed as dist
 
+    values = values.detach()
     count = torch.tensor([values.numel()], device=values.device)
     counts = [torch.zeros_like(count) for _ in range(world_size())]
     dist.all_gather(counts, count)
