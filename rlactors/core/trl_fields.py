@@ -180,6 +180,7 @@ NOT_HERE: dict[str, str] = {
     "chat_template_kwargs": "chat prompts go through the tokenizer's chat template as it is",
     "optim_target_modules": "only the LoRA adapter is trained",
     "disable_dropout": "LoRA dropout is lora_dropout (0 by default); the base model is frozen",
+    "label_smoothing_factor": "GRPO's loss has no labels to smooth (TRL's GRPOTrainer does not use it either)",
     **dict.fromkeys(
         ["use_liger_kernel", "liger_kernel_config"],
         "Liger's layer kernels only speed TRL's learner up (deprecated there); the loss is the same",
@@ -189,7 +190,6 @@ NOT_HERE: dict[str, str] = {
 # TRL feature -> its default: accepted at the default, refused otherwise.
 NOT_YET: dict[str, Any] = {
     "optim_args": None,
-    "label_smoothing_factor": 0.0,
     "torch_compile_backend": None,
     "torch_compile_mode": None,
     "neftune_noise_alpha": None,
