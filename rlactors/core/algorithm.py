@@ -18,6 +18,7 @@ CLIPPED_SURROGATE = ("grpo", "dr_grpo", "dapo", "bnpo", "luspo")
 SCALE_REWARDS = ("group", "batch", "none")
 IS_LEVELS = ("token", "sequence")
 STD_EPS = 1e-4  # TRL's epsilon in (r - mean) / (std + eps)
+Gather = Callable[[torch.Tensor], torch.Tensor]  # joins a learner's 1-D values with the other learners'
 
 
 def _nanstd(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -202,27 +203,20 @@ def policy_loss(
 
 
 def micro_batch_scale(loss_type: str, rows: int, batch_rows: int, num_micro: int) -> float:
-    """What a micro-batch's `policy_loss` is multiplied by so that the micro-batches (of every learner)
-    add up to the loss of the whole batch: a mean over sequences weighs each by its rows, BNPO's mean
-    over each micro-batch's tokens by their count; the token means over the whole batch (`num_items`)
-    and Dr. GRPO's constant already add up."""
+    """A micro-batch's `policy_loss` factor, so that the micro-batches (of every learner) add up to the
+    whole batch's loss: a mean over sequences by its rows, BNPO's token mean by the micro-batch count."""
     if loss_type in ("grpo", "sapo", "luspo", "dr_grpo"):  # Dr. GRPO's B is the micro-batch's
         return rows / batch_rows
     return 1.0 / num_micro if loss_type == "bnpo" else 1.0  # dapo, cispo, vespo: 1
 
 
 def high_entropy_mask(
-    entropy: torch.Tensor,
-    mask: torch.Tensor,
-    quantile: float,
-    gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    entropy: torch.Tensor, mask: torch.Tensor, quantile: float, gather: Gather | None = None
 ) -> torch.Tensor:
-    """The real tokens whose entropy is in the top `quantile` of the real tokens' ([B, T] bool):
-    TRL's `get_high_entropy_mask` with threshold 1 - quantile (0.0 keeps the highest only). `gather`
-    joins the real tokens' entropies with the other learners' (the quantile is over all of them)."""
+    """The real tokens whose entropy is in the top `quantile` of the real tokens' (of every learner,
+    by `gather`) ([B, T] bool): TRL's `get_high_entropy_mask` with threshold 1 - quantile."""
     real = mask.bool()
-    values = entropy[real].float()
-    values = values if gather is None else gather(values)
+    values = entropy[real].float() if gather is None else gather(entropy[real].float())
     if values.numel() == 0:
         return torch.zeros_like(real)
     return (entropy >= torch.quantile(values, 1.0 - quantile)) & real
@@ -249,7 +243,7 @@ def kept_tokens(
     mask: torch.Tensor,
     off_policy_threshold: float | None,
     top_entropy_quantile: float,
-    gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    gather: Gather | None = None,
 ) -> torch.Tensor | None:
     """The tokens whose policy term counts (`policy_loss`'s `token_mask`): those `off_policy_mask` and
     `high_entropy_mask` keep, where each is asked for; None: all."""

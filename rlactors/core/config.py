@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rlactors.core import trl_fields, unsloth_fields
+from rlactors.core import trl_translate, unsloth_fields
 from rlactors.core.config_rules import ConfigError, check_consistent, format_errors
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -286,11 +286,11 @@ class GRPOConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _trl_names_and_lengths(cls, values: Any) -> Any:
-        """TRL's field names turned into rlactors' (`trl_fields`), then the length defaults: given
+        """TRL's field names turned into rlactors' (`trl_translate`), then the length defaults: given
         max_seq_length, the completion defaults to min(256, half of it) and the prompt to the rest."""
         if not isinstance(values, dict):
             return values
-        values = trl_fields.translate(unsloth_fields.translate(values))
+        values = trl_translate.translate(unsloth_fields.translate(values))
         context = values.get("max_seq_length")
         if isinstance(context, int) and "max_prompt_length" not in values:
             values.setdefault("max_completion_length", min(256, context // 2))
@@ -340,7 +340,7 @@ class GRPOConfig(BaseModel):
     def steps_of(self, value: float) -> int:
         """A step count given as a count, or below 1 as a fraction of max_steps (TRL's reading of
         warmup_steps and logging_steps)."""
-        return trl_fields.steps_of(value, self.max_steps or 1)
+        return trl_translate.steps_of(value, self.max_steps or 1)
 
     @property
     def needs_logprob_passes(self) -> bool:

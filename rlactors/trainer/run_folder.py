@@ -53,8 +53,9 @@ class RunRecorder:
         with open(path) as f:
             rows = [json.loads(line) for line in f if line.strip()]
         kept = [r for r in rows if r.get("step", 0) <= step]
-        with open(path, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
+        if len(kept) < len(rows):
+            with open(path, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in kept)
         return kept
 
     def _tensorboard(self) -> Any:

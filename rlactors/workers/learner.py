@@ -323,7 +323,6 @@ class LearnerWorker(WorkerProcess):
     def _micro_loss(
         self, mb: RolloutBatch, old: Any, ref: Any, weights: Any, whole: BatchTotals, gather: Any
     ) -> tuple[Any, dict[str, Any], Any]:
-
         cfg = self.config
         logp, raw, entropy = self._forward(mb, with_entropy=True)  # mb is on the device (see update)
         old_logp, old_raw = old if old is not None else (logp.detach(), raw)  # the policy vLLM sampled from
