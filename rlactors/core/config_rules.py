@@ -35,6 +35,11 @@ def check_consistent(cfg: GRPOConfig) -> None:
             f"min_lr_rate={cfg.min_lr_rate} with lr_scheduler_type={cfg.lr_scheduler_type!r}: the floor is the "
             "cosine decay's; set lr_scheduler_type: cosine or min_lr_rate: 0"
         )
+    if cfg.cast_lm_head_to_fp32 and "lm_head" in cfg.lora_target_modules:
+        raise ValueError(
+            "cast_lm_head_to_fp32=true with lm_head in lora_target_modules: a head that carries a LoRA adapter "
+            "cannot be cast (TRL's rule); remove lm_head from lora_target_modules or set cast_lm_head_to_fp32: false"
+        )
     share = cfg.gpu_memory_utilization
     if cfg.placement == "colocate" and share != "auto" and share >= 1.0:
         raise ValueError(

@@ -178,6 +178,8 @@ NOT_HERE: dict[str, str] = {
     "chat_template_kwargs": "chat prompts go through the tokenizer's chat template as it is",
     "optim_target_modules": "only the LoRA adapter is trained",
     "disable_dropout": "LoRA dropout is lora_dropout (0 by default); the base model is frozen",
+    "optim_args": "transformers passes it only to optimizers rlactors does not offer; its AdamW ones (torch's, "
+    "bitsandbytes') take adam_beta1, adam_beta2 and adam_epsilon",
     "label_smoothing_factor": "GRPO's loss has no labels to smooth (TRL's GRPOTrainer does not use it either)",
     **dict.fromkeys(
         ["use_liger_kernel", "liger_kernel_config"],
@@ -187,12 +189,7 @@ NOT_HERE: dict[str, str] = {
 
 # TRL feature -> its default: accepted at the default, refused otherwise.
 NOT_YET: dict[str, Any] = {
-    "optim_args": None,
-    "torch_compile_backend": None,
-    "torch_compile_mode": None,
-    "neftune_noise_alpha": None,
     "router_aux_loss_coef": None,
-    "cast_lm_head_to_fp32": False,
     "sync_ref_model": False,
     "ref_model_mixup_alpha": 0.6,
     "ref_model_sync_steps": 512,

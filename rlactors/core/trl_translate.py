@@ -39,6 +39,8 @@ def translate(values: dict[str, Any]) -> dict[str, Any]:
                 f"{name}={values[name]!r}: rlactors does not implement this TRL feature yet; "
                 f"remove it or set {default!r}"
             )
+    if out.get("torch_compile_backend") is not None or out.get("torch_compile_mode") is not None:
+        out["torch_compile"] = True  # transformers' rule: either one turns torch.compile on
     _batch(out)
     _precision(out)
     _renamed(out)

@@ -334,13 +334,13 @@ def decoder_layers(model: Any) -> list[Any]:
     return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
 
 
-def compile_layers(model: Any) -> int:
+def compile_layers(model: Any, backend: str = "inductor", mode: str | None = None) -> int:
     """torch.compile each decoder layer in place (regional compilation: the layers share one graph,
     so it compiles once, not once per layer); how many were compiled. Fuses the elementwise work
     around the matmuls (norms, activations, rotary, residual and LoRA adds) that runs unfused."""
     layers = decoder_layers(model)
     for layer in layers:
-        layer.compile()
+        layer.compile(backend=backend, mode=mode)
     return len(layers)
 
 

@@ -8,7 +8,8 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from rlactors.core.config import ConfigError, GRPOConfig, load_config
+from rlactors.core.config import ConfigError, GRPOConfig
+from rlactors.core.config_file import load_config
 from rlactors.distributed import scoring
 from rlactors.trainer.checkpoints import resume_target
 

@@ -17,9 +17,9 @@ from rlactors.core import algorithm
 from rlactors.core.adapter import DeviceAdapter, LoRAAdapter, export_adapter, gpu_uuid
 from rlactors.core.records import BatchTotals, MemoryNeed, RolloutBatch, StepMetrics, mini_batch_bounds
 from rlactors.core.timing import timed
-from rlactors.loader.fast_language_model import FastLanguageModel, compile_layers, keep_inputs_in_base_dtype
+from rlactors.loader.fast_language_model import FastLanguageModel, keep_inputs_in_base_dtype
 from rlactors.loader.fast_state import state_of
-from rlactors.workers import collective, shared_prompt, step_stats
+from rlactors.workers import collective, model_options, shared_prompt, step_stats
 from rlactors.workers.entropy_bonus import EntropyBonus
 from rlactors.workers.host import WorkerProcess, use_all_cores, worker_log
 from rlactors.workers.learner_memory import measure_learner, warm_up
@@ -82,8 +82,7 @@ class LearnerWorker(WorkerProcess):
         self.share_prompt = shared_prompt.shares_prompt(cfg.share_prompt_forward, self.model, self.device)
         if self._autocast_dtype() is not None:
             keep_inputs_in_base_dtype(self.model)
-        if cfg.torch_compile:
-            compile_layers(self.model)
+        model_options.apply(self.model, cfg)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(cfg, params)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule(cfg))

@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from rlactors.core.config import load_config
+from rlactors.core.config_file import load_config
 from rlactors.testing import smollm2_dir
 from rlactors.trainer.grpo_trainer import GRPOTrainer
 

@@ -39,7 +39,7 @@ def test_a_missing_dataset_or_model_is_one_line_and_exit_2(override, expected, t
 @pytest.mark.parametrize("override", ["dataset=examples/no_such_file.jsonl", "model_name=/no/such/model"])
 def test_a_mistyped_path_fails_before_ray_is_started(override, tmp_path, monkeypatch):
     """The path checks take no time: a run fails on them before it waits for Ray."""
-    from rlactors.core.config import load_config
+    from rlactors.core.config_file import load_config
     from rlactors.distributed import cluster
     from rlactors.loader.model_files import ModelPathError
     from rlactors.trainer.grpo_trainer import GRPOTrainer

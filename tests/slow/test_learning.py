@@ -2,7 +2,7 @@
 
 import pytest
 
-from rlactors.core.config import load_config
+from rlactors.core.config_file import load_config
 from rlactors.trainer.grpo_trainer import GRPOTrainer
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm, pytest.mark.ray]

@@ -7,7 +7,8 @@ import pydantic
 import pytest
 import yaml
 
-from rlactors.core.config import ConfigError, GRPOConfig, load_config
+from rlactors.core.config import ConfigError, GRPOConfig
+from rlactors.core.config_file import load_config
 
 pytestmark = pytest.mark.unit
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

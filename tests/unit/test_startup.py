@@ -48,7 +48,7 @@ def test_the_trainer_imports_no_torch_until_ray_starts_beside_it():
 
     probe = (
         "import sys\n"
-        "from rlactors.core.config import load_config\n"
+        "from rlactors.core.config_file import load_config\n"
         "from rlactors.trainer.grpo_trainer import GRPOTrainer\n"
         "before = 'torch' in sys.modules\n"
         "from rlactors.trainer.startup import import_start_modules\n"
