@@ -253,6 +253,12 @@ class GRPOConfig(BaseModel):
         None, ge=1, description="samples of each eval prompt (default num_generations)"
     )
     save_steps: int = Field(10, ge=0, description="checkpoint every N steps; 0: only final/")
+    load_best_model_at_end: bool = Field(
+        False,
+        description="final/ takes the checkpoint with the best metric_for_best_model (rlactors.trainer.best_model)",
+    )
+    metric_for_best_model: str | None = Field(None, description='an evaluation metric; default "reward" (eval_reward)')
+    greater_is_better: bool | None = Field(None, description="default: true, or false for a metric ending in loss")
     keep_last: int = Field(3, ge=1)
     output_dir: str = "runs/grpo"
     seed: int = 42

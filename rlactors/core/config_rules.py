@@ -76,6 +76,8 @@ def check_consistent(cfg: GRPOConfig) -> None:
         value = getattr(cfg, name)
         if value >= 1 and not float(value).is_integer():
             raise ValueError(f"{name}={value}: give a whole number of steps, or a fraction below 1")
+    if cfg.load_best_model_at_end:
+        _check_best_model(cfg)
     if cfg.use_adaptive_entropy and not cfg.entropy_coef_min <= cfg.entropy_coef_max:
         raise ValueError(
             f"entropy_coef_min={cfg.entropy_coef_min} is above entropy_coef_max={cfg.entropy_coef_max}: "
@@ -85,6 +87,22 @@ def check_consistent(cfg: GRPOConfig) -> None:
         raise ValueError(
             f"loss_type vespo needs vllm_importance_sampling_mode token_truncate or token_mask (TRL's rule), "
             f"not {cfg.vllm_importance_sampling_mode}"
+        )
+
+
+def _check_best_model(cfg: GRPOConfig) -> None:
+    """transformers' rule: the best model is chosen among checkpoints evaluated at their step."""
+    if cfg.eval_strategy != "steps" or not cfg.save_steps:
+        raise ValueError(
+            f"load_best_model_at_end=true with eval_strategy={cfg.eval_strategy!r} and save_steps={cfg.save_steps}: "
+            "the best model is picked among checkpoints evaluated at their step; set eval_strategy: steps and "
+            "save_steps to a multiple of eval_steps"
+        )
+    every = cfg.steps_of(cfg.eval_steps if cfg.eval_steps is not None else cfg.logging_steps)
+    if cfg.save_steps % max(every, 1):
+        raise ValueError(
+            f"load_best_model_at_end=true with save_steps={cfg.save_steps} and evaluations every {every} steps "
+            "(eval_steps, default logging_steps): save_steps must be a multiple of it (transformers' rule)"
         )
 
 

@@ -92,8 +92,6 @@ NOT_HERE: dict[str, str] = {
             "fp16_full_eval",
             "do_eval",
             "do_predict",
-            "metric_for_best_model",
-            "greater_is_better",
         ],
         _EVAL,
     ),
@@ -193,5 +191,4 @@ NOT_YET: dict[str, Any] = {
     "sync_ref_model": False,
     "ref_model_mixup_alpha": 0.6,
     "ref_model_sync_steps": 512,
-    "load_best_model_at_end": False,
 }

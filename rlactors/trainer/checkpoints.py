@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rlactors.core.config import ConfigError
@@ -41,13 +41,15 @@ def temp_dir(output_dir: str, step: int) -> str:
     return path
 
 
-def commit(output_dir: str, tmp: str, step: int, keep_last: int, protect: str | None = None) -> str:
-    """Renames `tmp` to checkpoint-<step>, then keeps only the newest `keep_last` (never `protect`)."""
+def commit(output_dir: str, tmp: str, step: int, keep_last: int, protect: Sequence[str | None] = ()) -> str:
+    """Renames `tmp` to checkpoint-<step>, then keeps only the newest `keep_last` and those in `protect`
+    (the one resumed from, the best model)."""
     final = os.path.join(output_dir, f"checkpoint-{step}")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+    kept = {os.path.abspath(path) for path in protect if path is not None}
     for _, old in list_checkpoints(output_dir)[:-keep_last]:
-        if protect is None or os.path.abspath(old) != os.path.abspath(protect):
+        if os.path.abspath(old) not in kept:
             shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -118,7 +120,7 @@ def save(
     output_dir: str,
     step: int,
     keep_last: int,
-    protect: str | None,
+    protect: Sequence[str | None],
     write_learners: Callable[[str], None],
     driver: dict[str, Any],
 ) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from rlactors.trainer import agent_setup, evaluation
+from rlactors.trainer import agent_setup, best_model, checkpoints, evaluation
 from rlactors.trainer.metrics import sample_metrics
 
 if TYPE_CHECKING:
@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 class Evaluating:
     """`GRPOTrainer`'s evaluations, over its workers, reward functions and run folder (its
-    `_init_ray`, `_start_workers`, `_stop`, `_renderer`, `_load_published`, `_score`, `_advantages`)."""
+    `_init_ray`, `_start_workers`, `_stop`, `_renderer`, `_load_published`, `_score`, `_advantages`),
+    and `load_best_model_at_end`'s part of `train()` (`rlactors.trainer.best_model`)."""
 
     config: GRPOConfig
     agent: AgentSetup
@@ -32,6 +33,7 @@ class Evaluating:
     final_adapter: str | None
     version: int
     rollouts: Any
+    learners: Any
     recorder: Any
     reward_functions: list[Any]
 
@@ -74,6 +76,33 @@ class Evaluating:
             self.callbacks.evaluated(step, row)
             metrics |= {k: v for k, v in row.items() if k != "step"}
         return metrics
+
+    def _evaluate_scheduled(self, step: int) -> None:
+        """An evaluation `train()` schedules; with `load_best_model_at_end`, the best checkpoint so far
+        goes on the `TrainerState` (`best_metric`, `best_global_step`, `best_model_checkpoint`)."""
+        metrics = self._evaluate(step)
+        best_model.check_metric(self.config, metrics)
+        best = self._best_checkpoint()
+        if best is not None:
+            state = self.callbacks.state
+            state.best_metric, state.best_global_step, state.best_model_checkpoint = best.value, best.step, best.path
+
+    def _best_checkpoint(self) -> best_model.BestCheckpoint | None:
+        found = checkpoints.list_checkpoints(self.config.output_dir)
+        return best_model.best_checkpoint(self.config, self.recorder.eval_rows, found)
+
+    def _load_best(self) -> None:
+        """With `load_best_model_at_end`, the learners take the best checkpoint's adapter (then final/)."""
+        from rlactors.core.adapter import LoRAAdapter
+
+        best = self._best_checkpoint()
+        if best is None:
+            return
+        self.learners.load_adapter(LoRAAdapter.load(best.path))
+        self.recorder.write(
+            f"rlactors: final/ holds checkpoint-{best.step}, the best by {best.metric}={best.value:.4f} "
+            "(load_best_model_at_end)"
+        )
 
     def _generate_newest(self, prompts: list[Any], seed: int, n: int) -> Any:
         self._load_published()  # TRL evaluates the weights as they are

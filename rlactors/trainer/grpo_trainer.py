@@ -125,13 +125,14 @@ class GRPOTrainer(Evaluating, TrainerAPI):
             self.callbacks.train_begin(self.config, start_step, model=self.model, processing_class=self.tokenizer)
             step = start_step
             if self.config.eval_on_start:
-                self._evaluate(step)
+                self._evaluate_scheduled(step)
             for step in range(start_step + 1, self.config.max_steps + 1):
                 stop = self._step(step)
                 if evaluation.due(self.config, step, self.steps_per_epoch):
-                    self._evaluate(step)
+                    self._evaluate_scheduled(step)
                 if stop:
                     break  # a callback set control.should_training_stop
+            self._load_best()
             final = self.final_adapter = checkpoints.save_final(self.learners.export_adapter(), self.config.output_dir)
             self.callbacks.train_end()
             rows = self.recorder.rows
@@ -386,8 +387,9 @@ class GRPOTrainer(Evaluating, TrainerAPI):
     def _save_checkpoint(self, step: int) -> str:
         cfg, sampler = self.config, self.generations.sampler_state(self.sampler)
         driver = checkpoints.driver_state(step, cfg, self.prompts.fingerprint, sampler)
-        write = self.learners.save_state
-        return checkpoints.save(cfg.output_dir, step, cfg.keep_last, self.resumed_from, write, driver)
+        best = self._best_checkpoint()  # kept through the rotation, as transformers keeps it
+        keep = (self.resumed_from, best and best.path)
+        return checkpoints.save(cfg.output_dir, step, cfg.keep_last, keep, self.learners.save_state, driver)
 
     def _resume(self, path: str) -> int:
         driver = checkpoints.resumable(path, self.config, self.prompts.fingerprint)

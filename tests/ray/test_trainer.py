@@ -205,3 +205,31 @@ def test_all_rewards_failing_stops_the_run(ray_cluster, tiny_llama, tmp_path):
     config = _config(tiny_llama, tmp_path, num_rollout_workers=0, num_learner_workers=0, max_steps=1)
     with pytest.raises(Exception, match="100% of samples have no reward.*judge unreachable"):
         GRPOTrainer(config, reward_funcs=[broken], train_dataset=_rows()).train()
+
+
+def test_load_best_model_at_end_keeps_the_best_checkpoint_and_ends_on_it(ray_cluster, tiny_llama, tmp_path, capsys):
+    """transformers' load_best_model_at_end: the best checkpoint outlives the rotation (keep_last 1) and
+    the learner ends on it, so final/ holds its adapter. The metric picks step 1 whatever the rewards:
+    the lowest adapter version."""
+    from safetensors.torch import load_file
+
+    best = dict(load_best_model_at_end=True, metric_for_best_model="adapter_version", greater_is_better=False)
+    evals = dict(eval_strategy="steps", eval_steps=1, num_generations_eval=2, save_steps=1, keep_last=1)
+    config = _config(tiny_llama, tmp_path, num_rollout_workers=0, num_learner_workers=0, **evals, **best)
+    trainer = GRPOTrainer(config, reward_funcs=[count_vowels], train_dataset=_rows(), eval_dataset=_rows(2))
+    result = trainer.train()
+    out = config.output_dir
+    assert sorted(n for n in os.listdir(out) if n.startswith("checkpoint-")) == ["checkpoint-1", "checkpoint-3"]
+    state = trainer.state
+    assert (state.best_global_step, state.best_metric) == (1, 1)
+    assert state.best_model_checkpoint == os.path.join(out, "checkpoint-1")
+
+    def adapter(folder):
+        return load_file(os.path.join(folder, "adapter_model.safetensors"))
+
+    final, first, last = (
+        adapter(f) for f in (result.final_adapter, *(os.path.join(out, c) for c in ("checkpoint-1", "checkpoint-3")))
+    )
+    assert final.keys() == first.keys() and all(final[k].equal(first[k]) for k in final)
+    assert any(not final[k].equal(last[k]) for k in final)
+    assert "final/ holds checkpoint-1, the best by eval_adapter_version=1.0000" in capsys.readouterr().out

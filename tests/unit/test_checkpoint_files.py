@@ -9,7 +9,7 @@ from rlactors.trainer import checkpoints as checkpoint
 pytestmark = pytest.mark.unit
 
 
-def _complete(output_dir, step, keep_last=10, protect=None):
+def _complete(output_dir, step, keep_last=10, protect=()):
     tmp = checkpoint.temp_dir(str(output_dir), step)
     checkpoint.write_json(os.path.join(tmp, checkpoint.STATE_DIR, "driver.json"), {"step": step})
     return checkpoint.commit(str(output_dir), tmp, step, keep_last, protect)
@@ -26,7 +26,7 @@ def test_partial_and_temporary_folders_are_never_resumed(tmp_path):
 def test_keep_last_keeps_exactly_k_and_never_the_protected_one(tmp_path):
     protected = _complete(tmp_path, 1)
     for step in (2, 3, 4):
-        _complete(tmp_path, step, keep_last=2, protect=protected)
+        _complete(tmp_path, step, keep_last=2, protect=(protected, None))
     kept = sorted(os.listdir(tmp_path))
     assert kept == ["checkpoint-1", "checkpoint-3", "checkpoint-4"]
     _complete(tmp_path, 5, keep_last=2)

@@ -1,12 +1,14 @@
 """The evaluation schedule and its checks (`rlactors.trainer.evaluation`), as transformers' Trainer
-schedules `eval_strategy`; the evaluation itself runs in tests/ray/test_trainer.py."""
+schedules `eval_strategy`, and the best checkpoint of `load_best_model_at_end`
+(`rlactors.trainer.best_model`); the evaluation itself runs in tests/ray/test_trainer.py."""
 
 import dataclasses
 
 import pytest
 
 from rlactors.core.config import ConfigError, GRPOConfig
-from rlactors.trainer import evaluation
+from rlactors.trainer import best_model, evaluation
+from rlactors.trainer.errors import TrainingError
 
 pytestmark = pytest.mark.unit
 
@@ -67,10 +69,55 @@ def test_metrics_take_transformers_eval_prefix():
     }
 
 
-def test_trls_eval_fields_are_rlactors_fields_and_load_best_model_is_refused():
+def test_trls_eval_fields_are_rlactors_fields():
     trl = pytest.importorskip("trl")
     theirs = {f.name: f.default for f in dataclasses.fields(trl.GRPOConfig)}
-    for name in ("eval_strategy", "eval_steps", "eval_delay", "eval_on_start", "num_generations_eval"):
+    names = ("eval_strategy", "eval_steps", "eval_delay", "eval_on_start", "num_generations_eval")
+    for name in (*names, "load_best_model_at_end", "metric_for_best_model", "greater_is_better"):
         assert GRPOConfig.model_fields[name].default == theirs[name], name
-    with pytest.raises(ValueError, match="load_best_model_at_end=True: rlactors does not implement"):
-        GRPOConfig(model_name="m", load_best_model_at_end=True)
+
+
+def _best(rows, steps, **kw):
+    cfg = GRPOConfig(
+        model_name="m", eval_strategy="steps", eval_steps=2, save_steps=2, load_best_model_at_end=True, **kw
+    )
+    return best_model.best_checkpoint(cfg, rows, [(s, f"run/checkpoint-{s}") for s in steps])
+
+
+def test_the_best_checkpoint_is_the_best_evaluated_one_on_disk():
+    rows = [
+        {"step": 0, "eval_reward": 0.9},  # eval_on_start: no checkpoint-0
+        {"step": 2, "eval_reward": 0.4, "eval_nll_loss": 3.0},
+        {"step": 4, "eval_reward": float("nan")},  # every reward missing: never the best
+        {"step": 6, "eval_reward": 0.7, "eval_nll_loss": 1.0},
+        {"step": 8, "eval_reward": 0.7, "eval_nll_loss": 2.0},
+        {"step": 10, "eval_reward": 0.95},  # its checkpoint was rotated away
+    ]
+    best = _best(rows, [2, 4, 6, 8])
+    assert (best.step, best.path, best.metric, best.value) == (6, "run/checkpoint-6", "eval_reward", 0.7)  # tie: first
+    assert _best(rows, [2, 4, 6, 8], metric_for_best_model="reward", greater_is_better=False).step == 2
+    assert _best(rows, [2, 6, 8], metric_for_best_model="eval_nll_loss").step == 6  # "...loss": lower is better
+    assert _best(rows, []) is None
+    cfg = GRPOConfig(model_name="m")
+    assert best_model.best_checkpoint(cfg, rows, [(2, "run/checkpoint-2")]) is None  # not asked for
+
+
+def test_load_best_model_needs_checkpoints_on_evaluated_steps_and_an_existing_metric():
+    for bad, fix in (
+        (dict(eval_strategy="no", save_steps=2), "set eval_strategy: steps"),
+        (dict(eval_strategy="steps", eval_steps=2, save_steps=0), "set eval_strategy: steps"),
+        (dict(eval_strategy="steps", eval_steps=2, save_steps=3), "save_steps must be a multiple of it"),
+    ):
+        with pytest.raises(ValueError, match=f"load_best_model_at_end=true.*{fix}"):
+            GRPOConfig(model_name="m", load_best_model_at_end=True, **bad)
+    cfg = GRPOConfig(
+        model_name="m",
+        load_best_model_at_end=True,
+        eval_strategy="steps",
+        logging_steps=2,
+        save_steps=4,
+        metric_for_best_model="accuracy",
+    )
+    with pytest.raises(TrainingError, match=r"metric_for_best_model='accuracy': the evaluation has no 'eval_accuracy'"):
+        best_model.check_metric(cfg, {"step": 4, "eval_reward": 0.5})
+    best_model.check_metric(cfg.model_copy(update={"metric_for_best_model": "reward"}), {"eval_reward": 0.5})
