@@ -66,6 +66,8 @@ VARIANTS: dict[str, list[str]] = {
     "adamw_torch": ["optim=adamw_torch"],
     # the learner computes each prompt once for its samples (the default on CPU learners only)
     "shared_prompt": ["share_prompt_forward=true"],
+    # vLLM in the driver process, imported while Ray starts and started beside the learner actor
+    "driver_vllm": ["num_rollout_workers=0"],
 }
 # rlactors' defaults in another environment: Ray's own settings (`RAY_<name>`) for the local cluster it starts
 VARIANT_ENV: dict[str, dict[str, str]] = {

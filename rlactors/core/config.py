@@ -269,7 +269,9 @@ class GRPOConfig(BaseModel):
     progress_bar: bool = True
 
     # Ray
-    num_rollout_workers: int = Field(1, ge=0, description="0: run in the driver process (tests)")
+    num_rollout_workers: int = Field(
+        1, ge=0, description="0: vLLM in the driver process, imported while Ray starts (no restarts)"
+    )
     num_learner_workers: int = Field(1, ge=0)
     placement: Literal["colocate", "disaggregate"] = "colocate"
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(

@@ -68,7 +68,7 @@ class WorkerGroup:
     def _each(self, pick: Callable[[Any], Any], *args: Any) -> list[Any]:
         """Calls the method `pick(worker)` with `args` on every worker and returns the results."""
         if self.local is not None:
-            return [pick(self.local)(*args)]
+            return [pick(self.local)(*_resolved(args))]
         import ray
 
         return ray.get([pick(actor).remote(*args) for actor in self.actors])
@@ -76,7 +76,7 @@ class WorkerGroup:
     def _first(self, pick: Callable[[Any], Any], *args: Any) -> Any:
         """Calls the method `pick(worker)` on the first worker only."""
         if self.local is not None:
-            return pick(self.local)(*args)
+            return pick(self.local)(*_resolved(args))
         import ray
 
         return ray.get(pick(self.actors[0]).remote(*args))
@@ -369,3 +369,10 @@ def _split(items: list, parts: int) -> list[list]:
         out.append(items[start:stop])
         start = stop
     return out
+
+
+def _resolved(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """`args` as an actor's method receives them: Ray objects (an adapter from a learner actor) fetched."""
+    import ray
+
+    return tuple(ray.get(a) if isinstance(a, ray.ObjectRef) else a for a in args)

@@ -110,7 +110,7 @@ class GRPOTrainer(Evaluating, TrainerAPI):
         # another imports what the start needs (torch, the workers' modules), then loads the
         # tokenizer and the dataset while the workers start: nothing before them waits for the prompts
         pool = ThreadPoolExecutor(1, thread_name_prefix="rlactors-prompts")
-        imports = pool.submit(import_start_modules)
+        imports = pool.submit(import_start_modules, self.config.num_rollout_workers == 0)
         prompts = pool.submit(self._prepare_prompts)
         pool.shutdown(wait=False)
         with self.clock.phase("Ray"):

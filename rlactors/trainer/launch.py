@@ -2,8 +2,9 @@
 
 Both start at once when vLLM's share of the GPU is a number: the learner loads its model while
 vLLM starts, and the start costs the slower of the two instead of their sum (on one H200, 19 s of
-learner beside 35 s of vLLM). With `gpu_memory_utilization: auto` the learner starts first:
-vLLM's share is measured on it (`rlactors.distributed.memory`).
+learner beside 35 s of vLLM); also when one of them is in this process (`num_rollout_workers: 0`:
+vLLM in the driver, imported while Ray started). With `gpu_memory_utilization: auto` the learner
+starts first: vLLM's share is measured on it (`rlactors.distributed.memory`).
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ def start_workers(
 
     learners_said = f"loading the model in {max(1, cfg.num_learner_workers)} learner(s)"
     vllm_said = f"starting vLLM in {max(1, cfg.num_rollout_workers)} rollout worker(s)"
-    if cfg.gpu_memory_utilization == "auto" or not layout.learner or not layout.rollout:
-        # in-process groups (tests, a caller's model) build one after the other in this process
+    if cfg.gpu_memory_utilization == "auto" or not (layout.learner or layout.rollout):
+        # both in this process (tests, a caller's model): one after the other
         with clock.phase("learner", learners_said):
             learner_pids = learners.build()
         rollouts = rollout_group(memory.share_for_vllm(cfg, learners, layout.use_gpus))

@@ -75,6 +75,10 @@ START_MODULES = (
 )
 
 
-def import_start_modules() -> None:
+def import_start_modules(vllm_here: bool = False) -> None:
+    """`START_MODULES`, and vLLM where it runs in this process (`num_rollout_workers: 0`): its
+    import, the longest part of a rollout worker's start, then runs beside Ray's start."""
     for name in START_MODULES:
         importlib.import_module(name)
+    if vllm_here:
+        importlib.import_module("rlactors.engine.vllm_engine").import_vllm()

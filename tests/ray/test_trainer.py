@@ -210,12 +210,13 @@ def test_all_rewards_failing_stops_the_run(ray_cluster, tiny_llama, tmp_path):
 def test_load_best_model_at_end_keeps_the_best_checkpoint_and_ends_on_it(ray_cluster, tiny_llama, tmp_path, capsys):
     """transformers' load_best_model_at_end: the best checkpoint outlives the rotation (keep_last 1) and
     the learner ends on it, so final/ holds its adapter. The metric picks step 1 whatever the rewards:
-    the lowest adapter version."""
+    the lowest adapter version. vLLM runs in the driver (num_rollout_workers 0), the learner in an
+    actor: each adapter reaches the driver's engine through the object store."""
     from safetensors.torch import load_file
 
     best = dict(load_best_model_at_end=True, metric_for_best_model="adapter_version", greater_is_better=False)
     evals = dict(eval_strategy="steps", eval_steps=1, num_generations_eval=2, save_steps=1, keep_last=1)
-    config = _config(tiny_llama, tmp_path, num_rollout_workers=0, num_learner_workers=0, **evals, **best)
+    config = _config(tiny_llama, tmp_path, num_rollout_workers=0, num_learner_workers=1, **evals, **best)
     trainer = GRPOTrainer(config, reward_funcs=[count_vowels], train_dataset=_rows(), eval_dataset=_rows(2))
     result = trainer.train()
     out = config.output_dir
