@@ -42,6 +42,19 @@ def tiny_llama(smollm2: str, tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_reward_model(tiny_llama: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tiny Llama with a one-label score head (random, seeded) and its tokenizer: a reward model."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    path = str(tmp_path_factory.mktemp("rm") / "tiny-rm")
+    AutoModelForSequenceClassification.from_pretrained(tiny_llama, num_labels=1).save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_llama).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_qwen2(smollm2: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     return make_tiny_model(str(tmp_path_factory.mktemp("tiny") / "qwen2"), "qwen2", smollm2)
 

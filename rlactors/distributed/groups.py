@@ -12,6 +12,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rlactors.distributed.placement import Share
+from rlactors.distributed.reward_models import ROLE
+from rlactors.workers.reward_model import RewardModelWorker
 from rlactors.workers.rollout import StaleAdapterError
 
 if TYPE_CHECKING:
@@ -114,6 +116,16 @@ class WorkerGroup:
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
         self.actors = []
+
+
+class RewardModelGroup(WorkerGroup):
+    """One actor per reward model (`rlactors.distributed.reward_models`): worker i loads `sources[i]`,
+    (a model folder or hub id, its tokenizer or None)."""
+
+    role = ROLE
+
+    def __init__(self, config: GRPOConfig, sources: list[tuple[str, Any]], shares: list[Share], placement_group: Any):
+        super().__init__(RewardModelWorker, config, shares, placement_group, sources=sources)
 
 
 class RolloutFailedError(RuntimeError):

@@ -8,13 +8,14 @@ bundle, leaving the other cores for reward tasks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rlactors.core.config import GRPOConfig
 
 CPUS_PER_GPU_BUNDLE = 1.0
+REWARD_MODEL_GPU = 0.01  # a reward-model actor's logical share of the first learner's GPU
 
 
 class PlacementError(RuntimeError):
@@ -36,12 +37,27 @@ class Layout:
     rollout: list[Share]
     learner: list[Share]
     use_gpus: bool
+    reward_models: list[Share] = field(default_factory=list)  # bundle -1: outside the placement group
 
     def total(self, resource: str) -> float:
         return sum(b.get(resource, 0.0) for b in self.bundles)
 
 
-def plan(config: GRPOConfig, use_gpus: bool) -> Layout:
+def plan(config: GRPOConfig, use_gpus: bool, reward_models: int = 0) -> Layout:
+    """The bundles and each worker's share of them; `reward_models` actors go beside the first
+    learner (else the first rollout worker), their logical GPU shares taken from its."""
+    layout = _workers(config, use_gpus)
+    if not reward_models:
+        return layout
+    host = (layout.learner or layout.rollout or [Share(-1, 0.0, REWARD_MODEL_GPU * reward_models)])[0]
+    share = Share(host.bundle, 0.0, REWARD_MODEL_GPU if use_gpus else 0.0)
+    smaller = replace(host, num_gpus=max(0.0, host.num_gpus - share.num_gpus * reward_models))
+    learner = [smaller if s is host else s for s in layout.learner]
+    rollout = [smaller if s is host else s for s in layout.rollout]
+    return replace(layout, learner=learner, rollout=rollout, reward_models=[share] * reward_models)
+
+
+def _workers(config: GRPOConfig, use_gpus: bool) -> Layout:
     n_roll, n_learn = config.num_rollout_workers, config.num_learner_workers
     if config.placement == "colocate":
         count = max(n_roll, n_learn)

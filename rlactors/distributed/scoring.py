@@ -37,12 +37,7 @@ class RewardFunction:
 
 
 def resolve(spec: str | Callable[..., Any]) -> RewardFunction:
-    """A callable, or "module:function" importable from the working directory."""
-    if hasattr(spec, "forward") and hasattr(spec, "config"):  # TRL takes a sequence classifier as a reward
-        raise RewardError(
-            f"reward_funcs entry {type(spec).__name__}: reward models are not supported here; write a reward "
-            "function f(prompts, completions, **kwargs) -> list[float] (it may call your model itself)"
-        )
+    """A callable (a `RewardModel` among them), or "module:function" importable from the working directory."""
     if callable(spec):
         ship_by_value(getattr(spec, "__module__", None))
         return RewardFunction(getattr(spec, "__name__", type(spec).__name__), spec)
@@ -54,9 +49,8 @@ def import_object(spec: Any, field_name: str) -> Any:
     """The callable "module:attr" names (importable from the working directory), shipped to Ray
     workers by value; the error names `field_name`, the entry and the fix."""
     if not isinstance(spec, str) or ":" not in spec:
-        model = field_name == "reward_funcs" and isinstance(spec, str) and "/" in spec  # TRL's reward model id
-        reason = "reward models are not supported here (TRL loads a model id as one); " if model else ""
-        raise RewardError(f'{field_name} entry {spec!r}: {reason}write "module:attr", e.g. "my_module:my_function"')
+        model = " or a reward model's folder (with its config.json)" if field_name == "reward_funcs" else ""
+        raise RewardError(f'{field_name} entry {spec!r}: write "module:attr", e.g. "my_module:my_function"{model}')
     module_name, attr = spec.split(":", 1)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())

@@ -5,12 +5,13 @@ config a `GRPOConfig`, a dict or a YAML path)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from rlactors.core.config import ConfigError, GRPOConfig
 from rlactors.core.config_file import load_config
 from rlactors.distributed import scoring
+from rlactors.distributed.reward_models import RewardModel, looks_like_model
 from rlactors.trainer.checkpoints import resume_target
 
 
@@ -47,16 +48,22 @@ def _both(name: str, config: Any) -> NoReturn:
 
 
 def rewards(
-    reward_funcs: Any, config: GRPOConfig, environment_rewards: Sequence[scoring.RewardFunction] = ()
+    reward_funcs: Any,
+    config: GRPOConfig,
+    environment_rewards: Sequence[scoring.RewardFunction] = (),
+    processing_classes: Any = None,
 ) -> tuple[list[scoring.RewardFunction], list[float]]:
-    """The reward functions (a callable, a list, or the config's "module:function" strings) and their
-    weights; environments' `get_reward`s follow them with weight 1 (as TRL)."""
+    """The reward functions (a callable, a reward model, a list, or the config's "module:function"
+    strings and model folders) and their weights; environments' `get_reward`s follow them with
+    weight 1 (as TRL). `processing_classes`: TRL's `reward_processing_classes`, the reward models'
+    tokenizers (entries for reward functions are ignored, as in TRL)."""
     if reward_funcs is None:
-        specs: Sequence[str | Callable] = list(config.reward_funcs)
+        specs: list[Any] = list(config.reward_funcs)
     elif callable(reward_funcs) or isinstance(reward_funcs, str):
         specs = [reward_funcs]
     else:
         specs = list(reward_funcs)
+    specs = reward_models(specs, processing_classes)
     if not specs and not environment_rewards:
         raise ConfigError(
             'reward_funcs is empty: give at least one ("module:function" in YAML, a callable in Python), '
@@ -72,10 +79,25 @@ def rewards(
     return functions + list(environment_rewards), weights + [1.0] * len(environment_rewards)
 
 
-def refuse_unsupported(reward_processing_classes: Any, optimizers: Any) -> None:
+def reward_models(specs: list[Any], processing_classes: Any) -> list[Any]:
+    """`specs` with each reward model (a model folder, hub id or loaded model) made a `RewardModel`."""
+    if processing_classes is None or not isinstance(processing_classes, (list, tuple)):
+        processing_classes = [processing_classes] * len(specs)
+    if len(processing_classes) != len(specs):
+        raise ConfigError(
+            f"reward_processing_classes has {len(processing_classes)} entries for {len(specs)} reward functions: "
+            "give one per entry of reward_funcs (None for functions), as TRL"
+        )
+    out, models = [], 0
+    for spec, tokenizer in zip(specs, processing_classes):
+        if looks_like_model(spec):
+            spec, models = RewardModel(spec, tokenizer, models), models + 1
+        out.append(spec)
+    return out
+
+
+def refuse_unsupported(optimizers: Any) -> None:
     """TRL arguments rlactors has no use for are errors that say so, never dropped silently."""
-    if reward_processing_classes is not None:
-        raise ConfigError("reward_processing_classes: rlactors takes reward functions, not reward models; leave it out")
     if optimizers not in (None, (None, None)):
         raise ConfigError(
             "optimizers: the learner builds its optimizer in its own process from optim, learning_rate, "

@@ -65,14 +65,14 @@ class GRPOTrainer(Evaluating, TrainerAPI):
         *,
         config: GRPOConfig | dict | str | None = None,
     ):
-        arguments.refuse_unsupported(reward_processing_classes, optimizers)
+        arguments.refuse_unsupported(optimizers)
         config, model = arguments.config_and_model(model, args, config)
         self.source = model_source.from_argument(model, peft_config, config, quantization_config)
         self.config = self.source.configure(config) if self.source.updates else config
         self.processing_class = processing_class or self.source.tokenizer
         self.agent = agent_setup.resolve(self.config, tools, environment_factory, rollout_func, self.processing_class)
         self.reward_functions, self.reward_weights = arguments.rewards(
-            reward_funcs, self.config, self.agent.environment_rewards
+            reward_funcs, self.config, self.agent.environment_rewards, reward_processing_classes
         )
         self.callbacks = Callbacks(callbacks, self.config)
         self.train_dataset = train_dataset
@@ -198,19 +198,21 @@ class GRPOTrainer(Evaluating, TrainerAPI):
     def _start_workers(self) -> None:
         """Reserves the placement and starts the learner and rollout workers."""
         from rlactors.distributed.placement import cluster_has_gpus, plan, reserve
+        from rlactors.distributed.reward_models import RewardModel
         from rlactors.trainer import launch
 
         cfg = self.config
         if getattr(self, "rollouts", None) is not None:  # an earlier start's (evaluate() before train())
             self.learners = self.rollouts = None
             gc.collect()  # vLLM ends an in-process engine, and the process's parallel state, when collected
-        layout = plan(cfg, cluster_has_gpus())
+        models = [f.fn for f in self.reward_functions if isinstance(f.fn, RewardModel)]
+        layout = plan(cfg, cluster_has_gpus(), reward_models=len(models))
         with self.clock.phase("placement"):
             self.placement_group = reserve(layout, cfg.placement_timeout_s, strategy=cfg.placement_strategy)
         self.environment_workers, spec = launch.host_environments(cfg, self.agent)
         with self._timed("startup"):
-            workers = launch.start_workers(cfg, layout, self.placement_group, self.source, spec, self.clock)
-        self.learners, self.rollouts = workers.learners, workers.rollouts
+            workers = launch.start_workers(cfg, layout, self.placement_group, self.source, spec, self.clock, models)
+        self.learners, self.rollouts, self.reward_models = workers.learners, workers.rollouts, workers.reward_models
         self.rollouts.republish = self.learners.export_adapter  # if the adapter object is lost
         self.on_device = cfg.adapter_sync == "auto" and self.learners.beside(self.rollouts)
         if self.on_device:
@@ -226,12 +228,8 @@ class GRPOTrainer(Evaluating, TrainerAPI):
         if recorder is not None:
             recorder.plot_rewards()
             recorder.close()
-        for group in (
-            getattr(self, "rollouts", None),
-            getattr(self, "learners", None),
-            getattr(self, "environment_workers", None),
-        ):
-            if group is not None:
+        for name in ("rollouts", "learners", "environment_workers", "reward_models"):
+            if (group := getattr(self, name, None)) is not None:
                 group.shutdown()
         self.generations.close()
         release(getattr(self, "placement_group", None))

@@ -9,6 +9,7 @@ starts first: vLLM's share is measured on it (`rlactors.distributed.memory`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -16,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from rlactors.distributed import memory
 from rlactors.distributed.environments import EnvironmentWorkers
-from rlactors.distributed.groups import LearnerGroup, RolloutGroup
+from rlactors.distributed.groups import LearnerGroup, RewardModelGroup, RolloutGroup
+from rlactors.distributed.reward_models import RewardModel
 from rlactors.trainer.startup import StartupClock
 from rlactors.workers.learner import LearnerWorker
 from rlactors.workers.rollout import RolloutWorker
@@ -44,16 +46,35 @@ class Workers:
     rollouts: RolloutGroup
     learner_pids: list[int]
     rollout_pids: list[int]
+    reward_models: RewardModelGroup | None
 
 
 def start_workers(
-    cfg: GRPOConfig, layout: Layout, placement_group: Any, source: ModelSource, agent: Any, clock: StartupClock
+    cfg: GRPOConfig,
+    layout: Layout,
+    placement_group: Any,
+    source: ModelSource,
+    agent: Any,
+    clock: StartupClock,
+    reward_models: Sequence[RewardModel] = (),
 ) -> Workers:
-    """Builds the learner group and the rollout group (`agent`: the AgentSpec or None)."""
+    """Builds the learner group, the rollout group (`agent`: the AgentSpec or None) and the reward
+    models' actors (`rlactors.distributed.reward_models`), these with the learners."""
     learner_cls = partial(LearnerWorker, model=source.model) if source.in_process else LearnerWorker
     rollout_cls = partial(RolloutWorker, engine=source.engine) if source.in_process else RolloutWorker
     source.release()
     learners = LearnerGroup(learner_cls, cfg, layout.learner, placement_group)
+    scorers = None
+    if reward_models:
+        group = placement_group if layout.reward_models[0].bundle >= 0 else None
+        sources = [(model.folder(cfg.output_dir), model.tokenizer) for model in reward_models]
+        scorers = RewardModelGroup(cfg, sources, layout.reward_models, group)
+
+    def build_learners() -> list[int]:  # and the reward models beside them (before vLLM's share is measured)
+        if scorers is not None:
+            scorers.build()
+        return learners.build()
+
     extra = {"agent": agent} if agent is not None else {}
 
     def rollout_group(share: float) -> RolloutGroup:
@@ -65,7 +86,7 @@ def start_workers(
     if cfg.gpu_memory_utilization == "auto" or not (layout.learner or layout.rollout):
         # both in this process (tests, a caller's model): one after the other
         with clock.phase("learner", learners_said):
-            learner_pids = learners.build()
+            learner_pids = build_learners()
         rollouts = rollout_group(memory.share_for_vllm(cfg, learners, layout.use_gpus))
         with clock.phase("vLLM", vllm_said):
             say_first_kernel_builds(rollouts)
@@ -74,13 +95,13 @@ def start_workers(
         rollouts = rollout_group(float(cfg.gpu_memory_utilization))
         with clock.phase("learner and vLLM", f"{learners_said}, {vllm_said}, together"):
             with ThreadPoolExecutor(1) as pool:
-                learner_build = pool.submit(learners.build)
+                learner_build = pool.submit(build_learners)
                 say_first_kernel_builds(rollouts)
                 rollout_pids = rollouts.build()
                 learner_pids = learner_build.result()
     clock.workers({"vLLM worker": rollouts.startup_phases(), "learner": learners.startup_phases()})
     go_on_from_callers_adapter(source, learners, rollouts)
-    return Workers(learners, rollouts, learner_pids, rollout_pids)
+    return Workers(learners, rollouts, learner_pids, rollout_pids, scorers)
 
 
 def go_on_from_callers_adapter(source: ModelSource, learners: LearnerGroup, rollouts: RolloutGroup) -> None:

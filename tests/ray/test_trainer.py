@@ -234,3 +234,34 @@ def test_load_best_model_at_end_keeps_the_best_checkpoint_and_ends_on_it(ray_clu
     assert final.keys() == first.keys() and all(final[k].equal(first[k]) for k in final)
     assert any(not final[k].equal(last[k]) for k in final)
     assert "final/ holds checkpoint-1, the best by eval_adapter_version=1.0000" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("learners", [0, 1])
+def test_a_reward_model_scores_the_run_from_its_own_actor(
+    ray_cluster, tiny_llama, tiny_reward_model, tmp_path, learners
+):
+    """TRL's reward model: a model folder among reward_funcs scores each step in its own actor (the
+    classifier's first logit, its mean the step's rewards/<name>/mean), stopped with the run; beside
+    the learner actor in its placement group bundle, or outside any with an in-process learner."""
+    import ray
+
+    from rlactors.workers.reward_model import RewardModelWorker
+
+    seen = tmp_path / "seen.jsonl"
+
+    def record(prompts, completions, **_):
+        with open(seen, "a") as f:
+            f.write(json.dumps([prompts, completions]) + "\n")
+        return [0.0] * len(completions)
+
+    config = _config(tiny_llama, tmp_path, num_rollout_workers=0, num_learner_workers=learners)
+    trainer = GRPOTrainer(config, reward_funcs=[tiny_reward_model, record], train_dataset=_rows())
+    trainer.train()
+    rows = _metrics(config.output_dir)
+    local = RewardModelWorker(config, 0, [(tiny_reward_model, None)])
+    for row, line in zip(rows, seen.read_text().splitlines(), strict=True):
+        scores = local.score(*json.loads(line))
+        assert row["rewards/tiny-rm/mean"] == pytest.approx(sum(scores) / len(scores), abs=1e-4)
+    assert len({row["rewards/tiny-rm/mean"] for row in rows}) == len(rows) == 3  # its own score for each step
+    with pytest.raises(ValueError):
+        ray.get_actor("rlactors/reward-model-0")  # stopped with the run

@@ -35,6 +35,19 @@ def test_in_process_workers_need_no_bundle():
     assert layout.bundles == [] and layout.rollout == [] and layout.learner == []
 
 
+def test_reward_models_sit_beside_the_first_learner_within_its_bundle():
+    for placement in ("colocate", "disaggregate"):
+        layout = plan(GRPOConfig(**BASE, placement=placement, num_learner_workers=2), use_gpus=True, reward_models=2)
+        first = layout.learner[0]
+        assert [s.bundle for s in layout.reward_models] == [first.bundle] * 2
+        for bundle, capacity in enumerate(layout.bundles):
+            used = sum(s.num_gpus for s in layout.rollout + layout.learner + layout.reward_models if s.bundle == bundle)
+            assert used <= capacity["GPU"] + 1e-9, (placement, bundle)
+        assert layout.learner[1].num_gpus - first.num_gpus == pytest.approx(0.02)  # taken from the first only
+    alone = plan(GRPOConfig(**BASE, num_rollout_workers=0, num_learner_workers=0), use_gpus=False, reward_models=1)
+    assert [(s.bundle, s.num_gpus, s.num_cpus) for s in alone.reward_models] == [(-1, 0.0, 0.0)]  # no group
+
+
 def test_auto_memory_share_leaves_the_learner_its_measured_need():
     from rlactors.distributed.memory import GIB, MemoryNeed, MemoryPlanError, vllm_share
 
