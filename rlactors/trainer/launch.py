@@ -71,9 +71,13 @@ def start_workers(
         scorers = RewardModelGroup(cfg, sources, layout.reward_models, group)
 
     def build_learners() -> list[int]:  # and the reward models beside them (before vLLM's share is measured)
-        if scorers is not None:
-            scorers.build()
-        return learners.build()
+        if scorers is None:
+            return learners.build()
+        with ThreadPoolExecutor(1) as pool:
+            loading = pool.submit(scorers.build)
+            pids = learners.build()
+            loading.result()
+        return pids
 
     extra = {"agent": agent} if agent is not None else {}
 
