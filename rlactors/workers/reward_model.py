@@ -48,6 +48,7 @@ class RewardModelWorker(WorkerProcess):
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model.config.get_text_config().pad_token_id = self.tokenizer.pad_token_id
+        print(f"rlactors: reward model {self.path} on {device} ({dtype})", flush=True)  # the worker's log
         return os.getpid()
 
     def score(self, prompts: list[Any], completions: list[Any]) -> list[float]:

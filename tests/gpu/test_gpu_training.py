@@ -57,6 +57,26 @@ def test_auto_memory_share_trains(ray_cluster, model_dir, tmp_path, free_memory)
     assert all(r["sampling/logprob_mismatch"] < 0.05 for r in result.rows)
 
 
+def test_a_reward_model_scores_on_the_learners_gpu_within_the_auto_share(ray_cluster, model_dir, tmp_path):
+    """TRL's reward model on CUDA: its actor sits on the learner's GPU, loads before vLLM's share is
+    measured (so vLLM leaves it room), and scores every step."""
+    import math
+    import os
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = str(tmp_path / "rm")
+    AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(folder)
+    config = _config(model_dir, tmp_path, gpu_memory_utilization="auto")
+    prompts = [{"prompt": f"Tell a story about {i}."} for i in range(16)]
+    result = GRPOTrainer(config, reward_funcs=[folder, length_reward], train_dataset=prompts).train()
+    assert [r["adapter_version"] for r in result.rows] == [1, 2]
+    assert all(math.isfinite(r["rewards/rm/mean"]) for r in result.rows)
+    with open(os.path.join(config.output_dir, "logs", "reward-model-0.log")) as f:
+        assert "on cuda (torch.bfloat16)" in f.read()
+
+
 def test_auto_share_with_sleep_mode_leaves_out_only_what_the_learner_keeps(
     ray_cluster, model_dir, tmp_path, free_memory
 ):
