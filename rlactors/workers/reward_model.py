@@ -41,10 +41,16 @@ class RewardModelWorker(WorkerProcess):
         if self.config.dtype != "auto":
             dtype = getattr(torch, self.config.dtype)
         with timed(self.startup, "model"):
-            self.model = AutoModelForSequenceClassification.from_pretrained(self.path, num_labels=1, dtype=dtype)
+            try:
+                self.model = AutoModelForSequenceClassification.from_pretrained(self.path, num_labels=1, dtype=dtype)
+                if self.tokenizer is None:
+                    self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+            except (OSError, ValueError) as err:
+                raise ValueError(
+                    f"reward_funcs entry {self.path!r}: no reward model loads from it ({err}); give a folder with "
+                    'a sequence classifier\'s config.json and weights, a hub id, or a "module:function"'
+                ) from err
             self.model.to(device).eval()
-        if self.tokenizer is None:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model.config.get_text_config().pad_token_id = self.tokenizer.pad_token_id

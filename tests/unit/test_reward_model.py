@@ -55,6 +55,9 @@ def test_reward_funcs_entries_that_name_models_become_reward_models(tiny_reward_
     assert [f.name for f in functions] == ["tiny-rm", "exact_answer"] and weights == [1.0, 1.0]
     sent = pickle.loads(pickle.dumps(functions[0].fn))  # what a reward task gets: the actor's name
     assert sent.actor == "rlactors/reward-model-0" and sent.source is None
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="reward_funcs entry '.*empty': no reward model loads from it"):
+        _worker(str(tmp_path / "empty"), tmp_path)
     with pytest.raises(ValueError, match="reward_processing_classes has 1 entries for 2 reward functions"):
         reward_models([tiny_reward_model, "m:f"], [tokenizer])
 
