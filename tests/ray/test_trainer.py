@@ -236,13 +236,10 @@ def test_load_best_model_at_end_keeps_the_best_checkpoint_and_ends_on_it(ray_clu
     assert "final/ holds checkpoint-1, the best by eval_adapter_version=1.0000" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("learners", [0, 1])
-def test_a_reward_model_scores_the_run_from_its_own_actor(
-    ray_cluster, tiny_llama, tiny_reward_model, tmp_path, learners
-):
+def test_a_reward_model_scores_the_run_from_its_own_actor(ray_cluster, tiny_llama, tiny_reward_model, tmp_path):
     """TRL's reward model: a model folder among reward_funcs scores each step in its own actor (the
-    classifier's first logit, its mean the step's rewards/<name>/mean), stopped with the run; beside
-    the learner actor in its placement group bundle, or outside any with an in-process learner."""
+    classifier's first logit, its mean the step's rewards/<name>/mean) beside the learner actor in its
+    placement group bundle, and is stopped with the run."""
     import ray
 
     from rlactors.workers.reward_model import RewardModelWorker
@@ -254,7 +251,7 @@ def test_a_reward_model_scores_the_run_from_its_own_actor(
             f.write(json.dumps([prompts, completions]) + "\n")
         return [0.0] * len(completions)
 
-    config = _config(tiny_llama, tmp_path, num_rollout_workers=0, num_learner_workers=learners)
+    config = _config(tiny_llama, tmp_path, num_rollout_workers=0, num_learner_workers=1)
     trainer = GRPOTrainer(config, reward_funcs=[tiny_reward_model, record], train_dataset=_rows())
     trainer.train()
     rows = _metrics(config.output_dir)
