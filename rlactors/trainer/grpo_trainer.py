@@ -28,7 +28,7 @@ from rlactors.trainer.evaluating import Evaluating
 from rlactors.trainer.generation import Generations
 from rlactors.trainer.metrics import completions_table, run_summary, step_row, train_output
 from rlactors.trainer.prompts import PromptSampler, PromptTable, check_local_inputs, prompt_table
-from rlactors.trainer.startup import StartupClock, import_start_modules
+from rlactors.trainer.startup import StartupClock, import_start_modules, import_vllm
 from rlactors.trainer.trainer_api import TrainerAPI, TrainResult
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ class GRPOTrainer(Evaluating, TrainerAPI):
         self.tokenizer = self.processing_class  # the config's model's when None (`_renderer`)
         self.workers_up = False  # between `_start_workers` and `_stop`
         self.final_adapter: str | None = None  # output_dir/final, once `train()` has written it
+        self.vllm_import: Future | None = None  # `train()`'s import of vLLM for this process's engine
 
     # ---- lifecycle -------------------------------------------------------------------------
     def train(
@@ -106,11 +107,11 @@ class GRPOTrainer(Evaluating, TrainerAPI):
         self.clock = StartupClock()
         data = self.train_dataset if self.train_dataset is not None else self.config.dataset
         check_local_inputs(None if self.processing_class else self.config.model_name, data, self.config.prompt_column)
-        # while Ray starts (in this thread: its processes end with the thread that started them),
-        # another imports what the start needs (torch, the workers' modules), then loads the
-        # tokenizer and the dataset while the workers start: nothing before them waits for the prompts
+        # while Ray starts here (its processes end with the thread that started them), another thread
+        # imports the start's modules, then vLLM if in this process, then loads the prompts
         pool = ThreadPoolExecutor(1, thread_name_prefix="rlactors-prompts")
-        imports = pool.submit(import_start_modules, self.config.num_rollout_workers == 0)
+        imports = pool.submit(import_start_modules)
+        self.vllm_import = pool.submit(import_vllm) if self.config.num_rollout_workers == 0 else None
         prompts = pool.submit(self._prepare_prompts)
         pool.shutdown(wait=False)
         with self.clock.phase("Ray"):
@@ -211,7 +212,9 @@ class GRPOTrainer(Evaluating, TrainerAPI):
             self.placement_group = reserve(layout, cfg.placement_timeout_s, strategy=cfg.placement_strategy)
         self.environment_workers, spec = launch.host_environments(cfg, self.agent)
         with self._timed("startup"):
-            workers = launch.start_workers(cfg, layout, self.placement_group, self.source, spec, self.clock, models)
+            workers = launch.start_workers(
+                cfg, layout, self.placement_group, self.source, spec, self.clock, models, self.vllm_import
+            )
         self.learners, self.rollouts, self.reward_models = workers.learners, workers.rollouts, workers.reward_models
         self.rollouts.republish = self.learners.export_adapter  # if the adapter object is lost
         self.on_device = cfg.adapter_sync == "auto" and self.learners.beside(self.rollouts)

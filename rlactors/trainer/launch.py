@@ -2,19 +2,20 @@
 
 Both start at once when vLLM's share of the GPU is a number: the learner loads its model while
 vLLM starts, and the start costs the slower of the two instead of their sum (on one H200, 19 s of
-learner beside 35 s of vLLM); also when one of them is in this process (`num_rollout_workers: 0`:
-vLLM in the driver, imported while Ray started). With `gpu_memory_utilization: auto` the learner
+learner beside 35 s of vLLM); also when vLLM is in this process (`num_rollout_workers: 0`): the
+learners are asked for once Ray is up, and vLLM's import, begun beside Ray's start, ends meanwhile. With `gpu_memory_utilization: auto` the learner
 starts first: vLLM's share is measured on it (`rlactors.distributed.memory`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from rlactors.core.timing import timed
 from rlactors.distributed import memory
 from rlactors.distributed.environments import EnvironmentWorkers
 from rlactors.distributed.groups import LearnerGroup, RewardModelGroup, RolloutGroup
@@ -57,9 +58,11 @@ def start_workers(
     agent: Any,
     clock: StartupClock,
     reward_models: Sequence[RewardModel] = (),
+    vllm_import: Future | None = None,
 ) -> Workers:
     """Builds the learner group, the rollout group (`agent`: the AgentSpec or None) and the reward
-    models' actors (`rlactors.distributed.reward_models`), these with the learners."""
+    models' actors (`rlactors.distributed.reward_models`), these with the learners. `vllm_import`:
+    vLLM's import for an engine in this process, still running (awaited once the learners are asked for)."""
     learner_cls = partial(LearnerWorker, model=source.model) if source.in_process else LearnerWorker
     rollout_cls = partial(RolloutWorker, engine=source.engine) if source.in_process else RolloutWorker
     source.release()
@@ -87,23 +90,33 @@ def start_workers(
 
     learners_said = f"loading the model in {max(1, cfg.num_learner_workers)} learner(s)"
     vllm_said = f"starting vLLM in {max(1, cfg.num_rollout_workers)} rollout worker(s)"
+    waited: dict[str, float] = {}
+
+    def imported() -> None:  # what is left of vLLM's import in this process
+        if vllm_import is not None:
+            with timed(waited, "import vLLM"):
+                vllm_import.result()
+
     if cfg.gpu_memory_utilization == "auto" or not (layout.learner or layout.rollout):
         # both in this process (tests, a caller's model): one after the other
         with clock.phase("learner", learners_said):
             learner_pids = build_learners()
+        imported()
         rollouts = rollout_group(memory.share_for_vllm(cfg, learners, layout.use_gpus))
         with clock.phase("vLLM", vllm_said):
             say_first_kernel_builds(rollouts)
             rollout_pids = rollouts.build()
     else:
-        rollouts = rollout_group(float(cfg.gpu_memory_utilization))
         with clock.phase("learner and vLLM", f"{learners_said}, {vllm_said}, together"):
             with ThreadPoolExecutor(1) as pool:
                 learner_build = pool.submit(build_learners)
+                imported()  # the learners' processes load meanwhile
+                rollouts = rollout_group(float(cfg.gpu_memory_utilization))
                 say_first_kernel_builds(rollouts)
                 rollout_pids = rollouts.build()
                 learner_pids = learner_build.result()
-    clock.workers({"vLLM worker": rollouts.startup_phases(), "learner": learners.startup_phases()})
+    vllm_role = "vLLM worker" if rollouts.local is None else "vLLM in this process"
+    clock.workers({vllm_role: {**rollouts.startup_phases(), **waited}, "learner": learners.startup_phases()})
     go_on_from_callers_adapter(source, learners, rollouts)
     return Workers(learners, rollouts, learner_pids, rollout_pids, scorers)
 

@@ -75,10 +75,13 @@ START_MODULES = (
 )
 
 
-def import_start_modules(vllm_here: bool = False) -> None:
-    """`START_MODULES`, and vLLM where it runs in this process (`num_rollout_workers: 0`): its
-    import, the longest part of a rollout worker's start, then runs beside Ray's start."""
+def import_start_modules() -> None:
+    """`START_MODULES`: what the driver needs before it asks for the workers."""
     for name in START_MODULES:
         importlib.import_module(name)
-    if vllm_here:
-        importlib.import_module("rlactors.engine.vllm_engine").import_vllm()
+
+
+def import_vllm() -> None:
+    """vLLM, where it runs in this process (`num_rollout_workers: 0`): its import, the longest part of
+    a rollout worker's start, then runs beside Ray's start and the learners' load."""
+    importlib.import_module("rlactors.engine.vllm_engine").import_vllm()

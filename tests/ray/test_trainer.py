@@ -211,7 +211,8 @@ def test_load_best_model_at_end_keeps_the_best_checkpoint_and_ends_on_it(ray_clu
     """transformers' load_best_model_at_end: the best checkpoint outlives the rotation (keep_last 1) and
     the learner ends on it, so final/ holds its adapter. The metric picks step 1 whatever the rewards:
     the lowest adapter version. vLLM runs in the driver (num_rollout_workers 0), the learner in an
-    actor: each adapter reaches the driver's engine through the object store."""
+    actor, asked for before the driver's engine starts: each adapter reaches that engine through the
+    object store."""
     from safetensors.torch import load_file
 
     best = dict(load_best_model_at_end=True, metric_for_best_model="adapter_version", greater_is_better=False)
@@ -233,7 +234,9 @@ def test_load_best_model_at_end_keeps_the_best_checkpoint_and_ends_on_it(ray_clu
     )
     assert final.keys() == first.keys() and all(final[k].equal(first[k]) for k in final)
     assert any(not final[k].equal(last[k]) for k in final)
-    assert "final/ holds checkpoint-1, the best by eval_adapter_version=1.0000" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "final/ holds checkpoint-1, the best by eval_adapter_version=1.0000" in said
+    assert "start-up by worker: vLLM in this process import vLLM" in said  # the learner was asked for first
 
 
 def test_a_reward_model_scores_the_run_from_its_own_actor(ray_cluster, tiny_llama, tiny_reward_model, tmp_path):
