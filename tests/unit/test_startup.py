@@ -120,3 +120,88 @@ def test_a_first_start_says_triton_builds_the_lora_kernels(monkeypatch, tmp_path
     worker.build()
     assert list(worker.startup_phases()) == ["import vLLM", "engine (Triton built 1 LoRA kernel)"]
     assert worker.lora_kernel_builds() is None  # its engine is up: nothing more to build
+
+
+def test_vllm_in_this_process_is_awaited_only_once_the_learners_are_asked_for(monkeypatch, capsys):
+    """`num_rollout_workers: 0`: the learner actors are asked for while the driver's import of vLLM is
+    still running (the first step on one H100: 27.7 s against 38.2 s when they waited for it); the
+    engine is made once it is done, and the console says what was left of the import."""
+    import threading
+    from concurrent.futures import Future
+    from types import SimpleNamespace
+
+    from rlactors.core.config import GRPOConfig
+    from rlactors.distributed.placement import plan
+    from rlactors.trainer import launch
+
+    events: list[str] = []
+    importing: Future = Future()
+
+    class Learners:
+        local = None
+
+        def __init__(self, *args, **kwargs):
+            events.append(f"learners asked for, vLLM imported: {importing.done()}")
+
+        def build(self):
+            return [1]
+
+        def startup_phases(self):
+            return {"model": 1.0}
+
+    class Rollouts:
+        def __init__(self, *args, **kwargs):
+            events.append(f"engine made, vLLM imported: {importing.done()}")
+            self.local = object()
+
+        def build(self):
+            return [2]
+
+        def lora_kernel_builds(self):
+            return None
+
+        def startup_phases(self):
+            return {"import vLLM": 0.0, "engine": 2.0}
+
+    monkeypatch.setattr(launch, "LearnerGroup", Learners)
+    monkeypatch.setattr(launch, "RolloutGroup", Rollouts)
+    monkeypatch.setattr(launch, "go_on_from_callers_adapter", lambda *args: None)
+    cfg = GRPOConfig(dataset="d.jsonl", reward_funcs=["rlactors.reward_funcs:exact_answer"], num_rollout_workers=0)
+    layout = plan(cfg, use_gpus=False)
+    assert layout.learner and not layout.rollout
+    source = SimpleNamespace(in_process=False, release=lambda: None)
+    threading.Timer(0.3, importing.set_result, (None,)).start()
+    launch.start_workers(cfg, layout, None, source, None, StartupClock(), (), importing)
+    assert events == ["learners asked for, vLLM imported: False", "engine made, vLLM imported: True"]
+    said = capsys.readouterr().out
+    assert "start-up by worker: vLLM in this process import vLLM 0.3s, engine 2.0s; learner model 1.0s" in said
+
+
+def test_train_asks_for_the_workers_while_vllm_still_imports(monkeypatch):
+    """`num_rollout_workers: 0`: `train()` goes on to start the workers once Ray is up and the start's
+    modules are imported; the import of vLLM for its own engine is still running then (before, the
+    learners waited for it: 11.7 s on one H100)."""
+    import threading
+
+    from rlactors.trainer import grpo_trainer
+    from rlactors.trainer.grpo_trainer import GRPOTrainer
+
+    importing = threading.Event()
+    seen = {}
+
+    def start_workers(self):
+        seen["vLLM imported"] = self.vllm_import.done()
+        importing.set()
+        raise RuntimeError("the workers' start, stood in for")
+
+    monkeypatch.setattr(grpo_trainer, "import_vllm", lambda: importing.wait(30))
+    monkeypatch.setattr(GRPOTrainer, "_init_ray", lambda self: False)
+    monkeypatch.setattr(GRPOTrainer, "_start_workers", start_workers)
+    trainer = GRPOTrainer(
+        config={"model_name": "any/model", "max_steps": 1, "num_rollout_workers": 0},
+        reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
+        train_dataset=[{"prompt": "2+2="}],
+    )
+    with pytest.raises(RuntimeError, match="stood in for"):
+        trainer.train()
+    assert seen == {"vLLM imported": False}
