@@ -209,12 +209,10 @@ class GRPOTrainer(Evaluating, TrainerAPI):
         models = [f.fn for f in self.reward_functions if isinstance(f.fn, RewardModel)]
         layout = plan(cfg, cluster_has_gpus(), reward_models=len(models))
         with self.clock.phase("placement"):
-            self.placement_group = reserve(layout, cfg.placement_timeout_s, strategy=cfg.placement_strategy)
+            group = self.placement_group = reserve(layout, cfg.placement_timeout_s, strategy=cfg.placement_strategy)
         self.environment_workers, spec = launch.host_environments(cfg, self.agent)
         with self._timed("startup"):
-            workers = launch.start_workers(
-                cfg, layout, self.placement_group, self.source, spec, self.clock, models, self.vllm_import
-            )
+            workers = launch.start_workers(cfg, layout, group, self.source, spec, self.clock, models, self.vllm_import)
         self.learners, self.rollouts, self.reward_models = workers.learners, workers.rollouts, workers.reward_models
         self.rollouts.republish = self.learners.export_adapter  # if the adapter object is lost
         self.on_device = cfg.adapter_sync == "auto" and self.learners.beside(self.rollouts)
