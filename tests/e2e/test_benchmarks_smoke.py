@@ -38,9 +38,10 @@ def test_run_all_smoke_runs_every_cpu_part_and_writes_the_report(smollm2, tmp_pa
         "--tokenizer",
         smollm2,
         "--parts",
-        # `step` and `sync` are bench_rlactors.py again with --step-only / --sync-only, `bare_mp`
-        # bench_bare.py with --multiprocessing: their report wiring is checked without an engine below
-        "bare,rlactors,profile,memory_rlactors,overlap",
+        # `step`, `sync` and `memory_rlactors` are bench_rlactors.py again with --step-only, --sync-only
+        # or --step-only --sleep --checkpointing true, `bare_mp` bench_bare.py with --multiprocessing:
+        # their commands and report wiring are checked without an engine below
+        "bare,rlactors,profile,overlap",
     ]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -59,7 +60,6 @@ def test_run_all_smoke_runs_every_cpu_part_and_writes_the_report(smollm2, tmp_pa
         "grpo_step_s",
         "rollout_worker_vs_vllm_in_process",
         "update_vs_fp32_lora",
-        "memory_grpo_step_s",
         "step_overlap_scoring_vs_not",
     ):
         assert report[key] is not None and report[key] > 0, key
@@ -89,6 +89,32 @@ def test_report_takes_the_sync_and_step_parts_over_the_rlactors_part(monkeypatch
     assert report["bare_vllm_multiprocess_vs_in_process"] == 0.8
     del pieces["rlactors_sync"]
     assert run_all.report("tiny", 0.2)["adapter_sync_p50_ms"] == 30.0
+
+
+def test_memory_part_runs_the_lowest_memory_step_into_its_own_folder(tmp_path, monkeypatch):
+    """`--parts memory_rlactors`: bench_rlactors.py's step with vLLM asleep and checkpointing, at the
+    memory share, its piece in the share's own folder, where the report's memory figures come from."""
+    monkeypatch.syspath_prepend(os.path.join(REPO, "benchmarks"))
+    import run_all
+
+    monkeypatch.setattr(run_all, "PIECES", str(tmp_path))
+    ran = []
+
+    def fake_run(cmd, env):  # the part's script writes its piece where BENCH_PIECES says
+        ran.append(cmd)
+        with open(os.path.join(env["BENCH_PIECES"], "rlactors_step.json"), "w") as f:
+            json.dump({"grpo_step_s": 4.0, "peak_memory_gib": 9.0}, f)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(run_all.subprocess, "run", fake_run)
+    run_all.run_part("memory_rlactors", "MODEL", smoke=True, memory_gmu=0.2)
+    [cmd] = ran
+    assert cmd[1].endswith("bench_rlactors.py") and cmd[2:5] == ["--model", "MODEL", "--smoke"]
+    assert cmd[5:] == ["--step-only", "--sleep", "--checkpointing", "true", "--gmu", "0.2"]
+    assert os.listdir(tmp_path) == ["memory-gmu0.2"]  # never beside the other parts' pieces
+    memory = run_all.memory_report(0.2)
+    assert (memory["memory_grpo_step_s"], memory["memory_peak_gib"]) == (4.0, 9.0)
+    assert memory["memory_gpu_memory_utilization"] == 0.2 and memory["memory_vs_lower_baseline"] is None
 
 
 def test_rounds_report_pairs_each_round_and_takes_the_median_over_rounds(tmp_path, monkeypatch):

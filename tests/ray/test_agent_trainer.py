@@ -122,7 +122,17 @@ def test_episodes_in_flight_at_a_checkpoint_run_again_after_a_resume(ray_cluster
     step."""
 
     def run(**kw):
-        config = _config(smollm2, tmp_path, max_staleness=1, max_steps=2, save_steps=1, max_logprob_mismatch=5.0, **kw)
+        config = _config(
+            smollm2,
+            tmp_path,
+            max_staleness=1,
+            max_steps=2,
+            save_steps=1,
+            max_logprob_mismatch=5.0,
+            **kw,
+            num_rollout_workers=0,
+            num_learner_workers=0,
+        )
         trainer = GRPOTrainer(args=config, reward_funcs=[right_product], train_dataset=_rows(), tools=[multiply])
         drawn, take = [], trainer._next_batch
 
