@@ -82,14 +82,13 @@ def _reordered(batch, order):
     "options",
     [
         {"loss_type": "dapo", "num_iterations": 2, "beta": 0.04},
-        {"loss_type": "grpo", "vllm_importance_sampling_mode": "sequence_truncate"},
-        {"loss_type": "bnpo"},
+        {"loss_type": "bnpo", "vllm_importance_sampling_mode": "sequence_truncate"},
         {"loss_type": "grpo", "num_mini_batches": 2},
         # TRL's quantile is over every process's micro-batch: learner micro-batch i joined with the
         # other's micro-batch i, which the one learner holds together as its micro-batch i
         {"loss_type": "dapo", "top_entropy_quantile": 0.5, "single_micro_batch_size": 4},
     ],
-    ids=["dapo-iterations-kl", "grpo-sequence-is", "bnpo", "grpo-mini-batches", "dapo-entropy-quantile"],
+    ids=["dapo-iterations-kl", "bnpo-sequence-is", "grpo-mini-batches", "dapo-entropy-quantile"],
 )
 def test_two_learners_on_halves_equal_one_learner_on_the_whole(ray_cluster, tiny_llama, tmp_path, options):
     import ray
