@@ -91,7 +91,7 @@ def main() -> None:
         **({} if on_gpu else {"kv_cache_memory_bytes": 2**30}),
     )
     # Unsloth's offloaded checkpointing saves GPU memory; on a CPU a 135M model needs none, and the
-    # recomputed forward pass would cost a third of each update
+    # recomputed forward pass would cost about a fifth of each update
     checkpointing = "unsloth" if on_gpu else False
     model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=32, use_gradient_checkpointing=checkpointing)
 
