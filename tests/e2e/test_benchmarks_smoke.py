@@ -66,7 +66,7 @@ def test_run_all_smoke_runs_every_cpu_part_and_writes_the_report(smollm2, tmp_pa
     assert report["trl_grpo_step_s"] is None and report["grpo_step_vs_trl"] is None  # no figure is made up
 
 
-def test_report_takes_the_sync_and_step_parts_over_the_rlactors_part(monkeypatch):
+def test_report_takes_the_sync_and_step_parts_over_the_rlactors_part(tmp_path, monkeypatch):
     """`--parts sync` and `--parts step` leave pieces `rlactors_sync` and `rlactors_step`; the report
     reads the sync figures from the first and the step alone from the second. `--parts bare_mp`
     (vLLM's engine core in its own process) is set beside the in-process `bare` at their largest
@@ -82,6 +82,7 @@ def test_report_takes_the_sync_and_step_parts_over_the_rlactors_part(monkeypatch
         "bare_mp": {"bare_vllm_bs256_lora_logprobs_tok_s": 80.0},
     }
     monkeypatch.setattr(run_all, "load_pieces", lambda *_: pieces)
+    monkeypatch.setattr(run_all, "RESULTS", str(tmp_path))  # the report file stays out of the checkout
     report = run_all.report("tiny", 0.2)
     assert report["adapter_sync_piece"] == "rlactors_sync"
     assert (report["adapter_sync_p50_ms"], report["adapter_sync_in_step_p50_ms"]) == (17.7, 8.6)
