@@ -119,20 +119,12 @@ def test_tools_train_on_the_episodes_with_tool_results_masked(ray_cluster, smoll
 def test_episodes_in_flight_at_a_checkpoint_run_again_after_a_resume(ray_cluster, smollm2, tmp_path):
     """`max_staleness: 1` with tools: step 2's episodes are in flight when checkpoint-1 is written; a
     resume from checkpoint-1 runs them again (the same prompts, through the tool loop) and repeats no
-    step."""
+    step. vLLM and the learner run in this process (the tool loop on a rollout actor has its own tests)."""
+    in_process = dict(num_rollout_workers=0, num_learner_workers=0)
 
     def run(**kw):
-        config = _config(
-            smollm2,
-            tmp_path,
-            max_staleness=1,
-            max_steps=2,
-            save_steps=1,
-            max_logprob_mismatch=5.0,
-            **kw,
-            num_rollout_workers=0,
-            num_learner_workers=0,
-        )
+        options = dict(max_staleness=1, max_steps=2, save_steps=1, max_logprob_mismatch=5.0, **in_process, **kw)
+        config = _config(smollm2, tmp_path, **options)
         trainer = GRPOTrainer(args=config, reward_funcs=[right_product], train_dataset=_rows(), tools=[multiply])
         drawn, take = [], trainer._next_batch
 
