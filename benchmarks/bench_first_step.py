@@ -18,6 +18,7 @@ last reward, and every compiler process seen while it ran (`nvcc`, `cicc`, `ptxa
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import re
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -78,14 +80,24 @@ VARIANT_ENV: dict[str, dict[str, str]] = {
     # one idle worker per CPU started with the raylet (during `ray.init()`), torch imported in each
     "prestart_torch": {"RAY_enable_worker_prestart": "1", "RAY_preload_python_modules": "torch"},
 }
+
+
 # vLLM's compilation settings instead of rlactors' defaults (full graphs without torch.compile, each
 # size captured once), with rlactors' graph sizes up to the step's batch and the run's KV cache
 # (the example's 1 GiB, or vLLM's share for --shape)
-ENGINE_VARIANTS: dict[str, dict] = {
+def every_8(batch: int) -> list[int]:
+    """vLLM's pattern of CUDA graph sizes (1, 2, 4, then every 8) up to `batch`: rlactors' until 2026-12-07."""
+    return [1, 2, 4, *range(8, -(-batch // 8) * 8 + 1, 8)]
+
+
+ENGINE_VARIANTS: dict[str, tuple[dict, Callable[[int], list[int]]]] = {
     # vLLM's torch.compile and piecewise graphs (full ones for decode batches): the default until 2026-12-01
-    "compiled": {},
+    "compiled": ({}, graph_sizes),
     # rlactors' default, but each size captured with and without LoRA (vLLM's default)
-    "lora_specialized": {"mode": 0, "cudagraph_mode": "FULL"},
+    "lora_specialized": ({"mode": 0, "cudagraph_mode": "FULL"}, graph_sizes),
+    # rlactors' default at the sizes before 2026-12-07: sizes 1, 2, 4, 8, 24, ... are more builds of each
+    # LoRA kernel on a fresh machine (Triton specializes an integer argument on 1 and on multiples of 16)
+    "every_8": ({"mode": 0, "cudagraph_mode": "FULL", "cudagraph_specialize_lora": False}, every_8),
 }
 ENGINE_TIMING = re.compile(r"took [0-9.]+ ?s|finished in [0-9.]+ ?s|[0-9.]+ ?s in total|seconds", re.IGNORECASE)
 COMPILERS = re.compile(r"\b(nvcc|cicc|ptxas|cudafe\+\+|cc1plus|cc1|fatbinary|nvlink|ninja)\b")
@@ -110,6 +122,23 @@ def engine_timings(log_path: str) -> list[str]:
         return [line.strip()[-200:] for line in f if ENGINE_TIMING.search(line)]
 
 
+def triton_kernels(cache_dir: str | None) -> dict:
+    """What a run's own Triton cache holds (with --cold-triton): the count of kernels by name, and
+    for vLLM's LoRA kernels each build's signature (which integer arguments Triton specialized)."""
+    if not cache_dir or not os.path.isdir(cache_dir):
+        return {}
+    counts: dict[str, int] = {}
+    lora: list[str] = []
+    for ttir in sorted(glob.glob(os.path.join(cache_dir, "*", "*.ttir"))):
+        name = os.path.basename(ttir)[: -len(".ttir")]
+        counts[name] = counts.get(name, 0) + 1
+        if name.startswith("_lora_"):
+            with open(ttir, errors="replace") as f:
+                head = next((line for line in f if "tt.func" in line), "")
+            lora.append(f"{name} {head.count('tt.divisibility')} divisible, {head.count('%arg')} args")
+    return {"by_name": counts, "total": sum(counts.values()), "lora_builds": lora}
+
+
 def shape_step() -> list[str]:
     """The GRPO step of `bench_rlactors.py` (its config's fields as `--set` values), at vLLM's 0.2 share."""
     config = config_for("", smoke=False, steps=1, gmu=0.2, checkpointing=False, micro=32)
@@ -117,11 +146,12 @@ def shape_step() -> list[str]:
     return [f"{k}={json.dumps(v)}" for k, v in config.model_dump(exclude_unset=True, exclude=run).items()]
 
 
-def engine_sets(compilation: dict, args: argparse.Namespace) -> list[str]:
+def engine_sets(variant: tuple[dict, Callable[[int], list[int]]], args: argparse.Namespace) -> list[str]:
     """The `--set` of an ENGINE_VARIANTS entry: its compilation settings, graphs up to the step's batch."""
+    compilation, sizes = variant
     batch = 128 if args.shape else 64  # the 1B step's 16 x 8, the example's 8 x 8
     kwargs = ({} if args.shape else dict(KV)) | {
-        "compilation_config": {**compilation, "cudagraph_capture_sizes": graph_sizes(batch)}
+        "compilation_config": {**compilation, "cudagraph_capture_sizes": sizes(batch)}
     }
     return [f"engine_kwargs={json.dumps(kwargs)}"]
 
@@ -142,6 +172,8 @@ def run_one(name: str, sets: list[str], args: argparse.Namespace, index: int) ->
     watcher.start()
     lines: list[tuple[float, str]] = []
     env = {**os.environ, **VARIANT_ENV.get(name, {})}
+    if args.cold_triton:  # an empty Triton cache: every GPU kernel Triton builds is built again, as on a fresh machine
+        env["TRITON_CACHE_DIR"] = os.path.join(out_dir, "triton-cache")
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
     def read() -> None:
@@ -183,6 +215,7 @@ def run_one(name: str, sets: list[str], args: argparse.Namespace, index: int) ->
         if steps
         else {},
         "compilers": seen,
+        "triton_kernels": triton_kernels(env.get("TRITON_CACHE_DIR")),
     }
     if rc != 0:
         result["tail"] = [line for _, line in lines[-30:]]
@@ -198,6 +231,9 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/rlactors-first-step")
     parser.add_argument("--shape", choices=sorted(SHAPES), help="random weights in this shape, the 1B step's sizes")
     parser.add_argument("--tokenizer", default="models/smollm2", help="with --shape: the tokenizer the model gets")
+    parser.add_argument(
+        "--cold-triton", action="store_true", help="each run with its own empty Triton cache (a fresh machine's)"
+    )
     args = parser.parse_args()
     known = VARIANTS | ENGINE_VARIANTS | VARIANT_ENV
     unknown = [name for name in args.variants.split(",") if name not in known]
@@ -211,11 +247,12 @@ def main() -> None:
         result = run_one(name, sets, args, index)
         results.append(result)
         print(json.dumps(result, indent=1), flush=True)
-    print(f"\n{'variant':<20} {'first step s':>12} {'step s':>8} {'generate s':>10}  rewards")
+    print(f"\n{'variant':<20} {'first step s':>12} {'step s':>8} {'generate s':>10} {'LoRA builds':>11}  rewards")
     for r in results:
+        builds = len(r["triton_kernels"].get("lora_builds", [])) if r["triton_kernels"] else "-"
         print(
             f"{r['variant']:<20} {r['first_step_s'] or float('nan'):>12} {r['step_median_s'] or float('nan'):>8} "
-            f"{r['generate_median_s'] or float('nan'):>10}  {r['rewards']}"
+            f"{r['generate_median_s'] or float('nan'):>10} {builds:>11}  {r['rewards']}"
         )
     save_piece("first_step", {"device": gpu_name(), "versions": versions(), "shape": args.shape, "runs": results})
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU lease, in stages that each fit one device call (after the wheel recipe's install):
-#   bash benchmarks/gpu_session.sh first-step [V,W]  # the main example cold (fresh machine) then warm
-#   bash benchmarks/gpu_session.sh first-step-1b [V,W]  # the same for the 1B benchmark's step (random weights)
+#   bash benchmarks/gpu_session.sh first-step [V,W] [--cold-triton]  # the main example cold (fresh machine) then warm
+#   bash benchmarks/gpu_session.sh first-step-1b [V,W] [--cold-triton]  # the same for the 1B benchmark's step
+#                                               # (random weights); --cold-triton: each run builds Triton's kernels
 #   bash benchmarks/gpu_session.sh tests-a      # tests/gpu: the tool loop in a Qwen2 class, learning
 #   bash benchmarks/gpu_session.sh tests-b      # tests/gpu: loader, exports, training on the GPU
 #   bash benchmarks/gpu_session.sh sync         # the adapter sync by path (run_all.py --parts sync)
@@ -29,7 +30,7 @@ case $stage in
   first-step)
     # extra arguments replace the variants: first-step default,default,no_prestart
     timeout 520 python benchmarks/bench_first_step.py --model $model --variants "${2:-default,default}" --steps 8 \
-      > "$out/first-step.log" 2>&1
+      "${@:3}" > "$out/first-step.log" 2>&1
     echo "first-step: exit $? after $(( $(date +%s) - start )) s"
     sed -n '/^variant /,$p' "$out/first-step.log"
     cp /tmp/rlactors-bench/first_step.json "$out/" 2>/dev/null ;;
@@ -37,7 +38,7 @@ case $stage in
     # the 1B benchmark's step (random weights, 16 x 8 x 256, r=64) launched as the example is: cold, then warm;
     # extra arguments replace the variants: first-step-1b no_compile_full,default
     timeout 560 python benchmarks/bench_first_step.py --shape llama-1b --tokenizer $model --variants "${2:-default,default}" \
-      --steps 6 --work /tmp/rlactors-first-step-1b > "$out/first-step-1b.log" 2>&1
+      --steps 6 --work /tmp/rlactors-first-step-1b "${@:3}" > "$out/first-step-1b.log" 2>&1
     echo "first-step-1b: exit $? after $(( $(date +%s) - start )) s"
     sed -n '/^variant /,$p' "$out/first-step-1b.log"
     cp /tmp/rlactors-bench/first_step.json "$out/first_step_1b.json" 2>/dev/null ;;

@@ -63,9 +63,14 @@ def device_defaults(spec: EngineSpec, engine_kwargs: dict[str, Any], cuda: bool 
 
 
 def graph_sizes(max_batch: int) -> list[int]:
-    """vLLM's pattern of CUDA graph batch sizes (1, 2, 4, then every 8) up to `max_batch` rounded up to 8."""
-    top = -(-max_batch // 8) * 8
-    return [size for size in (1, 2, 4) if size < top] + list(range(8, top + 1, 8))
+    """CUDA graph batch sizes every 16 up to `max_batch` rounded up to 16 (vLLM pads a batch to the
+    next size). vLLM's own pattern starts 1, 2, 4, 8, then every 8; but Triton builds a kernel once
+    for each way its integer arguments are specialized (equal to 1, a multiple of 16, neither), so
+    sizes that are not multiples of 16 are more builds of each of vLLM's LoRA kernels on a machine's
+    first start. With an empty Triton cache (one H200, vLLM 0.26) the main example's second step came
+    13 s sooner than with vLLM's pattern (20 LoRA kernel builds against 29), the 1B benchmark's step
+    17 s sooner (10 against 24); steps and the tool loop as fast within the runs' spread."""
+    return list(range(16, -(-max_batch // 16) * 16 + 1, 16))
 
 
 def is_cuda() -> bool:

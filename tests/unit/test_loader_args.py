@@ -82,9 +82,9 @@ def test_engine_defaults_follow_the_device():
     from rlactors.engine import spec
 
     engine = spec.EngineSpec("m", 256, 0.3, 16, max_batch=64)
-    assert spec.graph_sizes(64) == [1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64]
-    assert spec.graph_sizes(3) == [1, 2, 4, 8]
-    assert spec.graph_sizes(9) == [1, 2, 4, 8, 16]
+    assert spec.graph_sizes(64) == [16, 32, 48, 64]
+    assert spec.graph_sizes(3) == [16]
+    assert spec.graph_sizes(17) == [16, 32]
     # CPU (these tests): eager unless the caller says otherwise
     assert spec.device_defaults(engine, {}) == {"enforce_eager": True}
     assert spec.device_defaults(engine, {"enforce_eager": False}) == {}
