@@ -135,7 +135,7 @@ def triton_kernels(cache_dir: str | None) -> dict:
         if name.startswith("_lora_"):
             with open(ttir, errors="replace") as f:
                 head = next((line for line in f if "tt.func" in line), "")
-            lora.append(f"{name} {head.count('tt.divisibility')} divisible, {head.count('%arg')} args")
+            lora.append(f"{name}: {head.count('tt.divisibility')} arguments specialized as multiples of 16")
     return {"by_name": counts, "total": sum(counts.values()), "lora_builds": lora}
 
 

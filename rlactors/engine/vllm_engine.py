@@ -64,8 +64,9 @@ def vllm_version() -> str | None:
 def lora_kernel_builds() -> int | None:
     """How many builds of vLLM's LoRA kernels (`_lora_shrink_kernel`, `_lora_expand_kernel`, one
     per specialization) Triton's cache holds; None without CUDA (vLLM-CPU runs no Triton). On a
-    machine where vLLM never ran with LoRA it is 0, and the engine's start builds them: 40-110 s
-    on an H200, the largest part of a first start."""
+    machine where vLLM never ran with LoRA it is 0, and the engine's start builds most of them, the
+    largest part of a first start: on an H200 the main example's engine started in 40 s building 11
+    of its 20, against 55 s building 25 of 29 before graphs were captured at multiples of 16 only."""
     if not is_cuda():
         return None
     return len(glob.glob(os.path.join(triton_cache_dir(), "*", "_lora_*_kernel.cubin")))
@@ -307,7 +308,12 @@ def sample(
 class TurnStream:
     """Requests added one at a time and read back as each finishes (vLLM's own step loop, as
     `LLM.generate` runs it), so that episodes of a multi-turn rollout advance independently:
-    one waiting for its tools holds back no other. Every request samples one completion."""
+    one waiting for its tools holds back no other. Every request samples one completion.
+
+    The `num_generations` episodes of one prompt are added together: vLLM caches a prompt's blocks
+    as it schedules them, so the copies scheduled in the same step reuse them. (Measured on vLLM-CPU
+    0.32, 16 requests of 257 tokens, 2 distinct: adding one of each first and the copies a step later
+    took 0.69-0.73 s against 0.65-0.70 s all at once.)"""
 
     def __init__(self, llm: LLM, lora_request: LoRARequest | None, stop: str | None = None, **fields: Any):
         from vllm.sampling_params import RequestOutputKind

@@ -141,6 +141,7 @@ def say_first_kernel_builds(rollouts: RolloutGroup) -> None:
     if rollouts.lora_kernel_builds() == 0:
         print(
             "rlactors: first start of vLLM with LoRA on this machine: Triton builds its LoRA kernels while "
-            "vLLM starts (40-110 s on an H200; later starts load them from TRITON_CACHE_DIR)",
+            "vLLM starts and in the first steps with the adapter (tens of seconds on an H100 or H200; later starts "
+            "load them from TRITON_CACHE_DIR)",
             flush=True,
         )
