@@ -14,10 +14,11 @@
 #   bash benchmarks/gpu_session.sh agent-loop [ARGS]  # multi-turn episodes against single-turn, engine steps timed
 #   bash benchmarks/gpu_session.sh imports      # what `from vllm import LLM` costs, by package (-X importtime)
 #   bash benchmarks/gpu_session.sh entropy      # the learner's log-prob pass with and without TRL's entropy
+#   bash benchmarks/gpu_session.sh kernel-prebuild [ARGS]  # vLLM's LoRA kernels built in parallel processes, empty caches
 # Logs and JSON pieces go to $OUT; each stage prints its summary last. The embedded model is built
 # at /tmp/smollm2 on first use.
 set -uo pipefail
-stage=${1:?stage: first-step, first-step-1b, tests-a, tests-b, sync, round N, time-to-reward, profile-example, step-variants, agent-loop, imports or entropy}
+stage=${1:?stage: first-step, first-step-1b, tests-a, tests-b, sync, round N, time-to-reward, profile-example, step-variants, agent-loop, imports, entropy or kernel-prebuild}
 out=${OUT:-/tmp/gpu-session}
 model=/tmp/smollm2
 mkdir -p "$out"
@@ -99,5 +100,11 @@ case $stage in
     echo "entropy: exit $? after $(( $(date +%s) - start )) s"
     cp /tmp/rlactors-bench/entropy.json "$out/" 2>/dev/null
     tail -4 "$out/entropy.log" ;;
+  kernel-prebuild)
+    # extra arguments go to the benchmark: kernel-prebuild --processes 12 --tokens 1,16,17,256,257
+    timeout 500 python benchmarks/bench_kernel_prebuild.py --model $model "${@:2}" > "$out/kernel-prebuild.log" 2>&1
+    echo "kernel-prebuild: exit $? after $(( $(date +%s) - start )) s"
+    cp /tmp/rlactors-bench/kernel_prebuild.json "$out/" 2>/dev/null
+    grep -a -E '^\{' "$out/kernel-prebuild.log" | cut -c1-600 ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac
