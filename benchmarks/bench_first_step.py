@@ -4,6 +4,8 @@ each, in the order given (the first run on a fresh machine is the cold one).
 
     python benchmarks/bench_first_step.py --model /tmp/smollm2 [--steps 10] [--variants default,default,eager]
     python benchmarks/bench_first_step.py --shape llama-1b --tokenizer /tmp/smollm2   # the 1B benchmark's step
+    python benchmarks/bench_first_step.py --model /tmp/smollm2 --variants every_8,default --cold-triton
+        # each run with its own empty Triton cache, as on a fresh machine (vLLM's other caches stay)
 
 `--shape`: random weights in that shape (`common.SHAPES`, SmolLM2's tokenizer) and the GRPO step of
 `bench_rlactors.py` (16 prompts x 8 x 256 tokens, LoRA r=64 on all seven projections) on the
@@ -82,14 +84,14 @@ VARIANT_ENV: dict[str, dict[str, str]] = {
 }
 
 
-# vLLM's compilation settings instead of rlactors' defaults (full graphs without torch.compile, each
-# size captured once), with rlactors' graph sizes up to the step's batch and the run's KV cache
-# (the example's 1 GiB, or vLLM's share for --shape)
 def every_8(batch: int) -> list[int]:
     """vLLM's pattern of CUDA graph sizes (1, 2, 4, then every 8) up to `batch`: rlactors' until 2026-12-07."""
     return [1, 2, 4, *range(8, -(-batch // 8) * 8 + 1, 8)]
 
 
+# vLLM's compilation settings instead of rlactors' defaults (full graphs without torch.compile, each
+# size captured once), each with its graph sizes up to the step's batch, and the run's KV cache (the
+# example's 1 GiB, or vLLM's share for --shape)
 ENGINE_VARIANTS: dict[str, tuple[dict, Callable[[int], list[int]]]] = {
     # vLLM's torch.compile and piecewise graphs (full ones for decode batches): the default until 2026-12-01
     "compiled": ({}, graph_sizes),
