@@ -11,15 +11,13 @@ Each mode runs in its own process with its own empty Triton cache (as on a fresh
   `--max-lora-rank`) for token counts `--tokens` (Triton specializes an integer argument on 1, on
   multiples of 16 and on neither; vLLM's default kernel configs change at 128 tokens).
 Printed per mode: the engine's start, the first and second generation, and the LoRA kernel builds:
-all of them, and those the engine and the generations still built after the processes were done
-(0 means every kernel the engine needed was ready; the prebuild's shapes and calls then match
-vLLM's exactly).
+all of them, and those the generations still built (`built_by_generations`; with `prebuild`, 0
+and as few builds in all as `none` mean the processes built what vLLM needs, and only that).
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import multiprocessing
 import os
@@ -69,12 +67,9 @@ def build(work: list[tuple[int, tuple[int, ...], int]], rank: int, max_loras: in
     return imported - start, time.perf_counter() - imported
 
 
-def lora_builds(cache_dir: str) -> set[str]:
-    return {os.path.dirname(p) for p in glob.glob(os.path.join(cache_dir, "*", "_lora_*_kernel.cubin"))}
-
-
 def one_mode(args: argparse.Namespace) -> dict:
     from bench_bare import save_adapter
+    from common import prompts
 
     cache = os.environ["TRITON_CACHE_DIR"]
     start = time.perf_counter()
@@ -86,35 +81,29 @@ def one_mode(args: argparse.Namespace) -> dict:
         result = pool.starmap_async(build, [(g, args.max_lora_rank, 2) for g in groups if g])
     from rlactors.engine.spec import EngineSpec
     from rlactors.engine.vllm_engine import create_engine, folder_request, sample
+    from rlactors.engine.worker_env import lora_kernel_files
 
     llm = create_engine(EngineSpec(args.model, 512, 0.3, args.max_lora_rank, max_batch=64), kv_cache_memory_bytes=2**30)
-    engine_s = time.perf_counter() - start
-    out: dict = {"mode": args.mode, "engine_s": round(engine_s, 1)}
+    out: dict = {"mode": args.mode, "engine_s": round(time.perf_counter() - start, 1)}
     if result is not None:
         times = result.get()
+        pool.close()
         out["prebuild_done_s"] = round(time.perf_counter() - start, 1)
         out["prebuild_import_s"] = round(max(t[0] for t in times), 1)
         out["prebuild_build_s"] = round(max(t[1] for t in times), 1)
-        pool.close()
-        prebuilt = lora_builds(cache)
-        out["prebuilt"] = len(prebuilt)
-    before_generation = lora_builds(cache)
-    out["builds_by_engine_start"] = len(before_generation)
+    ready = set(lora_kernel_files(cache))
+    out["builds_before_generation"] = len(ready)
     request = folder_request("bench", 1, save_adapter(args.model, tempfile.mkdtemp(), args.max_lora_rank))
     tokenizer = llm.get_tokenizer()
-    from common import prompts
-
     ids = [tokenizer(p).input_ids for p in prompts(8)]
     for name in ("first_generation_s", "second_generation_s"):
         t = time.perf_counter()
         sample(llm, ids, n=8, max_tokens=32, temperature=1.0, top_p=1.0, lora_request=request)
         out[name] = round(time.perf_counter() - t, 2)
     out["to_second_generation_s"] = round(time.perf_counter() - start, 1)
-    final = lora_builds(cache)
+    final = set(lora_kernel_files(cache))
     out["builds"] = len(final)
-    out["built_by_generations"] = len(final - before_generation)
-    if result is not None:
-        out["built_after_prebuild"] = len(final - prebuilt)
+    out["built_by_generations"] = len(final - ready)
     return out
 
 

@@ -12,7 +12,6 @@ The engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): the LoRA tens
 from __future__ import annotations
 
 import contextlib
-import glob
 import inspect
 import os
 from collections.abc import Sequence
@@ -22,7 +21,7 @@ from rlactors.core.adapter import LoRAAdapter
 from rlactors.engine import lora_slots
 from rlactors.engine.samples import Sample, Turn
 from rlactors.engine.spec import EngineSpec, device_defaults, is_cuda
-from rlactors.engine.worker_env import triton_cache_dir
+from rlactors.engine.worker_env import lora_kernel_files, triton_cache_dir
 
 if TYPE_CHECKING:
     import torch
@@ -62,14 +61,11 @@ def vllm_version() -> str | None:
 
 
 def lora_kernel_builds() -> int | None:
-    """How many builds of vLLM's LoRA kernels (`_lora_shrink_kernel`, `_lora_expand_kernel`, one
-    per specialization) Triton's cache holds; None without CUDA (vLLM-CPU runs no Triton). On a
-    machine where vLLM never ran with LoRA it is 0, and the engine's start builds most of them, the
-    largest part of a first start: on an H200 the main example's engine started in 40 s building 11
-    of its 20, against 55 s building 25 of 29 before graphs were captured at multiples of 16 only."""
-    if not is_cuda():
-        return None
-    return len(glob.glob(os.path.join(triton_cache_dir(), "*", "_lora_*_kernel.cubin")))
+    """How many builds of vLLM's LoRA kernels Triton's cache holds; None without CUDA (vLLM-CPU
+    runs no Triton). 0 on a machine where vLLM never ran with LoRA: the engine's start then builds
+    most of them, the largest part of a first start (on an H200 the main example's engine started in
+    40 s building 11 of its 20)."""
+    return len(lora_kernel_files()) if is_cuda() else None
 
 
 def import_vllm() -> None:
@@ -310,10 +306,9 @@ class TurnStream:
     `LLM.generate` runs it), so that episodes of a multi-turn rollout advance independently:
     one waiting for its tools holds back no other. Every request samples one completion.
 
-    The `num_generations` episodes of one prompt are added together: vLLM caches a prompt's blocks
-    as it schedules them, so the copies scheduled in the same step reuse them. (Measured on vLLM-CPU
-    0.32, 16 requests of 257 tokens, 2 distinct: adding one of each first and the copies a step later
-    took 0.69-0.73 s against 0.65-0.70 s all at once.)"""
+    A prompt's `num_generations` copies are added together: vLLM caches its blocks as it schedules
+    them, so copies in the same step share the prefill (on vLLM-CPU, adding one copy a step ahead of
+    the rest was no faster)."""
 
     def __init__(self, llm: LLM, lora_request: LoRARequest | None, stop: str | None = None, **fields: Any):
         from vllm.sampling_params import RequestOutputKind
