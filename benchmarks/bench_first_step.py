@@ -72,6 +72,8 @@ VARIANTS: dict[str, list[str]] = {
     "shared_prompt": ["share_prompt_forward=true"],
     # vLLM in the driver process, imported while Ray starts and started beside the learner actor
     "driver_vllm": ["num_rollout_workers=0"],
+    # on a first start, vLLM builds its LoRA kernels one after another (no child processes building them)
+    "no_prebuild": ["vllm_prebuild_lora_kernels=false"],
 }
 # rlactors' defaults in another environment: Ray's own settings (`RAY_<name>`) for the local cluster it starts
 VARIANT_ENV: dict[str, dict[str, str]] = {

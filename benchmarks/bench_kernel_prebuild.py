@@ -1,25 +1,26 @@
-"""A fresh machine's first start: can vLLM's LoRA kernels be built in parallel processes while the
-engine starts, instead of one after another inside it? (CUDA only.)
+"""A fresh machine's first start: vLLM's LoRA kernels built in parallel processes
+(`rlactors.engine.worker_env.KernelPrebuild`) against vLLM building them one after another as it
+starts and in the first generations. (CUDA only.)
 
-    python benchmarks/bench_kernel_prebuild.py --model /tmp/smollm2 [--modes none,prebuild,none,prebuild]
+    python benchmarks/bench_kernel_prebuild.py --model /tmp/smollm2 [--modes none,prebuild_first,prebuild]
 
 Each mode runs in its own process with its own empty Triton cache (as on a fresh machine):
-- `none`: the engine as a rollout worker starts it (graphs up to 64 sequences), then two LoRA
-  generations of the example's size (8 prompts x 8 x 32 tokens);
-- `prebuild`: the same, with `--processes` spawned processes first calling vLLM's `lora_shrink` and
-  `lora_expand` on zero tensors of the model's LoRA shapes (q/k/v, o, gate/up, down at rank
-  `--max-lora-rank`) for token counts `--tokens` (Triton specializes an integer argument on 1, on
-  multiples of 16 and on neither; vLLM's default kernel configs change at 128 tokens).
-Printed per mode: the engine's start, the first and second generation, and the LoRA kernel builds:
-all of them, and those the generations still built (`built_by_generations`; with `prebuild`, 0
-and as few builds in all as `none` mean the processes built what vLLM needs, and only that).
+- `none`: vLLM imported, the engine started as a rollout worker starts it (graphs up to 64
+  sequences), then two LoRA generations of the example's size (8 prompts x 8 x 32 tokens);
+- `prebuild_first`: as a rollout worker starts on a fresh machine: `--processes` child processes
+  build the kernels (vLLM's shrink and expand ops on zero tensors of the model's LoRA shapes) while
+  vLLM is imported, and are waited for before the engine starts;
+- `prebuild`: the same children, waited for only after the engine has started (more overlap, but
+  they hold GPU memory while vLLM measures what is free).
+Printed per mode: the import, the engine's start, the first and second generation, and the LoRA
+kernel builds: all of them, and those the generations still built (`built_by_generations`; with a
+prebuild, 0 and as few builds in all as `none` mean the children built what vLLM needs, and only that).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import subprocess
 import sys
@@ -29,68 +30,27 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
-def lora_shapes(model_dir: str) -> list[tuple[int, tuple[int, ...]]]:
-    """(input size, output slices) of each LoRA layer kind vLLM makes for a Llama-like model:
-    q/k/v merged (three slices), o, gate/up merged (two), down."""
-    with open(os.path.join(model_dir, "config.json")) as f:
-        cfg = json.load(f)
-    hidden, inter, heads = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_attention_heads"]
-    head_dim = cfg.get("head_dim") or hidden // heads
-    q, kv = heads * head_dim, cfg.get("num_key_value_heads", heads) * head_dim
-    return [(hidden, (q, kv, kv)), (q, (hidden,)), (hidden, (inter, inter)), (inter, (hidden,))]
-
-
-def build(work: list[tuple[int, tuple[int, ...], int]], rank: int, max_loras: int) -> tuple[float, float]:
-    """In a spawned process: each (input size, output slices, tokens) through vLLM's shrink and
-    expand ops as `PunicaWrapperGPU.add_lora_linear` calls them (bf16 inputs and weights, a float32
-    buffer between). Returns (seconds to import, seconds to build)."""
-    start = time.perf_counter()
-    import torch
-    from vllm.lora.ops.triton_ops import LoRAKernelMeta, lora_expand, lora_shrink
-
-    imported = time.perf_counter()
-    device, dtype = torch.device("cuda"), torch.bfloat16
-    keep = []  # vLLM caches the weights' pointers and strides by address: no address may be reused
-    for in_size, slices, tokens in work:
-        a = tuple(torch.zeros(max_loras, 1, rank, in_size, dtype=dtype, device=device) for _ in slices)
-        b = tuple(torch.zeros(max_loras, 1, out, rank, dtype=dtype, device=device) for out in slices)
-        meta = LoRAKernelMeta.make(max_loras, tokens, device)
-        meta.prepare_tensors(torch.zeros(tokens, dtype=torch.int32, device=device))  # every token on LoRA 0
-        args = meta.meta_args(tokens, False)
-        x = torch.zeros(tokens, in_size, dtype=dtype, device=device)
-        y = torch.zeros(tokens, sum(slices), dtype=dtype, device=device)
-        buffer = torch.empty(len(slices), tokens, rank, dtype=torch.float32, device=device)
-        lora_shrink(x, a, buffer, *args, 1.0)
-        lora_expand(buffer, b, y, *args, offset_start=0, add_inputs=True)
-        keep += [a, b, meta, x, y, buffer]
-    torch.cuda.synchronize()
-    return imported - start, time.perf_counter() - imported
-
-
 def one_mode(args: argparse.Namespace) -> dict:
     from bench_bare import save_adapter
     from common import prompts
 
+    from rlactors.engine.spec import EngineSpec
+    from rlactors.engine.vllm_engine import create_engine, folder_request, import_vllm, sample
+    from rlactors.engine.worker_env import KernelPrebuild, lora_kernel_files
+
     cache = os.environ["TRITON_CACHE_DIR"]
     start = time.perf_counter()
-    pool = result = None
-    if args.mode == "prebuild":
-        work = [(i, s, t) for i, s in lora_shapes(args.model) for t in map(int, args.tokens.split(","))]
-        groups = [work[k :: args.processes] for k in range(args.processes)]
-        pool = multiprocessing.get_context("spawn").Pool(args.processes)
-        result = pool.starmap_async(build, [(g, args.max_lora_rank, 2) for g in groups if g])
-    from rlactors.engine.spec import EngineSpec
-    from rlactors.engine.vllm_engine import create_engine, folder_request, sample
-    from rlactors.engine.worker_env import lora_kernel_files
-
+    prebuild = None
+    if args.mode != "none":  # rlactors' rollout worker does this (`prebuild_first`) on a first start
+        prebuild = KernelPrebuild.start(args.model, args.max_lora_rank, processes=args.processes)
+    import_vllm()
+    out: dict = {"mode": args.mode, "import_s": round(time.perf_counter() - start, 1)}
+    if prebuild is not None and args.mode == "prebuild_first":
+        wait_for(prebuild, out, start)
     llm = create_engine(EngineSpec(args.model, 512, 0.3, args.max_lora_rank, max_batch=64), kv_cache_memory_bytes=2**30)
-    out: dict = {"mode": args.mode, "engine_s": round(time.perf_counter() - start, 1)}
-    if result is not None:
-        times = result.get()
-        pool.close()
-        out["prebuild_done_s"] = round(time.perf_counter() - start, 1)
-        out["prebuild_import_s"] = round(max(t[0] for t in times), 1)
-        out["prebuild_build_s"] = round(max(t[1] for t in times), 1)
+    out["engine_s"] = round(time.perf_counter() - start, 1)
+    if prebuild is not None and args.mode == "prebuild":
+        wait_for(prebuild, out, start)
     ready = set(lora_kernel_files(cache))
     out["builds_before_generation"] = len(ready)
     request = folder_request("bench", 1, save_adapter(args.model, tempfile.mkdtemp(), args.max_lora_rank))
@@ -107,13 +67,18 @@ def one_mode(args: argparse.Namespace) -> dict:
     return out
 
 
+def wait_for(prebuild, out: dict, start: float) -> None:
+    """Waits for the prebuild's processes; records when they were done and how many finished cleanly."""
+    out["prebuild_clean"] = f"{prebuild.wait()}/{len(prebuild.children)}"
+    out["prebuild_done_s"] = round(time.perf_counter() - start, 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="models/smollm2")
-    parser.add_argument("--modes", default="none,prebuild,none,prebuild")
+    parser.add_argument("--modes", default="none,prebuild_first,none,prebuild_first")
     parser.add_argument("--mode", help=argparse.SUPPRESS)  # one mode, in this process
     parser.add_argument("--processes", type=int, default=8)
-    parser.add_argument("--tokens", default="1,16,17,256,257", help="token counts the kernels are built for")
     parser.add_argument("--max-lora-rank", type=int, default=64)
     args = parser.parse_args()
     if args.mode:

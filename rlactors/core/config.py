@@ -225,6 +225,12 @@ class GRPOConfig(BaseModel):
         "(vLLM sleep level 1: weights to host memory, KV cache dropped), so the step's peak is the larger phase, "
         "not their sum; costs an offload and a reload per step. CUDA only: on CPU it changes nothing",
     )
+    vllm_prebuild_lora_kernels: bool = Field(
+        True,
+        description="a machine's first start (no LoRA kernels in Triton's cache): child processes build vLLM's LoRA "
+        "kernels while each rollout worker imports vLLM, instead of vLLM building them one after another as it starts. "
+        "CUDA only; later starts load them from TRITON_CACHE_DIR",
+    )
 
     # run
     max_steps: int | None = Field(20, gt=0, description="training steps; null: from num_train_epochs")

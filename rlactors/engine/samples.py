@@ -3,7 +3,9 @@ fills them); and the seeding that makes its draws repeatable."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass
@@ -44,3 +46,15 @@ def seed_sampling(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
+
+
+def token_logprobs(entries: Any, token_ids: Sequence[int]) -> list[float]:
+    """The log-prob of each chosen token, from vLLM's flat lists (`FlatLogprobs`) or per-position dicts."""
+    if entries is None:
+        return [0.0] * len(token_ids)
+    if hasattr(entries, "start_indices"):  # FlatLogprobs: with logprobs=0, one entry per position
+        starts, values, ids = entries.start_indices, entries.logprobs, entries.token_ids
+        if any(ids[s] != tok for s, tok in zip(starts, token_ids)):
+            raise RuntimeError("vLLM's flat log-probs do not line up with the sampled tokens")
+        return [float(values[s]) for s in starts]
+    return [float(entries[i][tok].logprob) for i, tok in enumerate(token_ids)]

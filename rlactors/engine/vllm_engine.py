@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from rlactors.core.adapter import LoRAAdapter
 from rlactors.engine import lora_slots
-from rlactors.engine.samples import Sample, Turn
+from rlactors.engine.samples import Sample, Turn, token_logprobs
 from rlactors.engine.spec import EngineSpec, device_defaults, is_cuda
-from rlactors.engine.worker_env import lora_kernel_files, triton_cache_dir
+from rlactors.engine.worker_env import triton_cache_dir
 
 if TYPE_CHECKING:
     import torch
@@ -58,14 +58,6 @@ def vllm_version() -> str | None:
         with contextlib.suppress(PackageNotFoundError):
             return version(dist)
     return None
-
-
-def lora_kernel_builds() -> int | None:
-    """How many builds of vLLM's LoRA kernels Triton's cache holds; None without CUDA (vLLM-CPU
-    runs no Triton). 0 on a machine where vLLM never ran with LoRA: the engine's start then builds
-    most of them, the largest part of a first start (on an H200 the main example's engine started in
-    40 s building 11 of its 20)."""
-    return len(lora_kernel_files()) if is_cuda() else None
 
 
 def import_vllm() -> None:
@@ -119,6 +111,29 @@ def create_engine(spec: EngineSpec, **engine_kwargs: Any) -> LLM:
     if not is_cuda():
         _use_grouped_cpu_lora_ops()
     return LLM(**kwargs)
+
+
+def build_lora_kernels(work: list[tuple[int, list[int], int]], max_lora_rank: int, max_loras: int) -> None:
+    """Runs vLLM's LoRA shrink and expand ops once per (input size, output slices, tokens) of `work`
+    on zero tensors, as `PunicaWrapperGPU.add_lora_linear` calls them, so that Triton builds their
+    kernels into its cache (`worker_env.KernelPrebuild` runs this in child processes; CUDA only)."""
+    import torch
+    from vllm.lora.ops.triton_ops import LoRAKernelMeta, lora_expand, lora_shrink
+
+    cuda, bf16 = torch.device("cuda"), torch.bfloat16
+    keep = []  # vLLM caches the weights' pointers by address: no address may be reused
+    for size, slices, tokens in work:
+        a = tuple(torch.zeros(max_loras, 1, max_lora_rank, size, dtype=bf16, device=cuda) for _ in slices)
+        b = tuple(torch.zeros(max_loras, 1, out, max_lora_rank, dtype=bf16, device=cuda) for out in slices)
+        meta = LoRAKernelMeta.make(max_loras, tokens, cuda)
+        meta.prepare_tensors(torch.zeros(tokens, dtype=torch.int32, device=cuda))  # every token on LoRA 0
+        x = torch.zeros(tokens, size, dtype=bf16, device=cuda)
+        y = torch.zeros(tokens, sum(slices), dtype=bf16, device=cuda)
+        buffer = torch.empty(len(slices), tokens, max_lora_rank, dtype=torch.float32, device=cuda)
+        lora_shrink(x, a, buffer, *meta.meta_args(tokens, False), 1.0)
+        lora_expand(buffer, b, y, *meta.meta_args(tokens, False), offset_start=0, add_inputs=True)
+        keep += [a, b, meta, x, y, buffer]
+    torch.cuda.synchronize()
 
 
 def _use_grouped_cpu_lora_ops() -> None:
@@ -289,7 +304,7 @@ def sample(
                     prompt_index=index,
                     prompt_token_ids=list(out.prompt_token_ids),
                     completion_token_ids=ids,
-                    logprobs=_token_logprobs(completion.logprobs, ids),
+                    logprobs=token_logprobs(completion.logprobs, ids),
                     text=completion.text,
                     finish_reason=completion.finish_reason,
                 )
@@ -346,7 +361,7 @@ class TurnStream:
             key = self.pending.pop(out.request_id.split("-", 1)[0])
             completion = out.outputs[0]
             ids = list(completion.token_ids)
-            done.append(Turn(key, ids, _token_logprobs(completion.logprobs, ids), completion.finish_reason))
+            done.append(Turn(key, ids, token_logprobs(completion.logprobs, ids), completion.finish_reason))
         return done
 
 
@@ -368,18 +383,6 @@ def _has_field(name: str) -> bool:
     from vllm import SamplingParams as Params
 
     return name in (getattr(Params, "__struct_fields__", None) or getattr(Params, "__dataclass_fields__", {}))
-
-
-def _token_logprobs(entries: Any, token_ids: Sequence[int]) -> list[float]:
-    """The log-prob of each chosen token, from vLLM's flat lists or per-position dicts."""
-    if entries is None:
-        return [0.0] * len(token_ids)
-    if hasattr(entries, "start_indices"):  # FlatLogprobs: with logprobs=0, one entry per position
-        starts, values, ids = entries.start_indices, entries.logprobs, entries.token_ids
-        if any(ids[s] != tok for s, tok in zip(starts, token_ids)):
-            raise RuntimeError("vLLM's flat log-probs do not line up with the sampled tokens")
-        return [float(values[s]) for s in starts]
-    return [float(entries[i][tok].logprob) for i, tok in enumerate(token_ids)]
 
 
 def prompt_logprobs(

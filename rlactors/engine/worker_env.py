@@ -1,10 +1,21 @@
 """What a rollout worker's process sets up around vLLM without importing it: where vLLM's log
-lines go, and where Triton keeps the GPU kernels it builds for vLLM."""
+lines go, where Triton keeps the GPU kernels it builds for vLLM, and building vLLM's LoRA kernels
+in parallel processes on a machine's first start (`KernelPrebuild`)."""
 
 from __future__ import annotations
 
 import glob
+import json
 import os
+import subprocess
+import sys
+import time
+
+from rlactors.engine.spec import EngineSpec, is_cuda
+
+# Token counts to build each LoRA kernel for: Triton specializes an integer argument on 1, on
+# multiples of 16 and on neither; vLLM's default kernel configs change at 128 tokens.
+PREBUILD_TOKENS = (1, 16, 17, 256, 257)
 
 
 def log_to_stderr() -> None:
@@ -30,3 +41,70 @@ def lora_kernel_files(cache_dir: str | None = None) -> list[str]:
     """The builds of vLLM's LoRA kernels (`_lora_shrink_kernel`, `_lora_expand_kernel`, one per
     specialization) in Triton's cache (`cache_dir`, else `triton_cache_dir()`)."""
     return glob.glob(os.path.join(cache_dir or triton_cache_dir(), "*", "_lora_*_kernel.cubin"))
+
+
+def lora_kernel_builds() -> int | None:
+    """How many builds of vLLM's LoRA kernels Triton's cache holds; None without CUDA (vLLM-CPU
+    runs no Triton). 0 on a machine where vLLM never ran with LoRA: the engine's start then builds
+    most of them, the largest part of a first start (on an H200 the main example's engine started in
+    40 s building 11 of its 20)."""
+    return len(lora_kernel_files()) if is_cuda() else None
+
+
+def lora_layer_shapes(model_dir: str) -> list[tuple[int, tuple[int, ...]]]:
+    """(input size, output slices) of each LoRA layer vLLM makes for a Llama-like decoder (q/k/v
+    merged, o, gate/up merged, down), from its config.json; [] for a model of another shape."""
+    try:
+        with open(os.path.join(model_dir, "config.json")) as f:
+            cfg = json.load(f)
+        hidden, inter, heads = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_attention_heads"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    if any(key in cfg for key in ("num_experts", "num_local_experts", "n_routed_experts")):
+        return []  # MoE: vLLM's fused MoE LoRA kernels, not these
+    head_dim = cfg.get("head_dim") or hidden // heads
+    q, kv = heads * head_dim, (cfg.get("num_key_value_heads") or heads) * head_dim
+    return [(hidden, (q, kv, kv)), (q, (hidden,)), (hidden, (inter, inter)), (inter, (hidden,))]
+
+
+class KernelPrebuild:
+    """vLLM's LoRA kernels built by child processes, each calling vLLM's shrink and expand
+    ops (`rlactors.engine.vllm_engine.build_lora_kernels`) on zero tensors of the model's LoRA shapes:
+    on a machine's first start the engine otherwise builds them one after another. Started before
+    the worker imports vLLM and waited for before the engine starts, so the builds overlap the import
+    and the children are gone before vLLM measures the GPU's free memory. A child that fails costs
+    nothing but time: the engine builds what is missing, as without it."""
+
+    def __init__(self, children: list[subprocess.Popen]):
+        self.children = children
+        self.started = time.perf_counter()
+
+    @classmethod
+    def start(
+        cls, model_dir: str, max_lora_rank: int, deterministic: bool = False, processes: int | None = None
+    ) -> KernelPrebuild | None:
+        """A `KernelPrebuild` of running children (building into `triton_cache_dir()`, which the caller
+        saw empty of LoRA kernels), or None for a model whose LoRA shapes are not known here.
+        `processes`: None for 8, or half the machine's cores where it has fewer than 16."""
+        processes = processes or max(1, min(8, (os.cpu_count() or 2) // 2))
+        work = [(size, slices, tokens) for size, slices in lora_layer_shapes(model_dir) for tokens in PREBUILD_TOKENS]
+        if not work:
+            return None
+        env = {**os.environ, "TRITON_CACHE_DIR": triton_cache_dir()}
+        if deterministic:  # the batch-invariant shrink kernel, as `create_engine` will ask vLLM for
+            env["VLLM_BATCH_INVARIANT"] = "1"
+        code = "import json, sys, rlactors.engine.vllm_engine as e; e.build_lora_kernels(*json.loads(sys.argv[1]))"
+        parts = [[work[k::processes], max_lora_rank, EngineSpec.max_loras] for k in range(min(processes, len(work)))]
+        return cls([subprocess.Popen([sys.executable, "-c", code, json.dumps(part)], env=env) for part in parts])
+
+    def wait(self, timeout: float = 180.0) -> int:
+        """Waits for the children (killing any still running after `timeout` seconds from the start);
+        returns how many finished cleanly."""
+        done = 0
+        for child in self.children:
+            try:
+                done += child.wait(max(0.0, timeout - (time.perf_counter() - self.started))) == 0
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        return done

@@ -17,6 +17,7 @@ from rlactors.core.records import RolloutBatch
 from rlactors.core.timing import timed
 from rlactors.engine import vllm_engine as engine
 from rlactors.engine.samples import seed_sampling
+from rlactors.engine.worker_env import KernelPrebuild, lora_kernel_builds
 from rlactors.engine.worker_env import log_to_stderr as vllm_log_to_stderr
 from rlactors.loader.fast_language_model import load_engine, resolve_dtype
 from rlactors.loader.model_files import resolve_model_path
@@ -66,12 +67,16 @@ class RolloutWorker(WorkerProcess):
     def build(self) -> int:
         """Starts the vLLM engine (unless given one); returns this process's pid (for fault injection and logs)."""
         if self._engine is None:
+            prebuild = self._start_kernel_prebuild()
             with timed(self.startup, "import vLLM"):
                 engine.import_vllm()
-            cached = engine.lora_kernel_builds()
+            if prebuild is not None:
+                with timed(self.startup, f"LoRA kernels ({len(prebuild.children)} processes)"):
+                    prebuild.wait()
+            cached = lora_kernel_builds()
             with timed(self.startup, "engine"):
                 self._engine = self._start_engine()
-            built = (engine.lora_kernel_builds() or 0) - (cached or 0)
+            built = (lora_kernel_builds() or 0) - (cached or 0)
             if built > 0:  # a first start on this machine: the console's start-up line says why it was long
                 kernels = f"{built} LoRA kernel{'s' if built > 1 else ''}"
                 self.startup[f"engine (Triton built {kernels})"] = self.startup.pop("engine")
@@ -83,7 +88,15 @@ class RolloutWorker(WorkerProcess):
     def lora_kernel_builds(self) -> int | None:
         """Builds of vLLM's LoRA kernels in Triton's cache on this worker's machine, before the engine
         this worker will start; None where it starts none (a caller's engine, or no CUDA)."""
-        return engine.lora_kernel_builds() if self._engine is None else None
+        return lora_kernel_builds() if self._engine is None else None
+
+    def _start_kernel_prebuild(self) -> KernelPrebuild | None:
+        """A machine's first start (no LoRA kernels in Triton's cache): child processes build vLLM's
+        LoRA kernels while this one imports vLLM (`KernelPrebuild`)."""
+        cfg = self.config
+        if not cfg.vllm_prebuild_lora_kernels or lora_kernel_builds() != 0:
+            return None
+        return KernelPrebuild.start(resolve_model_path(cfg.model_name), cfg.max_lora_rank, cfg.deterministic_generation)
 
     def _start_engine(self) -> Any:
         use_all_cores()

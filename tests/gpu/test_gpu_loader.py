@@ -99,3 +99,16 @@ def test_merged_4bit_forced_folder_reloads_with_the_adapter_merged(model_dir, tm
     # for this random-weight model); the base without the adapter is further still
     assert to_trained < QLORA_MEAN_TOL
     assert to_base > 1.5 * to_trained, "the adapter was not merged"
+
+
+def test_child_processes_build_the_lora_kernels_into_an_empty_triton_cache(model_dir, tmp_path, monkeypatch):
+    """A machine's first start: `KernelPrebuild`'s children each finish cleanly and leave builds of
+    vLLM's LoRA kernels (shrink and expand, at 1, 16, 17, 256 and 257 tokens) in Triton's cache.
+    (`benchmarks/bench_kernel_prebuild.py` measures that the engine then builds none of them itself.)"""
+    from rlactors.engine.worker_env import KernelPrebuild, lora_kernel_builds
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    assert lora_kernel_builds() == 0
+    prebuild = KernelPrebuild.start(model_dir, 64)
+    assert prebuild.wait() == len(prebuild.children) == 8
+    assert lora_kernel_builds() >= 10

@@ -90,18 +90,18 @@ def test_a_first_start_says_triton_builds_the_lora_kernels(monkeypatch, tmp_path
     from types import SimpleNamespace
 
     from rlactors.core.config import GRPOConfig
-    from rlactors.engine import vllm_engine
+    from rlactors.engine import vllm_engine, worker_env
     from rlactors.trainer.launch import say_first_kernel_builds
     from rlactors.workers.rollout import RolloutWorker
 
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
-    assert vllm_engine.lora_kernel_builds() is None  # no CUDA, no Triton: nothing to say
-    monkeypatch.setattr(vllm_engine, "is_cuda", lambda: True)
-    assert vllm_engine.lora_kernel_builds() == 0
+    assert worker_env.lora_kernel_builds() is None  # no CUDA, no Triton: nothing to say
+    monkeypatch.setattr(worker_env, "is_cuda", lambda: True)
+    assert worker_env.lora_kernel_builds() == 0
     for name in ("a/_lora_shrink_kernel.cubin", "b/_lora_expand_kernel.cubin", "c/other_kernel.cubin"):
         (tmp_path / name).parent.mkdir()
         (tmp_path / name).write_bytes(b"")
-    assert vllm_engine.lora_kernel_builds() == 2
+    assert worker_env.lora_kernel_builds() == 2
 
     for cached, said in ((0, True), (2, False), (None, False)):
         say_first_kernel_builds(SimpleNamespace(lora_kernel_builds=lambda cached=cached: cached))
@@ -120,6 +120,86 @@ def test_a_first_start_says_triton_builds_the_lora_kernels(monkeypatch, tmp_path
     worker.build()
     assert list(worker.startup_phases()) == ["import vLLM", "engine (Triton built 1 LoRA kernel)"]
     assert worker.lora_kernel_builds() is None  # its engine is up: nothing more to build
+
+
+def test_a_first_start_builds_the_lora_kernels_in_child_processes_while_vllm_is_imported(monkeypatch, tmp_path):
+    """An empty Triton cache on CUDA: the rollout worker starts the children before it imports vLLM
+    and waits for them before the engine starts; with kernels in the cache, or the config's switch
+    off, it starts none. (No CUDA here: the children are stood in for; the GPU tests build for real.)"""
+    from types import SimpleNamespace
+
+    from rlactors.core.config import GRPOConfig
+    from rlactors.engine import vllm_engine, worker_env
+    from rlactors.workers import rollout
+    from rlactors.workers.rollout import RolloutWorker
+
+    events = []
+
+    class Children:
+        children = (None, None)
+
+        @classmethod
+        def start(cls, model_dir, max_lora_rank, deterministic):
+            events.append(("start", model_dir, max_lora_rank, deterministic))
+            return cls()
+
+        def wait(self):
+            events.append("wait")
+
+    tokenizer = SimpleNamespace(pad_token_id=0, eos_token_id=0)
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(worker_env, "is_cuda", lambda: True)
+    monkeypatch.setattr(rollout, "KernelPrebuild", Children)
+    monkeypatch.setattr(vllm_engine, "import_vllm", lambda: events.append("import"))
+    monkeypatch.setattr(
+        RolloutWorker,
+        "_start_engine",
+        lambda self: events.append("engine") or SimpleNamespace(get_tokenizer=lambda: tokenizer),
+    )
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    for switch, cached, expected in ((True, False, True), (False, False, False), (True, True, False)):
+        events.clear()
+        if cached:
+            (tmp_path / "a").mkdir()
+            (tmp_path / "a" / "_lora_shrink_kernel.cubin").write_bytes(b"")
+        config = GRPOConfig(model_name=str(model), vllm_prebuild_lora_kernels=switch, output_dir=str(tmp_path / "run"))
+        worker = RolloutWorker(config)
+        worker.build()
+        started = [("start", str(model), config.max_lora_rank, False), "import", "wait", "engine"]
+        assert events == (started if expected else ["import", "engine"])
+        assert ("LoRA kernels (2 processes)" in worker.startup_phases()) == expected
+
+
+def test_the_children_build_each_lora_layer_shape_and_are_killed_past_their_time(tmp_path):
+    """The LoRA shapes vLLM makes for the embedded SmolLM2 (Llama) come from its config, split among
+    the children; a child still running after the timeout is killed and counts as not clean."""
+    import json
+    import os
+
+    from rlactors.engine.worker_env import KernelPrebuild, lora_layer_shapes
+
+    model = os.environ.get("RLACTORS_SMOLLM2_DIR", "models/smollm2")
+    # hidden 576, 9 query heads and 3 key/value heads of 64, MLP 1536
+    assert lora_layer_shapes(model) == [(576, (576, 192, 192)), (576, (576,)), (576, (1536, 1536)), (1536, (576,))]
+    (tmp_path / "config.json").write_text(
+        json.dumps({"hidden_size": 8, "intermediate_size": 8, "num_attention_heads": 2, "num_local_experts": 4})
+    )
+    assert lora_layer_shapes(str(tmp_path)) == []  # MoE: other kernels
+    assert lora_layer_shapes(str(tmp_path / "missing")) == []
+    assert KernelPrebuild.start(str(tmp_path), 8) is None
+
+    prebuild = KernelPrebuild.start(model, 8, processes=3)
+    assert len(prebuild.children) == 3
+    parts = [json.loads(child.args[-1]) for child in prebuild.children]  # [work, rank, max_loras] each
+    work = sorted((size, tuple(slices), tokens) for part in parts for size, slices, tokens in part[0])
+    every = sorted(
+        (size, slices, tokens) for size, slices in lora_layer_shapes(model) for tokens in (1, 16, 17, 256, 257)
+    )
+    assert work == every and {(part[1], part[2]) for part in parts} == {(8, 2)}
+    assert prebuild.wait(timeout=0.0) == 0  # importing vLLM takes longer: each child killed
+    assert all(child.returncode is not None for child in prebuild.children)
 
 
 def test_vllm_in_this_process_is_awaited_only_once_the_learners_are_asked_for(monkeypatch, capsys):
