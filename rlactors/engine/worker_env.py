@@ -9,7 +9,9 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from typing import IO
 
 from rlactors.engine.spec import EngineSpec, is_cuda
 
@@ -75,8 +77,8 @@ class KernelPrebuild:
     and the children are gone before vLLM measures the GPU's free memory. A child that fails costs
     nothing but time: the engine builds what is missing, as without it."""
 
-    def __init__(self, children: list[subprocess.Popen]):
-        self.children = children
+    def __init__(self, children: list[subprocess.Popen], logs: list[IO[bytes]]):
+        self.children, self.logs = children, logs
         self.started = time.perf_counter()
 
     @classmethod
@@ -95,16 +97,28 @@ class KernelPrebuild:
             env["VLLM_BATCH_INVARIANT"] = "1"
         code = "import json, sys, rlactors.engine.vllm_engine as e; e.build_lora_kernels(*json.loads(sys.argv[1]))"
         parts = [[work[k::processes], max_lora_rank, EngineSpec.max_loras] for k in range(min(processes, len(work)))]
-        return cls([subprocess.Popen([sys.executable, "-c", code, json.dumps(part)], env=env) for part in parts])
+        logs = [tempfile.TemporaryFile() for _ in parts]  # a child's vLLM warnings and errors, said only if it fails
+        children = [
+            subprocess.Popen([sys.executable, "-c", code, json.dumps(part)], env=env, stdout=log, stderr=log)
+            for part, log in zip(parts, logs)
+        ]
+        return cls(children, logs)
 
     def wait(self, timeout: float = 180.0) -> int:
-        """Waits for the children (killing any still running after `timeout` seconds from the start);
-        returns how many finished cleanly."""
+        """Waits for the children (killing any still running `timeout` seconds after the start);
+        returns how many finished cleanly. A failed child's last output lines go to stderr."""
         done = 0
-        for child in self.children:
+        for child, log in zip(self.children, self.logs):
             try:
-                done += child.wait(max(0.0, timeout - (time.perf_counter() - self.started))) == 0
+                code = child.wait(max(0.0, timeout - (time.perf_counter() - self.started)))
             except subprocess.TimeoutExpired:
                 child.kill()
+                code = f"killed after {timeout:.0f} s"
                 child.wait()
+            done += code == 0
+            if code != 0:
+                log.seek(0)
+                tail = log.read().decode(errors="replace").strip().splitlines()[-3:]
+                print(f"rlactors: a LoRA kernel prebuild process ended ({code}): {' | '.join(tail)}", file=sys.stderr)
+            log.close()
         return done

@@ -172,7 +172,7 @@ def test_a_first_start_builds_the_lora_kernels_in_child_processes_while_vllm_is_
         assert ("LoRA kernels (2 processes)" in worker.startup_phases()) == expected
 
 
-def test_the_children_build_each_lora_layer_shape_and_are_killed_past_their_time(tmp_path):
+def test_the_children_build_each_lora_layer_shape_and_are_killed_past_their_time(tmp_path, capsys):
     """The LoRA shapes vLLM makes for the embedded SmolLM2 (Llama) come from its config, split among
     the children; a child still running after the timeout is killed and counts as not clean."""
     import json
@@ -200,6 +200,7 @@ def test_the_children_build_each_lora_layer_shape_and_are_killed_past_their_time
     assert work == every and {(part[1], part[2]) for part in parts} == {(8, 2)}
     assert prebuild.wait(timeout=0.0) == 0  # importing vLLM takes longer: each child killed
     assert all(child.returncode is not None for child in prebuild.children)
+    assert capsys.readouterr().err.count("a LoRA kernel prebuild process ended (killed after 0 s)") == 3
 
 
 def test_vllm_in_this_process_is_awaited_only_once_the_learners_are_asked_for(monkeypatch, capsys):
