@@ -104,8 +104,11 @@ def test_a_first_start_says_triton_builds_the_lora_kernels(monkeypatch, tmp_path
     assert worker_env.lora_kernel_builds() == 2
 
     for cached, said in ((0, True), (2, False), (None, False)):
-        say_first_kernel_builds(SimpleNamespace(lora_kernel_builds=lambda cached=cached: cached))
-        assert ("Triton builds its LoRA kernels" in capsys.readouterr().out) == said
+        say_first_kernel_builds(SimpleNamespace(lora_kernel_builds=lambda cached=cached: cached), prebuild=True)
+        out = capsys.readouterr().out
+        assert ("Triton builds its LoRA kernels, in child processes while vLLM is imported" in out) == said
+    say_first_kernel_builds(SimpleNamespace(lora_kernel_builds=lambda: 0), prebuild=False)
+    assert "Triton builds its LoRA kernels, as vLLM starts" in capsys.readouterr().out
 
     def start(self):  # the engine's start, building one more kernel
         (tmp_path / "d").mkdir()
