@@ -93,6 +93,7 @@ class KernelPrebuild:
         if not work:
             return None
         env = {**os.environ, "TRITON_CACHE_DIR": triton_cache_dir()}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, sys.path))  # a Ray job's working_dir is on it, not in the env
         if deterministic:  # the batch-invariant shrink kernel, as `create_engine` will ask vLLM for
             env["VLLM_BATCH_INVARIANT"] = "1"
         code = "import json, sys, rlactors.engine.vllm_engine as e; e.build_lora_kernels(*json.loads(sys.argv[1]))"
