@@ -101,7 +101,7 @@ case $stage in
     cp /tmp/rlactors-bench/entropy.json "$out/" 2>/dev/null
     tail -4 "$out/entropy.log" ;;
   kernel-prebuild)
-    # extra arguments go to the benchmark: kernel-prebuild --processes 12 --tokens 1,16,17,256,257
+    # extra arguments go to the benchmark: kernel-prebuild --modes none,prebuild_first --processes 12
     timeout 570 python benchmarks/bench_kernel_prebuild.py --model $model "${@:2}" > "$out/kernel-prebuild.log" 2>&1
     echo "kernel-prebuild: exit $? after $(( $(date +%s) - start )) s"
     cp /tmp/rlactors-bench/kernel_prebuild.json "$out/" 2>/dev/null

@@ -113,15 +113,15 @@ class KernelPrebuild:
         done = 0
         for child, log in zip(self.children, self.logs):
             try:
-                code = child.wait(max(0.0, timeout - (time.perf_counter() - self.started)))
+                ended = f"{child.wait(max(0.0, timeout - (time.perf_counter() - self.started)))}"
             except subprocess.TimeoutExpired:
                 child.kill()
-                code = f"killed after {timeout:.0f} s"
                 child.wait()
-            done += code == 0
-            if code != 0:
+                ended = f"killed after {timeout:.0f} s"
+            done += ended == "0"
+            if ended != "0":
                 log.seek(0)
                 tail = log.read().decode(errors="replace").strip().splitlines()[-3:]
-                print(f"rlactors: a LoRA kernel prebuild process ended ({code}): {' | '.join(tail)}", file=sys.stderr)
+                print(f"rlactors: a LoRA kernel prebuild process ended ({ended}): {' | '.join(tail)}", file=sys.stderr)
             log.close()
         return done

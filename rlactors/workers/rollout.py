@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from rlactors.agent.episodes import AgentSpec, Episode
@@ -96,12 +97,17 @@ class RolloutWorker(WorkerProcess):
         cfg = self.config
         if not cfg.vllm_prebuild_lora_kernels or lora_kernel_builds() != 0:
             return None
-        return KernelPrebuild.start(resolve_model_path(cfg.model_name), cfg.max_lora_rank, cfg.deterministic_generation)
+        return KernelPrebuild.start(self._model_path, cfg.max_lora_rank, cfg.deterministic_generation)
+
+    @cached_property
+    def _model_path(self) -> str:
+        """The model's local folder, resolved (a hub id downloaded) once for the prebuild and the engine."""
+        return resolve_model_path(self.config.model_name)
 
     def _start_engine(self) -> Any:
         use_all_cores()
         cfg = self.config
-        path = resolve_model_path(cfg.model_name)
+        path = self._model_path
         dtype = resolve_dtype(None if cfg.dtype == "auto" else cfg.dtype)
         try:
             return load_engine(
