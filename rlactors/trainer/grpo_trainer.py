@@ -111,7 +111,9 @@ class GRPOTrainer(Evaluating, TrainerAPI):
         # imports the start's modules, then vLLM if in this process, then loads the prompts
         pool = ThreadPoolExecutor(1, thread_name_prefix="rlactors-prompts")
         imports = pool.submit(import_start_modules)
-        self.vllm_import = pool.submit(import_vllm) if self.config.num_rollout_workers == 0 else None
+        callers_engine = self.source.in_process and self.source.engine is not None
+        kernels_for = None if callers_engine else self.config  # the engine to start here: children build its kernels
+        self.vllm_import = pool.submit(import_vllm, kernels_for) if self.config.num_rollout_workers == 0 else None
         prompts = pool.submit(self._prepare_prompts)
         pool.shutdown(wait=False)
         with self.clock.phase("Ray"):

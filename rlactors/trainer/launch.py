@@ -64,7 +64,8 @@ def start_workers(
 ) -> Workers:
     """Builds the learner group, the rollout group (`agent`: the AgentSpec or None) and the reward
     models' actors (`rlactors.distributed.reward_models`), these with the learners. `vllm_import`:
-    vLLM's import for an engine in this process, still running (awaited once the learners are asked for)."""
+    vLLM's import for an engine in this process, still running (awaited once the learners are asked
+    for); its result: the children building that engine's LoRA kernels, or None."""
     learner_cls = partial(LearnerWorker, model=source.model) if source.in_process else LearnerWorker
     rollout_cls = partial(RolloutWorker, engine=source.engine) if source.in_process else RolloutWorker
     source.release()
@@ -84,7 +85,7 @@ def start_workers(
             loading.result()
         return pids
 
-    extra = {"agent": agent} if agent is not None else {}
+    extra: dict[str, Any] = {"agent": agent} if agent is not None else {}
 
     def rollout_group(share: float) -> RolloutGroup:
         config = cfg.model_copy(update={"gpu_memory_utilization": share})
@@ -94,10 +95,12 @@ def start_workers(
     vllm_said = f"starting vLLM in {max(1, cfg.num_rollout_workers)} rollout worker(s)"
     waited: dict[str, float] = {}
 
-    def imported() -> None:  # what is left of vLLM's import in this process
+    def imported() -> None:  # what is left of vLLM's import in this process, and its kernels' children
         if vllm_import is not None:
             with timed(waited, "import vLLM"):
-                vllm_import.result()
+                prebuild = vllm_import.result()
+            if prebuild is not None:
+                extra["prebuild"] = prebuild
 
     if cfg.gpu_memory_utilization == "auto" or not (layout.learner or layout.rollout):
         # both in this process (tests, a caller's model): one after the other

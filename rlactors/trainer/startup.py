@@ -14,8 +14,13 @@ import importlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from rlactors.core.timing import timed
+
+if TYPE_CHECKING:
+    from rlactors.core.config import GRPOConfig
+    from rlactors.engine.worker_env import KernelPrebuild
 
 
 class StartupClock:
@@ -81,7 +86,17 @@ def import_start_modules() -> None:
         importlib.import_module(name)
 
 
-def import_vllm() -> None:
+def import_vllm(config: GRPOConfig | None = None) -> KernelPrebuild | None:
     """vLLM, where it runs in this process (`num_rollout_workers: 0`): its import, the longest part of
-    a rollout worker's start, then runs beside Ray's start and the learners' load."""
+    a rollout worker's start, then runs beside Ray's start and the learners' load. With `config` (the
+    engine is this run's to start), on a machine's first start the children that build vLLM's LoRA
+    kernels start before the import, as a rollout actor starts them, and are returned for the engine
+    to wait for; not with `gpu_memory_utilization: auto`, whose measure of the learner's free memory
+    they would shrink, nor for a hub id (resolved by the worker)."""
+    prebuild = None
+    if config is not None and config.gpu_memory_utilization != "auto":
+        files = importlib.import_module("rlactors.loader.model_files")
+        rollout = importlib.import_module("rlactors.workers.rollout")
+        prebuild = rollout.start_kernel_prebuild(config, lambda: files.local_model_path(config.model_name))
     importlib.import_module("rlactors.engine.vllm_engine").import_vllm()
+    return prebuild

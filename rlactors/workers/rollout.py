@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -46,17 +47,37 @@ class EngineStartError(RuntimeError):
     """vLLM did not start in a rollout worker; the message quotes vLLM's reason."""
 
 
+def start_kernel_prebuild(config: GRPOConfig, model_dir: Callable[[], str | None]) -> KernelPrebuild | None:
+    """A machine's first start (CUDA, no LoRA kernels in Triton's cache): child processes that build
+    vLLM's LoRA kernels while this process imports vLLM (`KernelPrebuild`). None otherwise, with the
+    config's switch off, or without the model's local folder (`model_dir()`, asked only then, None)."""
+    if not config.vllm_prebuild_lora_kernels or lora_kernel_builds() != 0:
+        return None
+    folder = model_dir()
+    return KernelPrebuild.start(folder, config.max_lora_rank, config.deterministic_generation) if folder else None
+
+
 class RolloutWorker(WorkerProcess):
-    def __init__(self, config: GRPOConfig, rank: int = 0, engine: Any = None, agent: AgentSpec | None = None):
+    def __init__(
+        self,
+        config: GRPOConfig,
+        rank: int = 0,
+        engine: Any = None,
+        agent: AgentSpec | None = None,
+        prebuild: KernelPrebuild | None = None,
+    ):
         """`engine`: a caller's vLLM engine (`model.vllm_engine`) to generate with, in this process;
         None: `build` starts one from `config`. `agent`: tools and environments; `generate` then
-        takes dataset rows and runs multi-turn episodes (`rlactors.agent.episodes`)."""
+        takes dataset rows and runs multi-turn episodes (`rlactors.agent.episodes`). `prebuild`:
+        children already building vLLM's LoRA kernels (in the driver, started with its import of
+        vLLM); None: `build` starts them if this machine needs them."""
         self.config = config
         self.rank = rank
         self.agent = agent
         self._agent_parts_cache: tuple[Any, Any, Any] | None = None
         self.adapter_version = 0
         self._engine: Any = engine
+        self._prebuild = prebuild
         self._request: Any = None  # LoRARequest of the loaded adapter; None = base model
         self._pad_id: int | None = None
         self._asleep = False
@@ -68,7 +89,8 @@ class RolloutWorker(WorkerProcess):
     def build(self) -> int:
         """Starts the vLLM engine (unless given one); returns this process's pid (for fault injection and logs)."""
         if self._engine is None:
-            prebuild = self._start_kernel_prebuild()
+            prebuild = self._prebuild or start_kernel_prebuild(self.config, lambda: self._model_path)
+            self._prebuild = None
             with timed(self.startup, "import vLLM"):
                 engine.import_vllm()
             if prebuild is not None:
@@ -90,14 +112,6 @@ class RolloutWorker(WorkerProcess):
         """Builds of vLLM's LoRA kernels in Triton's cache on this worker's machine, before the engine
         this worker will start; None where it starts none (a caller's engine, or no CUDA)."""
         return lora_kernel_builds() if self._engine is None else None
-
-    def _start_kernel_prebuild(self) -> KernelPrebuild | None:
-        """A machine's first start (no LoRA kernels in Triton's cache): child processes build vLLM's
-        LoRA kernels while this one imports vLLM (`KernelPrebuild`)."""
-        cfg = self.config
-        if not cfg.vllm_prebuild_lora_kernels or lora_kernel_builds() != 0:
-            return None
-        return KernelPrebuild.start(self._model_path, cfg.max_lora_rank, cfg.deterministic_generation)
 
     @cached_property
     def _model_path(self) -> str:

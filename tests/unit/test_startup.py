@@ -175,6 +175,57 @@ def test_a_first_start_builds_the_lora_kernels_in_child_processes_while_vllm_is_
         assert ("LoRA kernels (2 processes)" in worker.startup_phases()) == expected
 
 
+def test_vllm_in_this_process_starts_the_kernels_children_before_its_import(monkeypatch, tmp_path):
+    """`num_rollout_workers: 0` on a machine's first start: the driver's import of vLLM (beside Ray's
+    start) starts the children first, as a rollout actor does, and the engine waits for those instead
+    of starting its own after the import; none for a caller's engine, nor with `gpu_memory_utilization:
+    auto` (the learner's free memory is measured meanwhile)."""
+    from types import SimpleNamespace
+
+    from rlactors.core.config import GRPOConfig
+    from rlactors.engine import vllm_engine, worker_env
+    from rlactors.trainer.startup import import_vllm
+    from rlactors.workers import rollout
+    from rlactors.workers.rollout import RolloutWorker
+
+    events = []
+
+    class Children:
+        children = (None,)
+
+        @classmethod
+        def start(cls, model_dir, max_lora_rank, deterministic):
+            events.append("start")
+            return cls()
+
+        def wait(self):
+            events.append("wait")
+
+    tokenizer = SimpleNamespace(pad_token_id=0, eos_token_id=0)
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
+    monkeypatch.setattr(worker_env, "is_cuda", lambda: True)
+    monkeypatch.setattr(rollout, "KernelPrebuild", Children)
+    monkeypatch.setattr(vllm_engine, "import_vllm", lambda: events.append("import"))
+    monkeypatch.setattr(
+        RolloutWorker,
+        "_start_engine",
+        lambda self: events.append("engine") or SimpleNamespace(get_tokenizer=lambda: tokenizer),
+    )
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    config = GRPOConfig(model_name=str(model), num_rollout_workers=0, output_dir=str(tmp_path / "run"))
+    children = import_vllm(config)
+    assert isinstance(children, Children) and events == ["start", "import"]
+    RolloutWorker(config, prebuild=children).build()
+    assert events == ["start", "import", "import", "wait", "engine"]  # the worker started no children of its own
+
+    events.clear()
+    assert import_vllm(None) is None  # a caller's engine
+    assert import_vllm(config.model_copy(update={"gpu_memory_utilization": "auto"})) is None
+    assert events == ["import", "import"]
+
+
 def test_the_children_build_each_lora_layer_shape_and_are_killed_past_their_time(tmp_path, capsys):
     """The LoRA shapes vLLM makes for the embedded SmolLM2 (Llama) come from its config, split among
     the children; a child still running after the timeout is killed and counts as not clean."""
@@ -235,7 +286,7 @@ def test_vllm_in_this_process_is_awaited_only_once_the_learners_are_asked_for(mo
 
     class Rollouts:
         def __init__(self, *args, **kwargs):
-            events.append(f"engine made, vLLM imported: {importing.done()}")
+            events.append(f"engine made, vLLM imported: {importing.done()}, children: {kwargs.get('prebuild')}")
             self.local = object()
 
         def build(self):
@@ -254,9 +305,12 @@ def test_vllm_in_this_process_is_awaited_only_once_the_learners_are_asked_for(mo
     layout = plan(cfg, use_gpus=False)
     assert layout.learner and not layout.rollout
     source = SimpleNamespace(in_process=False, release=lambda: None)
-    threading.Timer(0.3, importing.set_result, (None,)).start()
+    threading.Timer(0.3, importing.set_result, ("the kernels' children",)).start()
     launch.start_workers(cfg, layout, None, source, None, StartupClock(), (), importing)
-    assert events == ["learners asked for, vLLM imported: False", "engine made, vLLM imported: True"]
+    assert events == [
+        "learners asked for, vLLM imported: False",
+        "engine made, vLLM imported: True, children: the kernels' children",
+    ]
     said = capsys.readouterr().out
     assert "start-up by worker: vLLM in this process import vLLM 0.3s, engine 2.0s; learner model 1.0s" in said
 
@@ -278,7 +332,7 @@ def test_train_asks_for_the_workers_while_vllm_still_imports(monkeypatch):
         importing.set()
         raise RuntimeError("the workers' start, stood in for")
 
-    monkeypatch.setattr(grpo_trainer, "import_vllm", lambda: importing.wait(30))
+    monkeypatch.setattr(grpo_trainer, "import_vllm", lambda config: importing.wait(30))
     monkeypatch.setattr(GRPOTrainer, "_init_ray", lambda self: False)
     monkeypatch.setattr(GRPOTrainer, "_start_workers", start_workers)
     trainer = GRPOTrainer(
