@@ -74,6 +74,7 @@ VARIANTS: dict[str, list[str]] = {
     "driver_vllm": ["num_rollout_workers=0"],
     # on a first start, vLLM builds its LoRA kernels one after another (no child processes building them)
     "no_prebuild": ["vllm_prebuild_lora_kernels=false"],
+    "driver_no_prebuild": ["num_rollout_workers=0", "vllm_prebuild_lora_kernels=false"],
 }
 # rlactors' defaults in another environment: Ray's own settings (`RAY_<name>`) for the local cluster it starts
 VARIANT_ENV: dict[str, dict[str, str]] = {
