@@ -125,18 +125,18 @@ def test_a_first_start_says_triton_builds_the_lora_kernels(monkeypatch, tmp_path
     assert worker.lora_kernel_builds() is None  # its engine is up: nothing more to build
 
 
-def test_a_first_start_builds_the_lora_kernels_in_child_processes_while_vllm_is_imported(monkeypatch, tmp_path):
-    """An empty Triton cache on CUDA: the rollout worker starts the children before it imports vLLM
-    and waits for them before the engine starts; with kernels in the cache, or the config's switch
-    off, it starts none. (No CUDA here: the children are stood in for; the GPU tests build for real.)"""
+@pytest.fixture
+def first_start(monkeypatch, tmp_path):
+    """A machine's first start on CUDA, stood in for (no CUDA here; the GPU tests build for real): an
+    empty Triton cache, children that only say they started and were waited for, vLLM's import and
+    the engine's start saying so too. Yields the list of what happened and a model folder."""
     from types import SimpleNamespace
 
-    from rlactors.core.config import GRPOConfig
     from rlactors.engine import vllm_engine, worker_env
     from rlactors.workers import rollout
     from rlactors.workers.rollout import RolloutWorker
 
-    events = []
+    events: list = []
 
     class Children:
         children = (None, None)
@@ -144,58 +144,6 @@ def test_a_first_start_builds_the_lora_kernels_in_child_processes_while_vllm_is_
         @classmethod
         def start(cls, model_dir, max_lora_rank, deterministic):
             events.append(("start", model_dir, max_lora_rank, deterministic))
-            return cls()
-
-        def wait(self):
-            events.append("wait")
-
-    tokenizer = SimpleNamespace(pad_token_id=0, eos_token_id=0)
-    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(worker_env, "is_cuda", lambda: True)
-    monkeypatch.setattr(rollout, "KernelPrebuild", Children)
-    monkeypatch.setattr(vllm_engine, "import_vllm", lambda: events.append("import"))
-    monkeypatch.setattr(
-        RolloutWorker,
-        "_start_engine",
-        lambda self: events.append("engine") or SimpleNamespace(get_tokenizer=lambda: tokenizer),
-    )
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text("{}")
-    for switch, cached, expected in ((True, False, True), (False, False, False), (True, True, False)):
-        events.clear()
-        if cached:
-            (tmp_path / "a").mkdir()
-            (tmp_path / "a" / "_lora_shrink_kernel.cubin").write_bytes(b"")
-        config = GRPOConfig(model_name=str(model), vllm_prebuild_lora_kernels=switch, output_dir=str(tmp_path / "run"))
-        worker = RolloutWorker(config)
-        worker.build()
-        started = [("start", str(model), config.max_lora_rank, False), "import", "wait", "engine"]
-        assert events == (started if expected else ["import", "engine"])
-        assert ("LoRA kernels (2 processes)" in worker.startup_phases()) == expected
-
-
-def test_vllm_in_this_process_starts_the_kernels_children_before_its_import(monkeypatch, tmp_path):
-    """`num_rollout_workers: 0` on a machine's first start: the driver's import of vLLM (beside Ray's
-    start) starts the children first, as a rollout actor does, and the engine waits for those instead
-    of starting its own after the import; none for a caller's engine, nor with `gpu_memory_utilization:
-    auto` (the learner's free memory is measured meanwhile)."""
-    from types import SimpleNamespace
-
-    from rlactors.core.config import GRPOConfig
-    from rlactors.engine import vllm_engine, worker_env
-    from rlactors.trainer.startup import import_vllm
-    from rlactors.workers import rollout
-    from rlactors.workers.rollout import RolloutWorker
-
-    events = []
-
-    class Children:
-        children = (None,)
-
-        @classmethod
-        def start(cls, model_dir, max_lora_rank, deterministic):
-            events.append("start")
             return cls()
 
         def wait(self):
@@ -214,11 +162,47 @@ def test_vllm_in_this_process_starts_the_kernels_children_before_its_import(monk
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text("{}")
+    return events, model
+
+
+def test_a_first_start_builds_the_lora_kernels_in_child_processes_while_vllm_is_imported(first_start, tmp_path):
+    """An empty Triton cache on CUDA: the rollout worker starts the children before it imports vLLM
+    and waits for them before the engine starts; with kernels in the cache, or the config's switch
+    off, it starts none."""
+    from rlactors.core.config import GRPOConfig
+    from rlactors.workers.rollout import RolloutWorker
+
+    events, model = first_start
+    for switch, cached, expected in ((True, False, True), (False, False, False), (True, True, False)):
+        events.clear()
+        if cached:
+            (tmp_path / "triton" / "a").mkdir(parents=True)
+            (tmp_path / "triton" / "a" / "_lora_shrink_kernel.cubin").write_bytes(b"")
+        config = GRPOConfig(model_name=str(model), vllm_prebuild_lora_kernels=switch, output_dir=str(tmp_path / "run"))
+        worker = RolloutWorker(config)
+        worker.build()
+        started = [("start", str(model), config.max_lora_rank, False), "import", "wait", "engine"]
+        assert events == (started if expected else ["import", "engine"])
+        assert ("LoRA kernels (2 processes)" in worker.startup_phases()) == expected
+
+
+def test_vllm_in_this_process_starts_the_kernels_children_before_its_import(first_start, tmp_path):
+    """`num_rollout_workers: 0` on a machine's first start: the driver's import of vLLM (beside Ray's
+    start) starts the children first, as a rollout actor does, and the engine waits for those instead
+    of starting its own after the import; none for a caller's engine, nor with `gpu_memory_utilization:
+    auto` (the learner's free memory is measured meanwhile)."""
+    from rlactors.core.config import GRPOConfig
+    from rlactors.trainer.startup import import_vllm
+    from rlactors.workers.rollout import RolloutWorker
+
+    events, model = first_start
     config = GRPOConfig(model_name=str(model), num_rollout_workers=0, output_dir=str(tmp_path / "run"))
     children = import_vllm(config)
-    assert isinstance(children, Children) and events == ["start", "import"]
-    RolloutWorker(config, prebuild=children).build()
-    assert events == ["start", "import", "import", "wait", "engine"]  # the worker started no children of its own
+    assert children is not None and events == [("start", str(model), config.max_lora_rank, False), "import"]
+    worker = RolloutWorker(config, prebuild=children)
+    worker.build()
+    assert events[2:] == ["import", "wait", "engine"]  # the worker started no children of its own
+    assert "LoRA kernels (2 processes)" in worker.startup_phases()
 
     events.clear()
     assert import_vllm(None) is None  # a caller's engine
