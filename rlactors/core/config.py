@@ -228,7 +228,8 @@ class GRPOConfig(BaseModel):
     vllm_prebuild_lora_kernels: bool = Field(
         True,
         description="a machine's first start (no LoRA kernels in Triton's cache): child processes build vLLM's LoRA "
-        "kernels while each rollout worker imports vLLM, instead of vLLM building them one after another as it starts. "
+        "kernels while vLLM is imported (by each rollout worker, or the driver with num_rollout_workers: 0), "
+        "instead of vLLM building them one after another as it starts. "
         "CUDA only; later starts load them from TRITON_CACHE_DIR",
     )
 
