@@ -76,8 +76,12 @@ VARIANTS: dict[str, list[str]] = {
     "no_prebuild": ["vllm_prebuild_lora_kernels=false"],
     "driver_no_prebuild": ["num_rollout_workers=0", "vllm_prebuild_lora_kernels=false"],
 }
-# rlactors' defaults in another environment: Ray's own settings (`RAY_<name>`) for the local cluster it starts
+# rlactors' defaults in another environment: Ray's own settings (`RAY_<name>`) for the local cluster it
+# starts, or vLLM's (read in the rollout worker, which inherits them)
 VARIANT_ENV: dict[str, dict[str, str]] = {
+    # vLLM's V1 model runner: the V2 runner (vLLM 0.26's default for this model) builds 25 Triton kernels
+    # of its own (input preparation, sampler) on a machine's first start, most of a fresh engine's time
+    "runner_v1": {"VLLM_USE_V2_MODEL_RUNNER": "0"},
     # no idle workers started for the first driver (one per CPU, each importing Ray beside the actors)
     "no_prestart": {"RAY_prestart_worker_first_driver": "0"},
     # the idle workers import torch before the actors land on them
