@@ -111,9 +111,8 @@ class GRPOTrainer(Evaluating, TrainerAPI):
         # imports the start's modules, then vLLM if in this process, then loads the prompts
         pool = ThreadPoolExecutor(1, thread_name_prefix="rlactors-prompts")
         imports = pool.submit(import_start_modules)
-        callers_engine = self.source.in_process and self.source.engine is not None
-        kernels_for = None if callers_engine else self.config  # the engine to start here: children build its kernels
-        self.vllm_import = pool.submit(import_vllm, kernels_for) if self.config.num_rollout_workers == 0 else None
+        own_engine = self.config if self.source.workers_engine is None else None  # children build its LoRA kernels
+        self.vllm_import = pool.submit(import_vllm, own_engine) if self.config.num_rollout_workers == 0 else None
         prompts = pool.submit(self._prepare_prompts)
         pool.shutdown(wait=False)
         with self.clock.phase("Ray"):

@@ -109,7 +109,7 @@ def start_workers(
         imported()
         rollouts = rollout_group(memory.share_for_vllm(cfg, learners, layout.use_gpus))
         with clock.phase("vLLM", vllm_said):
-            say_first_kernel_builds(rollouts, cfg.vllm_prebuild_lora_kernels)
+            say_first_kernel_builds(rollouts, cfg.vllm_prebuild_lora_kernels, "prebuild" in extra)
             rollout_pids = rollouts.build()
     else:
         with clock.phase("learner and vLLM", f"{learners_said}, {vllm_said}, together"):
@@ -117,7 +117,7 @@ def start_workers(
                 learner_build = pool.submit(build_learners)
                 imported()  # the learners' processes load meanwhile
                 rollouts = rollout_group(float(cfg.gpu_memory_utilization))
-                say_first_kernel_builds(rollouts, cfg.vllm_prebuild_lora_kernels)
+                say_first_kernel_builds(rollouts, cfg.vllm_prebuild_lora_kernels, "prebuild" in extra)
                 rollout_pids = rollouts.build()
                 learner_pids = learner_build.result()
     vllm_role = "vLLM worker" if rollouts.local is None else "vLLM in this process"
@@ -138,11 +138,12 @@ def go_on_from_callers_adapter(source: ModelSource, learners: LearnerGroup, roll
     print(f"rlactors: going on from the adapter the model holds ({adapter.nbytes() / 2**20:.1f} MiB)", flush=True)
 
 
-def say_first_kernel_builds(rollouts: RolloutGroup, prebuild: bool) -> None:
+def say_first_kernel_builds(rollouts: RolloutGroup, prebuild: bool, building: bool = False) -> None:
     """Says, before the wait, that this start builds vLLM's LoRA kernels (none in Triton's cache on
     the first rollout worker's machine): the longest part of a first start on a GPU. `prebuild`:
-    `vllm_prebuild_lora_kernels`, child processes build most of them while vLLM is imported."""
-    if rollouts.lora_kernel_builds() == 0:
+    `vllm_prebuild_lora_kernels`, child processes build most of them while vLLM is imported.
+    `building`: the driver's import started such children already (the cache may hold some by now)."""
+    if building or rollouts.lora_kernel_builds() == 0:
         where = "in child processes while vLLM is imported and the rest " if prebuild else ""
         print(
             f"rlactors: first start of vLLM with LoRA on this machine: Triton builds its LoRA kernels, {where}as "

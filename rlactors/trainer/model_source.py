@@ -38,6 +38,11 @@ class ModelSource:
     tokenizer: Any = None
     asleep: bool = False  # the caller's engine sleeps while Ray workers train
 
+    @property
+    def workers_engine(self) -> Any:
+        """The caller's engine the workers generate with, in this process; None: they start their own."""
+        return self.engine if self.in_process else None
+
     def configure(self, config: GRPOConfig) -> GRPOConfig:
         """`config` with the model's settings; the caller's explicit values for them give way, with a note."""
         explicit = config.model_dump(include=config.model_fields_set)

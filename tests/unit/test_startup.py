@@ -297,6 +297,8 @@ def test_vllm_in_this_process_is_awaited_only_once_the_learners_are_asked_for(mo
     ]
     said = capsys.readouterr().out
     assert "start-up by worker: vLLM in this process import vLLM 0.3s, engine 2.0s; learner model 1.0s" in said
+    # the import's children are a first start, said although they may have filled Triton's cache by now
+    assert "Triton builds its LoRA kernels, in child processes while vLLM is imported" in said
 
 
 def test_train_asks_for_the_workers_while_vllm_still_imports(monkeypatch):
