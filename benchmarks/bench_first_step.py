@@ -75,6 +75,9 @@ VARIANTS: dict[str, list[str]] = {
     # on a first start, vLLM builds its LoRA kernels one after another (no child processes building them)
     "no_prebuild": ["vllm_prebuild_lora_kernels=false"],
     "driver_no_prebuild": ["num_rollout_workers=0", "vllm_prebuild_lora_kernels=false"],
+    # vLLM's own sampler warm-up (every sampling feature) instead of the run's settings: on a first start
+    # Triton builds the kernels of penalties, min-p, top-k/top-p, logit bias, bad words, prompt log-probs
+    "sampler_warmup_all": ["vllm_sampler_warmup=all"],
 }
 # rlactors' defaults in another environment: Ray's own settings (`RAY_<name>`) for the local cluster it
 # starts, or vLLM's (read in the rollout worker, which inherits them)
@@ -131,21 +134,27 @@ def engine_timings(log_path: str) -> list[str]:
         return [line.strip()[-200:] for line in f if ENGINE_TIMING.search(line)]
 
 
-def triton_kernels(cache_dir: str | None) -> dict:
-    """What a run's own Triton cache holds (with --cold-triton): the count of kernels by name, and
-    for vLLM's LoRA kernels each build's signature (which integer arguments Triton specialized)."""
+def triton_kernels(cache_dir: str | None, launched: float) -> dict:
+    """What a run's own Triton cache holds (with --cold-triton): the count of kernels by name, for
+    vLLM's LoRA kernels each build's signature (which integer arguments Triton specialized), and
+    when each build was written, in seconds after `launched` (a `time.time()`): the gaps between
+    one process's builds are their build times."""
     if not cache_dir or not os.path.isdir(cache_dir):
         return {}
     counts: dict[str, int] = {}
     lora: list[str] = []
+    written: list[tuple[float, str]] = []
     for ttir in sorted(glob.glob(os.path.join(cache_dir, "*", "*.ttir"))):
         name = os.path.basename(ttir)[: -len(".ttir")]
         counts[name] = counts.get(name, 0) + 1
+        cubin = ttir[: -len(".ttir")] + ".cubin"
+        written.append((os.path.getmtime(cubin if os.path.exists(cubin) else ttir) - launched, name))
         if name.startswith("_lora_"):
             with open(ttir, errors="replace") as f:
                 head = next((line for line in f if "tt.func" in line), "")
             lora.append(f"{name}: {head.count('tt.divisibility')} arguments specialized as multiples of 16")
-    return {"by_name": counts, "total": sum(counts.values()), "lora_builds": lora}
+    timeline = [f"{t:6.1f}s {name}" for t, name in sorted(written)]
+    return {"by_name": counts, "total": sum(counts.values()), "lora_builds": lora, "timeline": timeline}
 
 
 def shape_step() -> list[str]:
@@ -174,7 +183,7 @@ def run_one(name: str, sets: list[str], args: argparse.Namespace, index: int) ->
         command += ["--set", value]
     for value in sets:
         command += ["--set", value]
-    started = time.perf_counter()
+    started, launched = time.perf_counter(), time.time()
     seen: dict[str, float] = {}
     stop = threading.Event()
     watcher = threading.Thread(target=watch_compilers, args=(seen, stop, started), daemon=True)
@@ -226,7 +235,7 @@ def run_one(name: str, sets: list[str], args: argparse.Namespace, index: int) ->
         if steps
         else {},
         "compilers": seen,
-        "triton_kernels": triton_kernels(env.get("TRITON_CACHE_DIR")),
+        "triton_kernels": triton_kernels(env.get("TRITON_CACHE_DIR"), launched),
     }
     if rc != 0:
         result["tail"] = [line for _, line in lines[-30:]]

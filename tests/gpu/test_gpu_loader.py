@@ -112,3 +112,52 @@ def test_child_processes_build_the_lora_kernels_into_an_empty_triton_cache(model
     prebuild = KernelPrebuild.start(model_dir, 64)
     assert prebuild.wait() == len(prebuild.children) == 8
     assert lora_kernel_builds() >= 10
+
+
+UNUSED_FEATURE_KERNELS = {  # what vLLM's own warm-up builds for penalties, min-p, top-k/top-p, logit bias, bad words,
+    # prompt log-probs and a grammar bitmask (the fifteenth lease's first starts built each of them)
+    "_penalties_kernel",
+    "_bincount_kernel",
+    "_min_p_kernel",
+    "_topk_topp_kernel",
+    "_bias_kernel",
+    "_bad_words_kernel",
+    "_prompt_logprobs_token_ids_kernel",
+    "_apply_grammar_bitmask_kernel",
+}
+FIRST_START = """
+import glob, json, os, sys
+from rlactors.engine import vllm_engine
+from rlactors.loader.fast_language_model import load_engine
+
+def built():
+    paths = glob.glob(os.path.join(os.environ["TRITON_CACHE_DIR"], "*", "*.cubin"))
+    return sorted({os.path.basename(p)[: -len(".cubin")] for p in paths})
+
+fields = {"temperature": 1.0, "top_p": 1.0}
+llm = load_engine(sys.argv[1], 512, "bfloat16", 0.3, 64, max_batch=16, sampler_warmup=fields, enforce_eager=True)
+started = built()
+samples = vllm_engine.sample(llm, [[1, 2, 3, 4]] * 2, n=8, max_tokens=8, lora_request=None, **fields)
+print("KERNELS", json.dumps({"started": started, "sampled": built(), "samples": len(samples)}))
+"""
+
+
+def test_the_engine_warms_its_sampler_up_with_the_runs_settings_only(model_dir, tmp_path):
+    """A machine's first start (an empty Triton cache, in a process of its own): with the run's
+    sampling settings (`vllm_sampler_warmup: run`) the engine builds none of the kernels of the
+    features the run does not use, neither as it starts nor as it samples."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_START, model_dir], env=env, capture_output=True, text=True, timeout=400
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    kernels = json.loads(done.stdout.split("KERNELS", 1)[1])
+    print("kernels built as the engine started:", kernels["started"], "then as it sampled:", kernels["sampled"])
+    assert kernels["samples"] == 16
+    assert "_gumbel_sample_kernel" in kernels["started"]  # the warm-up ran, and sampled as the run does
+    assert not UNUSED_FEATURE_KERNELS & set(kernels["sampled"])
