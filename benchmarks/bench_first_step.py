@@ -63,6 +63,9 @@ VARIANTS: dict[str, list[str]] = {
     "4bit_bf16_rollout": ["load_in_4bit=true", f"engine_kwargs={json.dumps({**KV, 'quantization': None})}"],
     # the learner's decoder layers compiled (the update's kernel launches fused)
     "compile": ["torch_compile=true"],
+    # and each compiled layer replayed as a CUDA graph (torch.compile's reduce-overhead mode): the example's
+    # update is bound by the host's kernel launches (GPU busy 29%, fourth lease)
+    "compile_graphs": ["torch_compile=true", "torch_compile_mode=reduce-overhead"],
     # generation of step N+1 beside the update of step N (one adapter version behind)
     "async": ["max_staleness=1"],
     "compile_async": ["torch_compile=true", "max_staleness=1"],

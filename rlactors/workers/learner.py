@@ -281,6 +281,10 @@ class LearnerWorker(WorkerProcess):
         """`_forward_logprobs` and each token's entropy at the sampling temperature (None without
         `with_entropy`; with a gradient under the entropy bonus), from the same logits."""
         mb = mb.to(self.device)  # a no-op for the update's micro-batches, already there
+        if self.config.torch_compile_mode == "reduce-overhead":  # the layers' CUDA graphs: a new pass begins
+            import torch
+
+            torch.compiler.cudagraph_mark_step_begin()
         with self.mixed_precision():
             logits = shared_prompt.completion_logits(self.model, mb, self.share_prompt)
         targets, temperature = mb.completion_ids, self.config.temperature

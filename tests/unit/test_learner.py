@@ -358,14 +358,15 @@ def test_every_loss_type_takes_the_same_step_in_micro_batches(tiny_llama, tmp_pa
     assert losses[2] == pytest.approx(losses[4], rel=1e-4, abs=1e-6)
 
 
-def test_torch_compile_compiles_the_decoder_layers_and_takes_the_same_step(tiny_llama, tmp_path):
+@pytest.mark.parametrize("mode", [None, "reduce-overhead"])  # reduce-overhead: CUDA graphs on a GPU, not on CPU
+def test_torch_compile_compiles_the_decoder_layers_and_takes_the_same_step(tiny_llama, tmp_path, mode):
     """torch_compile: every decoder layer runs compiled (one shared graph), and on a batch whose
     behaviour log-probs come from the eager learner, the compiled update's log-probs, loss and
     gradient norm are the eager ones (float32: only the kernels' order differs)."""
     eager = LearnerWorker(_config(tiny_llama, tmp_path))
     eager.build()
     batch = _batch(eager, 0)
-    fast = LearnerWorker(_config(tiny_llama, tmp_path, torch_compile=True))
+    fast = LearnerWorker(_config(tiny_llama, tmp_path, torch_compile=True, torch_compile_mode=mode))
     fast.build()
     for learner, compiled in ((eager, False), (fast, True)):
         layers = learner.model.base_model.model.model.layers
