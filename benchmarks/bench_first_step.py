@@ -65,7 +65,7 @@ VARIANTS: dict[str, list[str]] = {
     "compile": ["torch_compile=true"],
     # and each compiled layer replayed as a CUDA graph (torch.compile's reduce-overhead mode): the example's
     # update is bound by the host's kernel launches (GPU busy 29%, fourth lease)
-    "compile_graphs": ["torch_compile=true", "torch_compile_mode=reduce-overhead"],
+    "compile_graphs": ["torch_compile=true", "torch_compile_mode=reduce-overhead", "pad_to_multiple_of=16"],
     # generation of step N+1 beside the update of step N (one adapter version behind)
     "async": ["max_staleness=1"],
     "compile_async": ["torch_compile=true", "max_staleness=1"],

@@ -153,6 +153,9 @@ class GRPOConfig(BaseModel):
     adam_beta2: float = Field(0.999, ge=0.0, lt=1.0)
     adam_epsilon: float = Field(1e-8, gt=0.0)
     micro_batch_size: int = Field(16, gt=0, description="samples per learner forward/backward")
+    pad_to_multiple_of: int | None = Field(
+        None, gt=0, description="the learner pads prompts and completions to a multiple of this (TRL's): fewer shapes"
+    )
     beta: float = Field(0.0, ge=0.0, description="KL coefficient to the base model (adapter disabled)")
     epsilon: float = Field(0.2, gt=0.0)
     epsilon_high: float | None = Field(None, description="upper clip; defaults to epsilon")
@@ -251,9 +254,7 @@ class GRPOConfig(BaseModel):
         "pass over the training prompts (rlactors.trainer.evaluation)",
     )
     eval_steps: float | None = Field(
-        None,
-        gt=0,
-        description="with eval_strategy steps: every N steps (below 1: a fraction of max_steps); default logging_steps",
+        None, gt=0, description="eval_strategy steps: every N steps (below 1: share of max_steps); null: logging_steps"
     )
     eval_delay: float = Field(0, ge=0, description="no evaluation before this step (epoch with eval_strategy epoch)")
     eval_on_start: bool = Field(False, description="evaluate once before the first step: the baseline")

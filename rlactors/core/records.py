@@ -88,8 +88,33 @@ class RolloutBatch:
     def with_advantages(self, advantages: torch.Tensor) -> RolloutBatch:
         return replace(self, advantages=advantages.float())
 
-    def rows(self, start: int, stop: int) -> RolloutBatch:
-        """Samples [start, stop) as a batch (whole groups only), trimmed to their own lengths."""
+    def padded(self, multiple: int | None) -> RolloutBatch:
+        """The batch with prompts left-padded and completions right-padded to a multiple of `multiple`
+        tokens (TRL's `pad_to_multiple_of`; None: as it is). The new positions are masked out: the same
+        log-probs and loss, in fewer shapes of input."""
+        if not multiple:
+            return self
+        p, c = self.prompt_ids.shape[1], self.completion_ids.shape[1]
+        left, right = -p % multiple, -c % multiple
+        if not (left or right):
+            return self
+
+        def pad(t: torch.Tensor | None, before: int, after: int) -> torch.Tensor | None:
+            return None if t is None else torch.nn.functional.pad(t, (before, after))  # zeros: masked out
+
+        return replace(
+            self,
+            prompt_ids=pad(self.prompt_ids, left, 0),
+            prompt_mask=pad(self.prompt_mask, left, 0),
+            completion_ids=pad(self.completion_ids, 0, right),
+            completion_mask=pad(self.completion_mask, 0, right),
+            behaviour_logprobs=pad(self.behaviour_logprobs, 0, right),
+            env_mask=pad(self.env_mask, 0, right),
+        )
+
+    def rows(self, start: int, stop: int, multiple: int | None = None) -> RolloutBatch:
+        """Samples [start, stop) as a batch (whole groups only), trimmed to their own lengths, then
+        `padded` to a multiple of `multiple` tokens (None: not)."""
 
         def cut(t: Any) -> Any:
             return None if t is None else t[start:stop]
@@ -113,7 +138,7 @@ class RolloutBatch:
             trajectories=cut(self.trajectories),
             environments=cut(self.environments),
             failures=cut(self.failures),
-        )
+        ).padded(multiple)
 
 
 def concat_batches(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:

@@ -123,7 +123,6 @@ NOT_HERE: dict[str, str] = {
             "length_column_name",
             "data_seed",
             "ignore_data_skip",
-            "pad_to_multiple_of",
         ],
         _DATALOADER,
     ),

@@ -42,6 +42,7 @@ def translate(values: dict[str, Any]) -> dict[str, Any]:
     if out.get("torch_compile_backend") is not None or out.get("torch_compile_mode") is not None:
         out["torch_compile"] = True  # transformers' rule: either one turns torch.compile on
     _batch(out)
+    _padding(out)
     _precision(out)
     _renamed(out)
     _schedule(out)
@@ -121,6 +122,16 @@ def _batch(out: dict[str, Any]) -> None:
                 UserWarning,
                 stacklevel=5,
             )
+
+
+def _padding(out: dict[str, Any]) -> None:
+    """TRL's `pad_to_multiple_of` strings: "auto" pads on AWS Neuron only (None here), "none" is None."""
+    value = out.get("pad_to_multiple_of")
+    if isinstance(value, str):
+        if value.lower() in ("auto", "none", "null"):
+            out["pad_to_multiple_of"] = None
+        elif value.isdigit():
+            out["pad_to_multiple_of"] = int(value)
 
 
 def _precision(out: dict[str, Any]) -> None:

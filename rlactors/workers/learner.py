@@ -169,11 +169,13 @@ class LearnerWorker(WorkerProcess):
         return any(p is not None for p in passes[0] + passes[1])
 
     def _micro_batches(self, batch: RolloutBatch) -> list[list[RolloutBatch]]:
-        """The micro-batches of each of `num_mini_batches` slices of `batch`, on the device."""
-        # On the device before any kernel is queued: a copy from pageable memory waits for the GPU.
-        size = self.config.micro_batch_size
+        """The micro-batches of each of `num_mini_batches` slices of `batch`, padded to `pad_to_multiple_of`, on
+        the device (before any kernel is queued: a copy from pageable memory waits for the GPU)."""
+        size, multiple = self.config.micro_batch_size, self.config.pad_to_multiple_of
         minis = [batch.rows(a, b) for a, b in mini_batch_bounds(batch.size, self.config.num_mini_batches)]
-        return [[m.rows(i, min(i + size, m.size)).to(self.device) for i in range(0, m.size, size)] for m in minis]
+        return [
+            [m.rows(i, min(i + size, m.size), multiple).to(self.device) for i in range(0, m.size, size)] for m in minis
+        ]
 
     def update(self, batch: RolloutBatch, step: int, totals: list[BatchTotals] | None = None) -> StepMetrics:
         """One GRPO update on `batch` (advantages set): `num_iterations` passes over it, each of
@@ -281,10 +283,7 @@ class LearnerWorker(WorkerProcess):
         """`_forward_logprobs` and each token's entropy at the sampling temperature (None without
         `with_entropy`; with a gradient under the entropy bonus), from the same logits."""
         mb = mb.to(self.device)  # a no-op for the update's micro-batches, already there
-        if self.config.torch_compile_mode == "reduce-overhead":  # the layers' CUDA graphs: a new pass begins
-            import torch
-
-            torch.compiler.cudagraph_mark_step_begin()
+        model_options.begin_pass(self.config)  # CUDA graphs of the compiled layers: a new pass
         with self.mixed_precision():
             logits = shared_prompt.completion_logits(self.model, mb, self.share_prompt)
         targets, temperature = mb.completion_ids, self.config.temperature

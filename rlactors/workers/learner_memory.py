@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from rlactors.core import algorithm
 from rlactors.core.records import MemoryNeed
+from rlactors.workers import model_options
 
 if TYPE_CHECKING:
     from rlactors.workers.learner import LearnerWorker
@@ -25,7 +26,7 @@ def measure_learner(learner: LearnerWorker) -> MemoryNeed | None:
     params = [p for p in model.parameters() if p.requires_grad]
     adapter = sum(p.numel() * p.element_size() for p in params)
     adam = 2 * adapter  # exp_avg and exp_avg_sq, made at the first step
-    rows, length = cfg.micro_batch_size, cfg.max_prompt_length + cfg.max_completion_length
+    rows, length = cfg.micro_batch_size, update_length(cfg)
     ids = torch.randint(0, model.config.vocab_size, (rows, length), device=learner.device)
     torch.cuda.synchronize()
     resident = torch.cuda.memory_allocated()
@@ -50,7 +51,7 @@ def warm_up(learner: LearnerWorker) -> None:
 
     cfg = learner.config
     keep = cfg.max_completion_length + 1
-    length = cfg.max_prompt_length + cfg.max_completion_length
+    length = update_length(cfg)
     ids = torch.zeros((2, length), dtype=torch.long, device=learner.device)
     mask = torch.ones_like(ids)
     mask[0, : cfg.max_prompt_length // 2] = 0  # a shorter prompt, padded on the left
@@ -67,10 +68,17 @@ def warm_up(learner: LearnerWorker) -> None:
     learner.model.zero_grad(set_to_none=True)
 
 
+def update_length(cfg: Any) -> int:
+    """The longest row an update can have: prompt and completion at most, each padded to `pad_to_multiple_of`."""
+    multiple = cfg.pad_to_multiple_of or 1
+    return sum(n + -n % multiple for n in (cfg.max_prompt_length, cfg.max_completion_length))
+
+
 def forward_backward(learner: LearnerWorker, ids: Any, keep: int, loss_of: Callable[[Any], Any], **inputs: Any) -> None:
     """The model's forward over `ids` (and `inputs`: mask, positions) as an update runs it (mixed
     precision, the last `keep` logits), then backward from `loss_of(logits)`; the gradients are
     left to the caller."""
+    model_options.begin_pass(learner.config)
     with learner.mixed_precision():
         loss = loss_of(learner.model(input_ids=ids, logits_to_keep=keep, **inputs).logits)
     loss.backward()

@@ -23,6 +23,16 @@ def apply(model: Any, cfg: GRPOConfig) -> None:
         compile_layers(model, backend=compile_backend(cfg.torch_compile_backend), mode=cfg.torch_compile_mode)
 
 
+def begin_pass(cfg: GRPOConfig) -> None:
+    """Before each forward pass: with `torch_compile_mode: reduce-overhead` the compiled layers replay
+    CUDA graphs, and torch's graph trees are told a new pass begins (so a pass without a backward,
+    the reference log-probs, does not hold the next one's buffers)."""
+    if cfg.torch_compile and cfg.torch_compile_mode == "reduce-overhead":
+        import torch
+
+        torch.compiler.cudagraph_mark_step_begin()
+
+
 def neftune_noise(module: Any, args: Any, output: Any) -> Any:
     """NEFTune, as transformers' `neftune_post_forward_hook` (which TRL's trainer inherits): in
     training mode (the learner's only mode, so every pass) uniform noise in +-alpha / sqrt(sequence

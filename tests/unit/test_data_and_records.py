@@ -113,6 +113,19 @@ def test_concat_refuses_mixed_versions_and_pads():
         concat_batches([a, _batch(version=1)], pad_id=0)
 
 
+def test_padding_to_a_multiple_adds_masked_positions_only():
+    batch = _batch(p=3, c=5)
+    batch.completion_ids = torch.arange(20).view(4, 5)
+    batch.completion_mask[1, 3:] = 0
+    padded = batch.rows(0, 4, 8)  # trimmed to the rows' own lengths, then padded
+    assert padded.prompt_ids.shape == padded.prompt_mask.shape == (4, 8)
+    assert padded.completion_ids.shape == padded.behaviour_logprobs.shape == padded.completion_mask.shape == (4, 8)
+    assert torch.equal(padded.prompt_ids[:, 5:], batch.prompt_ids) and padded.prompt_mask[:, :5].sum() == 0
+    assert torch.equal(padded.completion_ids[:, :5], batch.completion_ids) and padded.completion_mask[:, 5:].sum() == 0
+    assert torch.equal(padded.loss_mask[:, :5], batch.loss_mask)
+    assert batch.padded(None) is batch and padded.padded(8) is padded  # already a multiple: as it is
+
+
 def test_lora_adapter_pickles_as_one_buffer_and_round_trips(tmp_path):
     import pickle
 

@@ -358,6 +358,23 @@ def test_every_loss_type_takes_the_same_step_in_micro_batches(tiny_llama, tmp_pa
     assert losses[2] == pytest.approx(losses[4], rel=1e-4, abs=1e-6)
 
 
+@pytest.mark.parametrize("shared", [True, False])  # the prompt packed once for its samples, or a row per sample
+def test_padding_to_a_multiple_takes_the_same_step(tiny_llama, tmp_path, shared):
+    """pad_to_multiple_of (TRL's): the micro-batches' prompts and completions padded to a multiple of
+    16 tokens give the unpadded update's log-probs, loss and gradient norm (masked positions only)."""
+    plain = LearnerWorker(_config(tiny_llama, tmp_path, share_prompt_forward=shared))
+    plain.build()
+    batch = _batch(plain, 0)
+    padded = LearnerWorker(_config(tiny_llama, tmp_path, share_prompt_forward=shared, pad_to_multiple_of=16))
+    padded.build()
+    (mb,) = padded._micro_batches(batch)[0][:1]
+    assert mb.prompt_ids.shape[1] == mb.completion_ids.shape[1] == 16
+    want, got = plain.update(batch, step=1), padded.update(batch, step=1)
+    assert got.logprob_mismatch < 1e-5  # the behaviour log-probs are the unpadded learner's
+    assert got.loss == pytest.approx(want.loss, rel=1e-4, abs=1e-6)
+    assert got.grad_norm == pytest.approx(want.grad_norm, rel=1e-3)
+
+
 @pytest.mark.parametrize("mode", [None, "reduce-overhead"])  # reduce-overhead: CUDA graphs on a GPU, not on CPU
 def test_torch_compile_compiles_the_decoder_layers_and_takes_the_same_step(tiny_llama, tmp_path, mode):
     """torch_compile: every decoder layer runs compiled (one shared graph), and on a batch whose

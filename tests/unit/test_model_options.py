@@ -34,8 +34,9 @@ def _learner(model, tmp_path, **kw):
 def test_a_compile_backend_or_mode_turns_torch_compile_on_and_reaches_torch_compile(tiny_llama, tmp_path):
     """As transformers: either field sets torch_compile; the learner's layers compile with that
     backend and mode (a backend registered here records what torch.compile hands it)."""
-    from torch._dynamo import register_backend
+    from torch._dynamo import register_backend, reset
 
+    reset()  # compiles from earlier tests (the same layer code, other modes) would be reused
     calls = []
 
     @register_backend(name="rlactors_recording")

@@ -108,6 +108,8 @@ def test_an_unsloth_notebook_config_builds_the_run_it_describes():
         ({"lr_scheduler_type": "cosine", "lr_scheduler_kwargs": {"num_cycles": 0.5}}, {"min_lr_rate": 0.0}),
         ({"max_seq_length": 256}, {"max_prompt_length": 128, "max_completion_length": 128}),
         ({"top_k": 50, "min_p": 0.05, "repetition_penalty": 1.1}, {"top_k": 50, "min_p": 0.05}),
+        ({"pad_to_multiple_of": "auto"}, {"pad_to_multiple_of": None}),  # TRL's default: pads on AWS Neuron only
+        ({"pad_to_multiple_of": "16"}, {"pad_to_multiple_of": 16}),
     ],
 )
 def test_trl_fields_map_to_rlactors(trl, ours):
@@ -134,6 +136,7 @@ def test_trl_fields_map_to_rlactors(trl, ours):
         ({"save_strategy": "epoch"}, "save_strategy='epoch'"),
         ({"warmup_steps": 2.5}, "warmup_steps=2.5: give a whole number"),
         ({"optim": "sgd"}, "optim='sgd'"),
+        ({"pad_to_multiple_of": 0}, "pad_to_multiple_of=0"),
         ({"loss_type": "vespo", "vllm_importance_sampling_mode": "sequence_mask"}, "vespo needs"),
     ],
 )
