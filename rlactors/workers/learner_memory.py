@@ -80,5 +80,5 @@ def forward_backward(learner: LearnerWorker, ids: Any, keep: int, loss_of: Calla
     left to the caller."""
     model_options.begin_pass(learner.config)
     with learner.mixed_precision():
-        loss = loss_of(learner.model(input_ids=ids, logits_to_keep=keep, **inputs).logits)
+        loss = loss_of(learner.model(input_ids=ids, logits_to_keep=keep, use_cache=False, **inputs).logits)
     loss.backward()

@@ -40,14 +40,19 @@ def completion_logits(model: Any, mb: RolloutBatch, share_prompt: bool) -> torch
     if share_prompt and tokens_saved(mb.prompt_ids, mb.prompt_mask):
         p = pack(mb.prompt_ids, mb.prompt_mask, mb.completion_ids, mb.completion_mask)
         out = model(
-            input_ids=p.input_ids, attention_mask=p.attention_mask, position_ids=p.position_ids, logits_to_keep=p.keep
+            input_ids=p.input_ids,
+            attention_mask=p.attention_mask,
+            position_ids=p.position_ids,
+            logits_to_keep=p.keep,
+            use_cache=False,
         )
         return out.logits[p.row, p.column]
     ids = torch.cat([mb.prompt_ids, mb.completion_ids], dim=1)
     attention = torch.cat([mb.prompt_mask, mb.completion_mask], dim=1)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)  # real tokens only, as vLLM's for an unpadded prompt
     c = mb.completion_ids.shape[1]
-    return model(input_ids=ids, attention_mask=attention, position_ids=positions, logits_to_keep=c + 1).logits[:, :-1]
+    out = model(input_ids=ids, attention_mask=attention, position_ids=positions, logits_to_keep=c + 1, use_cache=False)
+    return out.logits[:, :-1]
 
 
 def shares_prompt(setting: bool | None, model: Any, device: Any) -> bool:

@@ -358,6 +358,29 @@ def test_every_loss_type_takes_the_same_step_in_micro_batches(tiny_llama, tmp_pa
     assert losses[2] == pytest.approx(losses[4], rel=1e-4, abs=1e-6)
 
 
+def test_the_compiled_decoder_layers_share_their_graphs(tiny_llama, tmp_path):
+    """torch_compile: the decoder layers run the same compiled graphs, whatever their number (two: the
+    first layer's input needs no gradient, the others' do). The learner's passes make no KV cache:
+    with one, dynamo compiled each layer anew (it guards on the cache's layer), and past its limit of
+    8 the other layers ran eager (22 of SmolLM2's 30)."""
+    from torch._dynamo import reset
+    from torch._dynamo.utils import counters
+    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+
+    config = AutoConfig.from_pretrained(tiny_llama)
+    config.num_hidden_layers = 4
+    model = str(tmp_path / "llama-4-layers")
+    LlamaForCausalLM(config).save_pretrained(model)
+    AutoTokenizer.from_pretrained(tiny_llama).save_pretrained(model)
+    reset()
+    learner = LearnerWorker(_config(model, tmp_path, torch_compile=True, micro_batch_size=4))
+    learner.build()
+    batch = _batch(learner, 0)  # compiles the no-grad pass
+    counters.clear()
+    learner.update(batch, step=1)
+    assert counters["stats"]["unique_graphs"] == 2  # one KV cache: 4, one graph per layer
+
+
 @pytest.mark.parametrize("shared", [True, False])  # the prompt packed once for its samples, or a row per sample
 def test_padding_to_a_multiple_takes_the_same_step(tiny_llama, tmp_path, shared):
     """pad_to_multiple_of (TRL's): the micro-batches' prompts and completions padded to a multiple of
