@@ -8,14 +8,17 @@ tiny width, so that it runs in seconds on a CPU, with the main example's batch (
 samples, 40 prompt and 32 completion tokens, LoRA r=16 on all seven projections). The op count does
 not depend on the width or the device: what a change of rlactors' or PEFT's code does to the host's
 work shows here first. Prints the top-level ATen ops of the forward pass (with the loss) and of
-the backward pass, by name (the optimizer is one fused AdamW on a GPU).
+the backward pass, by name (the optimizer is one fused AdamW on a GPU), and the time of the
+adapter's export for a sync (which depends on the number of tensors, not their width).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import statistics
 import tempfile
+import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -91,6 +94,12 @@ def main() -> None:
     for name, ops in (("forward and loss", forward), ("backward", backward)):
         top = ", ".join(f"{op[6:]} {n}" for op, n in ops.most_common(8))
         print(f"{name}: {sum(ops.values())} ATen ops ({top}, ...)")
+    exports = []  # the adapter's export for a sync: host work too (finding the tensors, joining them)
+    for _ in range(21):
+        started = time.perf_counter()
+        learner.export_adapter()
+        exports.append(time.perf_counter() - started)
+    print(f"adapter export: median {1000 * statistics.median(exports[1:]):.1f} ms of 20 (after one)")
 
 
 if __name__ == "__main__":

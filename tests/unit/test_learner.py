@@ -75,6 +75,29 @@ def test_update_advances_version_and_refuses_stale_batches(tiny_llama, tmp_path)
         learner.update(_batch(learner, 0), step=2)
 
 
+def test_the_exported_adapter_is_peft_state_dict_at_every_version(tiny_llama, tmp_path):
+    """The adapter's tensors are found once (PEFT builds the whole model's state dict to find them)
+    and read live: every export is `get_peft_model_state_dict` of that moment, after an update (the
+    parameters changed in place) and after the parameters were replaced by other objects."""
+    from peft import get_peft_model_state_dict
+
+    learner = LearnerWorker(_config(tiny_llama, tmp_path))
+    learner.build()
+
+    def same_as_peft():
+        exported, peft = learner.export_adapter().tensors, get_peft_model_state_dict(learner.model)
+        assert list(exported) == list(peft)
+        assert all(torch.equal(exported[k], peft[k].to(exported[k].dtype)) for k in peft)
+
+    same_as_peft()
+    learner.update(_batch(learner, 0), step=1)
+    same_as_peft()
+    name, old = next((n, p) for n, p in learner.model.named_parameters() if "lora_B" in n)
+    module = learner.model.get_submodule(name.rsplit(".", 1)[0])
+    module.weight = torch.nn.Parameter(old.detach() + 1.0)  # another object in its place
+    same_as_peft()
+
+
 def test_mini_batches_take_one_optimizer_step_per_slice_against_the_old_policy(tiny_llama, tmp_path):
     """num_mini_batches=2 (TRL's steps_per_generation = 2 x gradient_accumulation_steps): two
     optimizer steps per update, the first exactly the step a learner takes on the first slice
