@@ -4,8 +4,9 @@ bounds the update of a small model on a GPU (the main example's: GPU busy 29%, f
     python benchmarks/update_ops.py [--layers 30] [--width 64]
 
 The learner (`LearnerWorker`, eager, one micro-batch) on a random Llama of SmolLM2's depth at a
-tiny width, so that it runs in seconds on a CPU, with the main example's batch (8 prompts x 8
-samples, 40 prompt and 32 completion tokens, LoRA r=16 on all seven projections). The op count does
+tiny width, so that it runs in seconds on a CPU, with the main example's batch shape
+(`profile_step.synthetic_batch`: 8 prompts x 8 samples of 32 tokens, LoRA r=16 on all seven
+projections). The op count does
 not depend on the width or the device: what a change of rlactors' or PEFT's code does to the host's
 work shows here first. Prints the top-level ATen ops of the forward pass (with the loss) and of
 the backward pass, by name (the optimizer is one fused AdamW on a GPU), and the time of the
@@ -16,12 +17,16 @@ from __future__ import annotations
 
 import argparse
 import collections
-import statistics
+import os
+import sys
 import tempfile
-import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import median, seconds
+from profile_step import synthetic_batch
 
 
 def aten_ops(fn) -> tuple[object, collections.Counter]:
@@ -45,15 +50,18 @@ def main() -> None:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from rlactors.core.config import GRPOConfig
-    from rlactors.core.records import BatchTotals, RolloutBatch
+    from rlactors.core.records import BatchTotals
     from rlactors.workers import collective
     from rlactors.workers.learner import LearnerWorker
 
     folder = tempfile.mkdtemp(prefix="rlactors-update-ops-")
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     shape = dict(hidden_size=args.width, intermediate_size=2 * args.width, num_attention_heads=4, num_key_value_heads=2)
     torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=1000, num_hidden_layers=args.layers, **shape)).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(args.tokenizer).save_pretrained(folder)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), num_hidden_layers=args.layers, **shape)).save_pretrained(
+        folder
+    )
+    tokenizer.save_pretrained(folder)
     config = GRPOConfig(
         model_name=folder,
         output_dir=f"{folder}/run",
@@ -68,23 +76,10 @@ def main() -> None:
     )
     learner = LearnerWorker(config)
     learner.build()
-    rows, p, c = 64, 40, 32
-    batch = RolloutBatch(
-        prompt_ids=torch.randint(10, 1000, (rows, p)),
-        prompt_mask=torch.ones(rows, p, dtype=torch.long),
-        completion_ids=torch.randint(10, 1000, (rows, c)),
-        completion_mask=torch.ones(rows, c, dtype=torch.long),
-        behaviour_logprobs=torch.zeros(rows, c),
-        prompt_index=torch.arange(rows) // 8,
-        sample_index=torch.arange(rows) % 8,
-        truncated=torch.zeros(rows, dtype=torch.bool),
-        completions=[""] * rows,
-        adapter_version=0,
-        num_generations=8,
-        advantages=torch.randn(rows),
-    )
+    batch = synthetic_batch(learner, config, tokenizer)  # 8 prompts x 8 samples of 32 tokens
+    batch.advantages = torch.randn(batch.size)
     (mb,) = learner._micro_batches(batch)[0]
-    totals = BatchTotals.per_mini_batch([batch], rows, 1)[0]
+    totals = BatchTotals.per_mini_batch([batch], batch.size, 1)[0]
     gather = collective.MicroBatchGather(1, learner.device, False)
     learner._micro_loss(mb, None, None, None, totals, gather)[0].backward()  # first-use work, not counted
     learner.optimizer.zero_grad(set_to_none=True)
@@ -94,12 +89,9 @@ def main() -> None:
     for name, ops in (("forward and loss", forward), ("backward", backward)):
         top = ", ".join(f"{op[6:]} {n}" for op, n in ops.most_common(8))
         print(f"{name}: {sum(ops.values())} ATen ops ({top}, ...)")
-    exports = []  # the adapter's export for a sync: host work too (finding the tensors, joining them)
-    for _ in range(21):
-        started = time.perf_counter()
-        learner.export_adapter()
-        exports.append(time.perf_counter() - started)
-    print(f"adapter export: median {1000 * statistics.median(exports[1:]):.1f} ms of 20 (after one)")
+    learner.export_adapter()  # the adapter's export for a sync: host work too (finding the tensors, joining them)
+    export = median([seconds(learner.export_adapter) for _ in range(20)])
+    print(f"adapter export: median {1000 * export:.1f} ms of 20 (after one)")
 
 
 if __name__ == "__main__":
